@@ -1,0 +1,7 @@
+"""keras_dctsparse: dense for the price of sparse (Price & Tanner, ICML 2021).
+
+Every weight matrix is ``W = alpha * D + S``: a fixed orthonormal DCT-II block
+``D`` applied by a fast transform, plus a trainable sparse matrix ``S``.
+"""
+
+__version__ = "0.1.0"
