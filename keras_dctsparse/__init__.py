@@ -5,3 +5,6 @@ Every weight matrix is ``W = alpha * D + S``: a fixed orthonormal DCT-II block
 """
 
 __version__ = "0.1.0"
+
+from keras_dctsparse.layers import DCTSparseDense
+from keras_dctsparse.callbacks import EnforceSparsity

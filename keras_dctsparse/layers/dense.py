@@ -1,0 +1,112 @@
+"""`DCTSparseDense`: a dense layer whose weight is `alpha * D + S`."""
+
+import keras
+import tensorflow as tf
+
+from keras_dctsparse.layers import validation
+from keras_dctsparse.layers.base import DCTSparseLayer
+from keras_dctsparse.ops.transforms import dct_offset
+
+
+@keras.saving.register_keras_serializable(package="keras_dctsparse")
+class DCTSparseDense(DCTSparseLayer):
+    """A densely-connected layer at the price of a sparse one (DCT plus sparse).
+
+    Computes `output = activation(alpha * D x + S x + bias)` on the last axis
+    of the input, where, for `n` inputs and `m = units` outputs, `D x` is the
+    first `m` coefficients of the orthonormal DCT-II of `x` zero-padded to
+    `N = max(n, m)` (a fixed operator whose singular values are all 1, applied
+    with `tf.signal.dct` and never stored), `S` is a sparse `(m x n)` matrix with
+    `round(density * n * m)` trainable entries at random positions chosen from
+    `seed`, and `alpha` is one trainable scalar (Price & Tanner, ICML 2021).
+    In Keras kernel terms the effective kernel is `alpha * D^T + S^T`.
+
+    Like `keras.layers.Dense`, inputs of any rank `(..., n)` are accepted and
+    the output has shape `(..., units)`.
+
+    Args:
+        units: Positive integer, dimensionality of the output space.
+        density: Fraction of the `n * units` entries of `S` that are kept and
+            trained, in (0, 1]. At least one entry is kept.
+        offset: `"dct"` (default) for the DCT offset, or `None` for the plain
+            random-sparse layer (He-normal values on the kept positions).
+        activation: Activation function to use (default: none).
+        use_bias: Whether the layer uses a bias vector.
+        alpha: Initial value of the offset scale `alpha` (default 1.0).
+        alpha_trainable: Whether `alpha` is trained (default True).
+        sparse_initializer: Initializer of the kept entries of `S`; defaults to
+            `"zeros"` with the offset and `"he_normal"` without. Variance-scaling
+            initializers use the fans of the dense `(n, units)` kernel.
+        bias_initializer: Initializer for the bias vector.
+        sparse_regularizer: Regularizer function applied to the kept entries of `S`.
+        bias_regularizer: Regularizer function applied to the bias vector.
+        activity_regularizer: Regularizer function applied to the output.
+        sparse_constraint: Constraint function applied to the kept entries of `S`.
+        bias_constraint: Constraint function applied to the bias vector.
+        seed: Integer seed of the sparse positions, or None.
+        sparse_format: `"values"` (default): `S` is stored as its `nnz` values
+            and int32 positions, so weights, optimizer state and saved files
+            scale with `nnz`. `"masked"`: a dense kernel times a fixed mask.
+        sparse_kernel: How `S x` is computed: `"auto"` (default), `"csr"` or
+            `"gather"`. See `keras_dctsparse.ops.sparse_matmul`.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Input shape:
+        N-D tensor with shape `(batch_size, ..., n)`, `n` defined.
+
+    Output shape:
+        N-D tensor with shape `(batch_size, ..., units)`.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((784,)),
+    ...     DCTSparseDense(300, density=0.01, activation="relu"),
+    ...     DCTSparseDense(10, density=0.01, activation="softmax"),
+    ... ])
+    >>> model.layers[0].nnz
+    2352
+    """
+
+    def __init__(self, units, density=0.01, offset="dct", **kwargs):
+        super().__init__(density=density, offset=offset, **kwargs)
+        self.units = validation.check_positive_int("units", units)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    def build(self, input_shape):
+        input_dim = validation.check_last_dim(self.name, input_shape)
+        self.build_sparse_part((input_dim, self.units), bias_size=self.units)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
+
+    @property
+    def kernel(self):
+        """The effective dense `(n, units)` kernel `alpha * D^T + S^T` (for inspection).
+
+        This materializes `n * units` numbers: do not use it on huge layers.
+        """
+        self._check_built("kernel")
+        input_dim = self.sparse_weight.kernel_shape[0]
+        dtype = self.transform_dtype()
+        kernel = tf.cast(self.sparse_weight.dense_kernel(), dtype)
+        if self.offset == "dct":
+            offset_kernel = dct_offset(tf.eye(input_dim, dtype=dtype), self.units)
+            kernel += tf.cast(tf.convert_to_tensor(self._alpha), dtype) * offset_kernel
+        return kernel
+
+    def call(self, inputs):
+        input_dim = self.sparse_weight.kernel_shape[0]
+        x = tf.cast(inputs, self.transform_dtype())
+        leading_shape = tf.shape(x)[:-1]
+        x = tf.reshape(x, [-1, input_dim])
+        sparse_output = self.sparse_weight.matmul(x)
+        offset_output = dct_offset(x, self.units) if self.offset == "dct" else None
+        outputs = self.combine(offset_output, sparse_output)
+        return tf.reshape(outputs, tf.concat([leading_shape, [self.units]], axis=0))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config["units"] = self.units
+        return config
