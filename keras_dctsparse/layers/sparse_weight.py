@@ -195,8 +195,10 @@ class SparseWeight:
     def dense_kernel(self):
         """`S` as a dense tensor of the kernel shape (for convs and inspection)."""
         if self.sparse_format == "masked":
-            return tf.convert_to_tensor(self.masked_kernel) * tf.convert_to_tensor(
-                self.mask
+            # tf.where, not a product: a non-finite pruned entry must not leak.
+            kernel = tf.convert_to_tensor(self.masked_kernel)
+            return tf.where(
+                tf.convert_to_tensor(self.mask) > 0, kernel, tf.zeros_like(kernel)
             )
         rows, cols = self._positions()
         matrix = tf.scatter_nd(
