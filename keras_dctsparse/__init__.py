@@ -8,3 +8,5 @@ __version__ = "0.1.0"
 
 from keras_dctsparse.layers import DCTSparseDense
 from keras_dctsparse.callbacks import EnforceSparsity
+from keras_dctsparse.allocation import Allocation
+from keras_dctsparse.allocation import allocate_densities

@@ -1,0 +1,403 @@
+"""TFLite-exportable math: the DCT offset and the sparse product with builtin ops only.
+
+`tf.signal.dct` and `tf.sparse.sparse_dense_matmul` need Flex (Select TF) ops,
+which neither `tf.lite.Interpreter` nor `ai-edge-litert` can run, and TFLite's
+only FFT kernel (`RFFT2D`) accepts power-of-two lengths only (see
+`../shared/design/method.md`, section 7). The functions here are plain
+TensorFlow that the converter lowers to builtin ops.
+
+Orthonormal DCT-II of length `N` (Makhoul's algorithm):
+
+1. Reorder `v = [x[0], x[2], x[4], ..., x[5], x[3], x[1]]` (reshape + transpose).
+2. `V = DFT_N(v)`; only `V[0 .. N // 2]` is needed because `v` is real.
+3. With `t[k] = exp(-i pi k / (2N)) V[k]`:
+   `X[k] = s_k Re(t[k])` and `X[N - k] = -s_{N-k} Im(t[k])`.
+
+The real DFT in step 2 is one `rfft` of length `N` when `N` is a power of two.
+Otherwise it is Bluestein's chirp-z transform,
+`V[k] = w[k]^* sum_j (v[j] w[j]^*) w[k - j]` with `w[l] = exp(i pi l^2 / N)`,
+whose convolution is done by power-of-two FFTs of length
+`M >= N + (number of frequencies) - 1`. TFLite has no complex arithmetic
+beyond `RFFT2D`, `REAL` and `IMAG`, so complex values are carried as separate
+real and imaginary float tensors: the complex forward FFT of the chirped
+signal is two real FFTs, and the inverse FFT is
+`IFFT(Z) = conj(FFT(conj(Z))) / M`, again two real FFTs. All constants (chirps,
+the FFT of the chirp filter, twiddles) are O(N) floats; no `N x N` matrix is
+ever built.
+
+The sparse product is gather + multiply + `unsorted_segment_sum`
+(`GATHER`, `MUL`, `UNSORTED_SEGMENT_SUM`, `TRANSPOSE` in TFLite).
+"""
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+
+def is_power_of_two(value):
+    """Whether a positive integer is a power of two.
+
+    Args:
+        value: Positive Python integer.
+
+    Returns:
+        `True` for 1, 2, 4, 8, ...
+
+    Example:
+
+    >>> is_power_of_two(1024), is_power_of_two(1000)
+    (True, False)
+    """
+    return value > 0 and value & (value - 1) == 0
+
+
+def bluestein_fft_length(length, count):
+    """Power-of-two FFT length for Bluestein's algorithm.
+
+    The linear convolution behind `count` frequencies of a length-`length` DFT
+    involves lags `-(length - 1) .. count - 1`, so a circular convolution of
+    length `M >= length + count - 1` computes it without wrap-around.
+
+    Args:
+        length: DFT length `N`.
+        count: Number of leading frequencies needed (`1 <= count <= N`).
+
+    Returns:
+        The smallest power of two `M >= length + count - 1`.
+
+    Example:
+
+    >>> bluestein_fft_length(1000, 501)
+    2048
+    """
+    return 1 << max(0, int(length + count - 2).bit_length())
+
+
+def _phase(numerators, denominator):
+    """`(cos, sin)` of `pi * numerators / denominator`, with integer numerators.
+
+    The numerators are reduced modulo `2 * denominator` in exact integer
+    arithmetic first, so the angles stay accurate for large indices.
+    """
+    reduced = np.mod(np.asarray(numerators, dtype=np.int64), 2 * denominator)
+    angle = np.pi * reduced / denominator
+    return np.cos(angle), np.sin(angle)
+
+
+def _float32(array):
+    return tf.constant(np.asarray(array, dtype=np.float32))
+
+
+@functools.lru_cache(maxsize=64)
+def _bluestein_constants(length, count):
+    """Chirps and filter spectrum of Bluestein's algorithm, as float64 numpy.
+
+    Returns:
+        `(chirp_cos, chirp_sin, filter_re, filter_im)`: `v[j] * (chirp_cos[j] -
+        i chirp_sin[j])` is the chirped input (length `N`), and
+        `filter_re + i filter_im` is `FFT_M(w) / M` (length `M`), the inverse
+        FFT's `1 / M` folded in.
+    """
+    fft_length = bluestein_fft_length(length, count)
+    j = np.arange(length, dtype=np.int64)
+    chirp_cos, chirp_sin = _phase(j * j, length)
+    lags = np.arange(-(length - 1), count, dtype=np.int64)
+    filter_cos, filter_sin = _phase(lags * lags, length)
+    chirp_filter = np.zeros(fft_length, dtype=np.complex128)
+    chirp_filter[lags % fft_length] = filter_cos + 1j * filter_sin
+    spectrum = np.fft.fft(chirp_filter) / fft_length
+    return chirp_cos, chirp_sin, spectrum.real, spectrum.imag
+
+
+@functools.lru_cache(maxsize=64)
+def _output_twiddles(length, count, chirped):
+    """`(c, d)` with `c[k] + i d[k] = s_k exp(i phi_k)`, `k < count`, float64 numpy.
+
+    `phi_k = pi k / (2N)` is Makhoul's twiddle; Bluestein's output chirp
+    `exp(-i pi k^2 / N)` adds `pi k^2 / N` when `chirped`. `s_k` is the
+    orthonormal DCT-II scale.
+    """
+    k = np.arange(count, dtype=np.int64)
+    numerators = 2 * k * k + k if chirped else k
+    cos, sin = _phase(numerators, 2 * length)
+    scale = np.full(count, np.sqrt(2.0 / length))
+    scale[0] = np.sqrt(1.0 / length)
+    return scale * cos, scale * sin
+
+
+def _rfft_parts(signal, fft_length, count=None):
+    """Real and imaginary parts of `rfft(signal)[..., :count]` (last axis).
+
+    The parts are taken right after the FFT: TFLite builtins cannot slice or
+    multiply complex tensors.
+    """
+    spectrum = tf.signal.rfft(signal, fft_length=[fft_length])
+    re, im = tf.math.real(spectrum), tf.math.imag(spectrum)
+    if count is None or count == re.shape[-1]:
+        return re, im
+    return re[..., :count], im[..., :count]
+
+
+def _pad_last(x, size):
+    """Zero-pads a rank-2 tensor on the right of its last axis to `size`."""
+    extra = size - x.shape[-1]
+    return x if extra == 0 else tf.pad(x, [[0, 0], [0, extra]])
+
+
+def _makhoul_reorder(x):
+    """`[x[0], x[2], x[4], ..., x[5], x[3], x[1]]` along the last axis (rank 2).
+
+    De-interleaves with reshape + transpose: a stride-2 slice of the last axis
+    is several times slower in TensorFlow.
+    """
+    length = x.shape[-1]
+    half_up = (length + 1) // 2
+    pairs = tf.reshape(_pad_last(x, 2 * half_up), [-1, half_up, 2])
+    evens, odds = tf.unstack(tf.transpose(pairs, [0, 2, 1]), axis=1)
+    odds = odds[:, : length // 2]  # drops the zero added for odd lengths
+    return tf.concat([evens, tf.reverse(odds, axis=[1])], axis=1)
+
+
+def _full_spectrum(p_re, p_im, q_re, q_im, fft_length):
+    """`FFT_M(p + i q)` for real `p, q`, from their half spectra.
+
+    Uses `FFT(p)[M - k] = conj(FFT(p)[k])` (same for `q`).
+
+    Returns:
+        `(re, im)`, each of shape `(batch, M)`.
+    """
+    half = fft_length // 2
+    low_re, low_im = p_re - q_im, p_im + q_re  # bins 0 .. M/2
+    high_re, high_im = p_re + q_im, q_re - p_im  # bins M, M-1, .., M/2
+    re = tf.concat([low_re, tf.reverse(high_re[:, 1:half], axis=[1])], axis=1)
+    im = tf.concat([low_im, tf.reverse(high_im[:, 1:half], axis=[1])], axis=1)
+    return re, im
+
+
+def _bluestein_dft(v, count):
+    """`w[k] * DFT_N(v)[k]`, `k < count`, for real `v` of any length `N` (rank 2).
+
+    Bluestein's algorithm without the output chirp (`w[k] = exp(i pi k^2 / N)`),
+    which the caller folds into its own twiddles.
+
+    Returns:
+        `(re, im)`, each of shape `(batch, count)`.
+    """
+    length = v.shape[-1]
+    fft_length = bluestein_fft_length(length, count)
+    chirp_cos, chirp_sin, filter_re, filter_im = _bluestein_constants(
+        length, count
+    )
+    # Separate FFTs of the real and imaginary parts: batching them with
+    # concat + split costs more in copies than it saves.
+    chirped_re = _pad_last(v * _float32(chirp_cos), fft_length)
+    chirped_im = _pad_last(v * _float32(-chirp_sin), fft_length)
+    p_re, p_im = _rfft_parts(chirped_re, fft_length)
+    q_re, q_im = _rfft_parts(chirped_im, fft_length)
+    a_re, a_im = _full_spectrum(p_re, p_im, q_re, q_im, fft_length)
+    b_re, b_im = _float32(filter_re), _float32(filter_im)
+    z_re = a_re * b_re - a_im * b_im
+    z_im = a_re * b_im + a_im * b_re
+    # IFFT(z) = conj(FFT(z_re) - i FFT(z_im)) (the 1 / M is in the filter).
+    r_re, r_im = _rfft_parts(z_re, fft_length, count)
+    i_re, i_im = _rfft_parts(z_im, fft_length, count)
+    return r_re + i_im, i_re - r_im
+
+
+def _makhoul_spectrum(v, count):
+    """`(re, im)` of `DFT_N(v)[k]` times a phase that `_output_twiddles` undoes.
+
+    Args:
+        v: Reordered signal, shape `(batch, N)`.
+        count: Number of leading frequencies, at most `N // 2 + 1`.
+
+    Returns:
+        `(re, im, chirped)`; `chirped` tells `_output_twiddles` which phase to use.
+    """
+    length = v.shape[-1]
+    if is_power_of_two(length):
+        re, im = _rfft_parts(v, length, count)
+        return re, im, False
+    re, im = _bluestein_dft(v, count)
+    return re, im, True
+
+
+def _dct2_leading(x, count):
+    """First `count` orthonormal DCT-II coefficients of the rows of `x` (rank 2)."""
+    length = x.shape[-1]
+    if length == 1:
+        return x  # the 1-point orthonormal DCT-II is the identity
+    half = length // 2
+    num_freqs = min(count, half + 1)
+    re, im, chirped = _makhoul_spectrum(_makhoul_reorder(x), num_freqs)
+    cos, sin = _output_twiddles(length, num_freqs, chirped)
+    # X[k] = Re(t[k]) for k <= N/2, with t[k] = s_k exp(-i phi_k) (re + i im).
+    coefficients = re * _float32(cos) + im * _float32(sin)
+    if count > num_freqs:
+        # X[N - k] = -Im(t[k]) for 1 <= k < N - N/2 (the scale is s_1 there).
+        top = length - half
+        upper = re[:, 1:top] * _float32(sin[1:top]) - im[:, 1:top] * _float32(
+            cos[1:top]
+        )
+        coefficients = tf.concat([coefficients, tf.reverse(upper, axis=[1])], 1)
+    return coefficients[:, :count] if count < coefficients.shape[-1] else coefficients
+
+
+def _as_rows(x):
+    """Float32 `x` of shape `(..., n)` as `(rows, n)`, plus the leading shape."""
+    x = tf.convert_to_tensor(x)
+    if x.dtype != tf.float32:
+        x = tf.cast(x, tf.float32)
+    width = x.shape[-1]
+    if width is None:
+        raise ValueError(f"Expected a static last dimension; got shape {x.shape}.")
+    if x.shape.rank == 2:
+        return x, None
+    return tf.reshape(x, [-1, width]), tf.shape(x)[:-1]
+
+
+def _from_rows(y, leading_shape):
+    """Inverse of `_as_rows` for a result of shape `(rows, width)`."""
+    if leading_shape is None:
+        return y
+    return tf.reshape(y, tf.concat([leading_shape, [y.shape[-1]]], axis=0))
+
+
+def _dct2_first(x, length, count):
+    """Pads `x` to `length` and returns its first `count` DCT-II coefficients."""
+    rows, leading_shape = _as_rows(x)
+    width = rows.shape[-1]
+    if length < width:
+        raise ValueError(
+            f"The DCT length ({length}) must be at least the input size ({width})."
+        )
+    coefficients = _dct2_leading(_pad_last(rows, length), count)
+    return _from_rows(coefficients, leading_shape)
+
+
+def dct2_ortho_builtin(x, length=None):
+    """Orthonormal DCT-II along the last axis, with TFLite builtin ops only.
+
+    Matches `scipy.fft.dct(x_padded, type=2, norm="ortho")` where `x_padded` is
+    `x` zero-padded to `length`. Works for any length (power-of-two lengths use
+    one real FFT, others Bluestein's algorithm over power-of-two FFTs).
+
+    Args:
+        x: Tensor of shape `(..., n)` with a static `n`; computed in float32.
+        length: Transform length `N >= n`; defaults to `n`.
+
+    Returns:
+        float32 tensor of shape `(..., N)`.
+
+    Raises:
+        ValueError: if `length < n` or `n` is not static.
+
+    Example:
+
+    >>> y = dct2_ortho_builtin(tf.ones((2, 3)), length=5)
+    >>> y.shape
+    TensorShape([2, 5])
+    """
+    width = tf.convert_to_tensor(x).shape[-1]
+    length = width if length is None else int(length)
+    return _dct2_first(x, length, length)
+
+
+def dct_offset_builtin(x, units):
+    """The DCT offset `D x` of a `(n -> units)` layer, with TFLite builtin ops only.
+
+    Same result as `keras_dctsparse.ops.transforms.dct_offset`: the first
+    `units` orthonormal DCT-II coefficients of `x` zero-padded to
+    `N = max(n, units)`. Only the needed frequencies are computed.
+
+    Args:
+        x: Tensor of shape `(..., n)` with a static `n`; computed in float32.
+        units: Number of output coefficients `m`.
+
+    Returns:
+        float32 tensor of shape `(..., units)`.
+
+    Example:
+
+    >>> dct_offset_builtin(tf.ones((2, 784)), 300).shape
+    TensorShape([2, 300])
+    """
+    width = tf.convert_to_tensor(x).shape[-1]
+    return _dct2_first(x, max(width, int(units)), int(units))
+
+
+def sparse_matmul_builtin(x, values, rows, cols, units):
+    """`y[..., c] = sum_{k: cols[k] = c} x[..., rows[k]] * values[k]`, builtin ops only.
+
+    Gather + multiply + `unsorted_segment_sum`; the positions need no ordering
+    and duplicates add up. Forward only (for export); training uses
+    `keras_dctsparse.ops.sparse_matmul`.
+
+    Args:
+        x: Tensor of shape `(..., n)` with a static `n` (any batch size).
+        values: float tensor `(nnz,)`, the nonzeros of `S` (kernel orientation
+            `(n, units)`).
+        rows: int32 tensor `(nnz,)`, input index of each nonzero.
+        cols: int32 tensor `(nnz,)`, output index of each nonzero.
+        units: Number of outputs (Python int).
+
+    Returns:
+        float32 tensor of shape `(..., units)`.
+
+    Example:
+
+    >>> x = tf.constant([[1.0, 2.0, 3.0]])
+    >>> y = sparse_matmul_builtin(x, tf.constant([2.0, 1.0]), [2, 0], [1, 1], 2)
+    >>> y.numpy().tolist()
+    [[0.0, 7.0]]
+    """
+    x_rows, leading_shape = _as_rows(x)
+    values = tf.cast(values, tf.float32)
+    # Work on x^T so that both the gather and the segment sum use axis 0.
+    picked = tf.gather(tf.transpose(x_rows), rows) * values[:, tf.newaxis]
+    summed = tf.math.unsorted_segment_sum(picked, cols, int(units))
+    return _from_rows(tf.transpose(summed), leading_shape)
+
+
+def tflite_op_names(tflite_bytes):
+    """Names of the operators of a TFLite model, one per operator, in graph order.
+
+    Reads the flatbuffer directly, so it also works for models the interpreter
+    cannot load (for instance with Flex ops). Builtins are given by their
+    `BuiltinOperator` name (`"FULLY_CONNECTED"`, `"RFFT2D"`, ...); custom ops as
+    `"CUSTOM:<custom code>"`, so Flex ops appear as `"CUSTOM:Flex..."`.
+
+    Args:
+        tflite_bytes: The serialized model (`bytes`).
+
+    Returns:
+        List of strings.
+
+    Example:
+
+    >>> names = tflite_op_names(converter.convert())  # doctest: +SKIP
+    >>> [n for n in names if n.startswith("CUSTOM")]  # doctest: +SKIP
+    []
+    """
+    # The flatbuffer schema ships with TensorFlow (and with ai-edge-litert).
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    builtin_names = {
+        code: name
+        for name, code in vars(schema.BuiltinOperator).items()
+        if not name.startswith("_")
+    }
+    model = schema.Model.GetRootAs(bytearray(tflite_bytes), 0)
+    names = []
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for o in range(subgraph.OperatorsLength()):
+            code = model.OperatorCodes(subgraph.Operators(o).OpcodeIndex())
+            # Codes below 127 may live only in the deprecated int8 field.
+            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            name = builtin_names.get(builtin, f"UNKNOWN_{builtin}")
+            if name == "CUSTOM":
+                name = "CUSTOM:" + (code.CustomCode() or b"").decode()
+            names.append(name)
+    return names

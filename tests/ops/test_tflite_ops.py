@@ -1,0 +1,220 @@
+"""Tests of the TFLite-exportable ops: accuracy, builtins-only conversion, dynamic batch."""
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import scipy.fft
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from keras_dctsparse.ops import tflite_ops
+from keras_dctsparse.ops.transforms import dct_offset
+
+EAGER_LENGTHS = (1, 2, 3, 7, 10, 48, 100, 300, 784, 1000, 4096, 5000)
+TFLITE_LAYERS = ((784, 300), (300, 100), (100, 10), (1000, 1000), (4096, 4096), (10, 300))
+TFLITE_TOLERANCE = 1e-4
+
+
+def eager_tolerance(length):
+    """Relative-norm tolerance of the float32 transform of length `length`.
+
+    The relative rms round-off of a float32 FFT grows like `eps * sqrt(log2 M)`
+    (`eps = 6e-8`). Bluestein chains three FFT-sized stages of length
+    `M < 4N` plus O(1) elementwise steps, so `1e-6 * sqrt(1 + log2 N)` (about
+    16 eps per stage) leaves a wide margin; the measured error is 0.5e-7 to
+    2e-7 for every length up to 1e5.
+    """
+    return 1e-6 * math.sqrt(1.0 + math.log2(length))
+
+
+def reference_dct(x, length, count):
+    """First `count` ortho DCT-II coefficients of `x` zero-padded to `length`, float64."""
+    padded = np.zeros(x.shape[:-1] + (length,))
+    padded[..., : x.shape[-1]] = x
+    return scipy.fft.dct(padded, type=2, norm="ortho", axis=-1)[..., :count]
+
+
+def relative_error(actual, expected):
+    return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
+
+
+def dense_kernel(values, rows, cols, input_dim, units):
+    kernel = np.zeros((input_dim, units))
+    np.add.at(kernel, (rows, cols), values)
+    return kernel
+
+
+def random_sparse(input_dim, units, nnz, seed):
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, input_dim, nnz).astype(np.int32)
+    cols = rng.integers(0, units, nnz).astype(np.int32)
+    return rng.standard_normal(nnz).astype(np.float32), rows, cols
+
+
+def convert(fn, input_dim, select_tf_ops=False):
+    """Converts `fn` on a `(None, input_dim)` float32 input; builtins only by default."""
+    function = tf.function(
+        fn, input_signature=[tf.TensorSpec([None, input_dim], tf.float32)]
+    )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function()], function
+    )
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if select_tf_ops:
+        converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+    return converter.convert()
+
+
+@functools.lru_cache(maxsize=None)
+def converted_offset(input_dim, units):
+    return convert(lambda x: tflite_ops.dct_offset_builtin(x, units), input_dim)
+
+
+def run(interpreter, x):
+    """Resizes the interpreter's input to `x.shape`, runs it, returns the output."""
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def assert_no_flex_ops(tflite_bytes):
+    """Fails if the model has any custom op (Flex ops are custom ops)."""
+    names = tflite_ops.tflite_op_names(tflite_bytes)
+    custom = [name for name in names if name.startswith("CUSTOM") or "Flex" in name]
+    assert not custom, f"Non-builtin ops in the model: {sorted(set(custom))}"
+
+
+# Eager TensorFlow accuracy.
+
+
+@pytest.mark.parametrize("length", EAGER_LENGTHS)
+def test_dct2_matches_scipy(length):
+    rng = np.random.default_rng(length)
+    for input_dim in sorted({length, length // 3 + 1}):
+        x = rng.standard_normal((3, input_dim)).astype(np.float32)
+        y = tflite_ops.dct2_ortho_builtin(x, length).numpy()
+        assert y.shape == (3, length)
+        error = relative_error(y, reference_dct(x, length, length))
+        assert error < eager_tolerance(length), (input_dim, error)
+
+
+@pytest.mark.parametrize("length", EAGER_LENGTHS)
+def test_dct_offset_matches_scipy(length):
+    rng = np.random.default_rng(length + 1)
+    half = length // 2
+    for input_dim, units in sorted(
+        {(length, 1), (length, half + 1), (length, length), (1, length), (half + 1, length)}
+    ):
+        if max(input_dim, units) != length:
+            continue
+        x = rng.standard_normal((2, input_dim)).astype(np.float32)
+        y = tflite_ops.dct_offset_builtin(x, units).numpy()
+        error = relative_error(y, reference_dct(x, length, units))
+        assert error < eager_tolerance(length), (input_dim, units, error)
+
+
+def test_dct_offset_matches_tf_signal_version():
+    x = np.random.default_rng(0).standard_normal((4, 784)).astype(np.float32)
+    expected = dct_offset(tf.constant(x), 300).numpy()
+    actual = tflite_ops.dct_offset_builtin(x, 300).numpy()
+    assert relative_error(actual, expected) < eager_tolerance(784)
+
+
+def test_dct_keeps_leading_dims():
+    x = np.random.default_rng(1).standard_normal((2, 3, 10)).astype(np.float32)
+    y = tflite_ops.dct2_ortho_builtin(x, 12).numpy()
+    assert y.shape == (2, 3, 12)
+    assert relative_error(y, reference_dct(x, 12, 12)) < eager_tolerance(12)
+    assert tflite_ops.dct_offset_builtin(x[0, 0], 4).shape == (4,)
+
+
+def test_dct_rejects_short_length():
+    with pytest.raises(ValueError, match="at least"):
+        tflite_ops.dct2_ortho_builtin(tf.zeros((1, 10)), 8)
+
+
+def test_fft_length_helpers():
+    assert [tflite_ops.is_power_of_two(v) for v in (1, 2, 3, 48, 64)] == [
+        True,
+        True,
+        False,
+        False,
+        True,
+    ]
+    assert tflite_ops.bluestein_fft_length(1, 1) == 1
+    assert tflite_ops.bluestein_fft_length(1000, 501) == 2048
+    assert tflite_ops.bluestein_fft_length(784, 300) == 2048  # 1083 -> 2048
+    assert tflite_ops.bluestein_fft_length(300, 151) == 512
+
+
+def test_sparse_matmul_matches_dense():
+    values, rows, cols = random_sparse(50, 20, 120, seed=2)  # with duplicates
+    kernel = dense_kernel(values, rows, cols, 50, 20)
+    x = np.random.default_rng(3).standard_normal((2, 3, 50)).astype(np.float32)
+    y = tflite_ops.sparse_matmul_builtin(x, values, rows, cols, 20).numpy()
+    assert y.shape == (2, 3, 20)
+    np.testing.assert_allclose(y, x @ kernel, rtol=1e-5, atol=1e-5)
+
+
+# TFLite conversion (builtins only) and the ai-edge-litert interpreter.
+
+
+@pytest.mark.parametrize("input_dim,units", TFLITE_LAYERS)
+def test_tflite_dct_offset(input_dim, units):
+    model = converted_offset(input_dim, units)
+    assert_no_flex_ops(model)
+    interpreter = Interpreter(model_content=model)
+    rng = np.random.default_rng(input_dim * units)
+    length = max(input_dim, units)
+    for batch in (1, 7):
+        x = rng.standard_normal((batch, input_dim)).astype(np.float32)
+        y = run(interpreter, x)
+        assert y.shape == (batch, units)
+        assert relative_error(y, reference_dct(x, length, units)) < TFLITE_TOLERANCE
+
+
+@pytest.mark.parametrize("input_dim,units", [(1000, 1000), (4096, 4096)])
+def test_tflite_dct_constants_are_linear_in_length(input_dim, units):
+    # A stored D would take 4 * N * N bytes; the chirps and twiddles take O(N).
+    length = max(input_dim, units)
+    assert len(converted_offset(input_dim, units)) < 64 * length
+    assert "RFFT2D" in tflite_ops.tflite_op_names(converted_offset(input_dim, units))
+
+
+def test_tflite_layer_with_dynamic_batch():
+    input_dim, units = 300, 100
+    values, rows, cols = random_sparse(input_dim, units, 300, seed=4)
+
+    def layer(x):
+        offset = tflite_ops.dct_offset_builtin(x, units)
+        return 0.5 * offset + tflite_ops.sparse_matmul_builtin(
+            x, values, rows, cols, units
+        )
+
+    model = convert(layer, input_dim)
+    assert_no_flex_ops(model)
+    names = tflite_ops.tflite_op_names(model)
+    assert {"GATHER", "UNSORTED_SEGMENT_SUM", "RFFT2D"} <= set(names)
+    kernel = dense_kernel(values, rows, cols, input_dim, units)
+    interpreter = Interpreter(model_content=model)
+    rng = np.random.default_rng(5)
+    for batch in (1, 7, 1):
+        x = rng.standard_normal((batch, input_dim)).astype(np.float32)
+        expected = 0.5 * reference_dct(x, input_dim, units) + x @ kernel
+        y = run(interpreter, x)
+        assert y.shape == (batch, units)
+        assert relative_error(y, expected) < TFLITE_TOLERANCE
+
+
+def test_assert_no_flex_ops_catches_tf_signal_dct():
+    model = convert(
+        lambda x: tf.signal.dct(x, type=2, norm="ortho"), 48, select_tf_ops=True
+    )
+    assert any(name.startswith("CUSTOM:Flex") for name in tflite_ops.tflite_op_names(model))
+    with pytest.raises(AssertionError, match="Flex"):
+        assert_no_flex_ops(model)
