@@ -156,11 +156,15 @@ class DCTSparseLayer(keras.layers.Layer):
         return tf.float64 if self.compute_dtype == "float64" else tf.float32
 
     def combine(self, offset_output, sparse_output):
-        """`alpha * offset + sparse`, cast to the compute dtype, plus bias and activation."""
+        """`alpha * offset + sparse`, then `finish` (cast, bias, activation)."""
         outputs = sparse_output
         if offset_output is not None:
             alpha = tf.cast(tf.convert_to_tensor(self._alpha), outputs.dtype)
             outputs = outputs + alpha * offset_output
+        return self.finish(outputs)
+
+    def finish(self, outputs):
+        """Casts to the compute dtype, adds the bias and applies the activation."""
         outputs = tf.cast(outputs, self.compute_dtype)
         if self.bias is not None:
             outputs = outputs + self.bias

@@ -98,9 +98,10 @@ class DCTSparseDense(DCTSparseLayer):
         x = tf.cast(inputs, self.transform_dtype())
         leading_shape = tf.shape(x)[:-1]
         x = tf.reshape(x, [-1, input_dim])
-        sparse_output = self.sparse_weight.matmul(x)
-        offset_output = dct_offset(x, self.units) if self.offset == "dct" else None
-        outputs = self.combine(offset_output, sparse_output)
+        alpha = None
+        if self.offset == "dct":
+            alpha = tf.cast(tf.convert_to_tensor(self._alpha), x.dtype)
+        outputs = self.finish(self.sparse_weight.matmul(x, offset_scale=alpha))
         return tf.reshape(outputs, tf.concat([leading_shape, [self.units]], axis=0))
 
     def compute_output_shape(self, input_shape):

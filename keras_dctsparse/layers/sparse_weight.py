@@ -23,9 +23,11 @@ import tensorflow as tf
 from keras.src.initializers.random_initializers import VarianceScaling
 from keras.src.initializers.random_initializers import compute_fans
 
+from keras_dctsparse.ops.sparse_matmul import offset_sparse_matmul
 from keras_dctsparse.ops.sparse_matmul import sparse_matmul
 from keras_dctsparse.ops.support import num_nonzeros
 from keras_dctsparse.ops.support import sample_support
+from keras_dctsparse.ops.transforms import dct_offset
 
 
 def matrix_shape(kernel_shape):
@@ -178,18 +180,29 @@ class SparseWeight:
         positions = tf.convert_to_tensor(self.indices)
         return positions[0], positions[1]
 
-    def matmul(self, x):
-        """`x @ S` for `x` of shape `(batch, rows)`; float32 in, float32 out."""
+    def matmul(self, x, offset_scale=None):
+        """`x @ S`, plus `offset_scale * D x` when `offset_scale` is given.
+
+        Args:
+            x: float32/float64 tensor of shape `(batch, rows)`.
+            offset_scale: None, or the scalar `alpha` of the DCT offset `D`
+                (only for two-dimensional kernels).
+
+        Returns:
+            Tensor of shape `(batch, cols)`, the dtype of `x`.
+        """
+        units = self.matrix_shape[1]
         if self.sparse_format == "masked":
-            return tf.matmul(x, tf.reshape(self.dense_kernel(), self.matrix_shape))
+            outputs = tf.matmul(x, tf.reshape(self.dense_kernel(), self.matrix_shape))
+            if offset_scale is not None:
+                outputs += offset_scale * dct_offset(x, units)
+            return outputs
         rows, cols = self._positions()
-        return sparse_matmul(
-            x,
-            tf.convert_to_tensor(self.values),
-            rows,
-            cols,
-            self.matrix_shape[1],
-            kernel=self.kernel,
+        values = tf.convert_to_tensor(self.values)
+        if offset_scale is None:
+            return sparse_matmul(x, values, rows, cols, units, kernel=self.kernel)
+        return offset_sparse_matmul(
+            x, offset_scale, values, rows, cols, units, kernel=self.kernel
         )
 
     def dense_kernel(self):

@@ -25,6 +25,8 @@ sampled dense-dense product) is the same for all kernels and runs under XLA.
 import tensorflow as tf
 from tensorflow.python.ops.linalg.sparse import sparse_csr_matrix_ops
 
+from keras_dctsparse.ops.transforms import dct_offset
+
 SPARSE_KERNELS = ("auto", "csr", "gather")
 
 # Row count at or below which "auto" picks the gather kernel. Chosen from the
@@ -40,7 +42,7 @@ def _sampled_dot(x, dy, rows, cols):
     )
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True)
 def _gather_segment_sum(x, values, gather_index, segment_index, num_segments):
     """`out[b, s] = sum_{k: segment_index[k] = s} x[b, gather_index[k]] * values[k]`."""
     contributions = tf.gather(x, gather_index, axis=1) * values
@@ -97,6 +99,60 @@ def _csr_matmul(x, values, rows, cols, units):
     return matmul(x, values)
 
 
+def _resolve_kernel(kernel, batch):
+    if kernel not in SPARSE_KERNELS:
+        raise ValueError(
+            f"Argument `kernel` must be one of {SPARSE_KERNELS}; received "
+            f"kernel={kernel!r}."
+        )
+    if kernel != "auto" or batch is None:
+        return kernel
+    return "gather" if batch <= AUTO_GATHER_MAX_ROWS else "csr"
+
+
+@tf.function(jit_compile=True)
+def _fused_offset_gather(x, alpha, values, rows, cols, units):
+    # One XLA cluster for the whole small-batch layer: per-op dispatch costs
+    # more than the arithmetic here.
+    return alpha * dct_offset(x, units) + _gather_matmul(x, values, rows, cols, units)
+
+
+def _offset_csr(x, alpha, values, rows, cols, units):
+    return alpha * dct_offset(x, units) + _csr_matmul(x, values, rows, cols, units)
+
+
+def offset_sparse_matmul(x, alpha, values, rows, cols, units, kernel="auto"):
+    """Computes `alpha * D x + x @ S`: the DCT offset plus the sparse part.
+
+    Same arguments as `sparse_matmul`, plus `alpha`, a scalar tensor of the
+    dtype of `x`. With the gather kernel the transform and the sparse product
+    run as one XLA cluster (fastest for small batches); with the CSR kernel
+    the transform is `tf.signal.dct` next to the CSR product.
+
+    Returns:
+        Tensor of shape `(batch, units)`.
+
+    Example:
+
+    >>> y = offset_sparse_matmul(tf.ones((1, 4)), tf.constant(1.0),
+    ...                          tf.constant([0.0]), [0], [0], 4)
+    >>> [round(v, 4) for v in y.numpy()[0].tolist()]
+    [2.0, 0.0, 0.0, 0.0]
+    """
+    chosen = _resolve_kernel(kernel, x.shape[0])
+    rows = tf.convert_to_tensor(rows, tf.int32)
+    cols = tf.convert_to_tensor(cols, tf.int32)
+    if chosen == "gather":
+        return _fused_offset_gather(x, alpha, values, rows, cols, units)
+    if chosen == "csr":
+        return _offset_csr(x, alpha, values, rows, cols, units)
+    return tf.cond(
+        tf.shape(x)[0] <= AUTO_GATHER_MAX_ROWS,
+        lambda: _fused_offset_gather(x, alpha, values, rows, cols, units),
+        lambda: _offset_csr(x, alpha, values, rows, cols, units),
+    )
+
+
 def sparse_matmul(x, values, rows, cols, units, kernel="auto"):
     """Computes `x @ S` for a sparse `(n, units)` kernel `S` given by its nonzeros.
 
@@ -122,19 +178,11 @@ def sparse_matmul(x, values, rows, cols, units, kernel="auto"):
     >>> y.numpy().tolist()
     [[2.0, 0.0], [2.0, 0.0]]
     """
-    if kernel not in SPARSE_KERNELS:
-        raise ValueError(
-            f"Argument `kernel` must be one of {SPARSE_KERNELS}; received "
-            f"kernel={kernel!r}."
-        )
-    if kernel == "csr":
+    chosen = _resolve_kernel(kernel, x.shape[0])
+    if chosen == "csr":
         return _csr_matmul(x, values, rows, cols, units)
-    if kernel == "gather":
+    if chosen == "gather":
         return _gather_matmul(x, values, rows, cols, units)
-    batch = x.shape[0]
-    if batch is not None:
-        chosen = "gather" if batch <= AUTO_GATHER_MAX_ROWS else "csr"
-        return sparse_matmul(x, values, rows, cols, units, kernel=chosen)
     return tf.cond(
         tf.shape(x)[0] <= AUTO_GATHER_MAX_ROWS,
         lambda: _gather_matmul(x, values, rows, cols, units),

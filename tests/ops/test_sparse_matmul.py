@@ -68,3 +68,35 @@ def test_kernels_handle_empty_columns_and_rows(kernel):
 def test_unknown_kernel_is_a_clear_error():
     with pytest.raises(ValueError, match="kernel='dense'"):
         sm.sparse_matmul(tf.ones((1, 2)), tf.ones(1), [0], [0], 2, kernel="dense")
+
+
+@pytest.mark.parametrize("kernel", sm.SPARSE_KERNELS)
+@pytest.mark.parametrize("batch", [3, 40])
+def test_offset_sparse_matmul_matches_numpy_forward_and_backward(kernel, batch):
+    import scipy.fft
+
+    n, m = 33, 50
+    rows, cols, values, dense, x, dy = random_problem(n, m, 200, batch)
+    offset = scipy.fft.dct(np.eye(m), norm="ortho", axis=0)[:m, :n]  # D, (m x n)
+    alpha = 0.6
+
+    @tf.function(input_signature=[tf.TensorSpec([None, n]), tf.TensorSpec([200]),
+                                  tf.TensorSpec([])])
+    def forward_backward(x, values, alpha):
+        with tf.GradientTape() as tape:
+            tape.watch([x, values, alpha])
+            y = sm.offset_sparse_matmul(x, alpha, values, rows, cols, m, kernel=kernel)
+            loss = tf.reduce_sum(y * dy)
+        return (y,) + tuple(tape.gradient(loss, [x, values, alpha]))
+
+    y, dx, dvalues, dalpha = [
+        t.numpy()
+        for t in forward_backward(
+            tf.constant(x, tf.float32), tf.constant(values, tf.float32), tf.constant(alpha)
+        )
+    ]
+    kernel_matrix = dense + alpha * offset.T
+    np.testing.assert_allclose(y, x @ kernel_matrix, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dy @ kernel_matrix.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dvalues, (x.T @ dy)[rows, cols], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dalpha, np.sum((x @ offset.T) * dy), rtol=1e-4)
