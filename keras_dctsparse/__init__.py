@@ -7,6 +7,10 @@ Every weight matrix is ``W = alpha * D + S``: a fixed orthonormal DCT-II block
 __version__ = "0.1.0"
 
 from keras_dctsparse.layers import DCTSparseDense
+from keras_dctsparse.layers import DCTSparseConv1D
+from keras_dctsparse.layers import DCTSparseConv2D
+from keras_dctsparse.layers import DCTSparseDepthwiseConv2D
 from keras_dctsparse.callbacks import EnforceSparsity
 from keras_dctsparse.allocation import Allocation
 from keras_dctsparse.allocation import allocate_densities
+from keras_dctsparse.export import export_tflite

@@ -2,3 +2,6 @@
 
 from keras_dctsparse.layers.base import DCTSparseLayer
 from keras_dctsparse.layers.dense import DCTSparseDense
+from keras_dctsparse.layers.conv import DCTSparseConv1D
+from keras_dctsparse.layers.conv import DCTSparseConv2D
+from keras_dctsparse.layers.conv import DCTSparseDepthwiseConv2D

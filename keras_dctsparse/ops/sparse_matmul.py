@@ -117,7 +117,10 @@ def _fused_offset_gather(x, alpha, values, rows, cols, units):
     return alpha * dct_offset(x, units) + _gather_matmul(x, values, rows, cols, units)
 
 
+@tf.function
 def _offset_csr(x, alpha, values, rows, cols, units):
+    # A function of its own: inside a tf.cond branch, the custom gradient of an
+    # inlined CSR product loses its captured input.
     return alpha * dct_offset(x, units) + _csr_matmul(x, values, rows, cols, units)
 
 
