@@ -1,0 +1,396 @@
+"""TFLite export of Keras models with `DCTSparseDense` layers, builtin ops only.
+
+`tf.signal.dct` and `tf.sparse.sparse_dense_matmul` need Flex (Select TF)
+ops, which neither `tf.lite.Interpreter` nor `ai-edge-litert` can run, and a
+constant `D` next to `S` is folded by the converter into one dense matrix (a
+file as big as the dense model). So `DCTSparseDense.call` is never traced
+here. Each such layer is exported as
+
+    activation(alpha * dct_offset_builtin(x, units)
+               + sparse_matmul_builtin(x, values, rows, cols, units) + bias)
+
+(`keras_dctsparse.ops.tflite_ops`) with its weights as constants: `D` stays an
+implicit fast transform (`RFFT2D`, `MUL`, ... with O(N) constants) and `S`
+stays `nnz` float32 values plus `2 * nnz` int32 positions (`GATHER`, `MUL`,
+`UNSORTED_SEGMENT_SUM`). All other layers (Dense, Activation, Flatten,
+Reshape, Dropout, BatchNormalization, ...) are called as they are, in
+inference mode, and must convert to builtins themselves.
+
+File size: about `nnz * (4 + 8)` bytes for the sparse parts (float32 values,
+int32 rows and columns; 2 bytes per value with `quantization="float16"`)
+plus a fixed overhead per layer: the bias, the DCT constants (a few times
+`max(n, units)` floats, more for non-power-of-two lengths, which use
+Bluestein's algorithm over power-of-two FFTs) and the flatbuffer's own
+metadata. A `DCTSparseDense` layer never costs `n * units` numbers.
+"""
+
+import contextlib
+import os
+import re
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import (
+    convert_variables_to_constants_v2,
+)
+
+from keras_dctsparse.layers.base import DCTSparseLayer
+from keras_dctsparse.layers.dense import DCTSparseDense
+from keras_dctsparse.ops.tflite_ops import dct_offset_builtin
+from keras_dctsparse.ops.tflite_ops import sparse_matmul_builtin
+from keras_dctsparse.ops.tflite_ops import tflite_op_names
+
+QUANTIZATIONS = (None, "float16", "dynamic_int8")
+
+
+class TFLiteExportError(ValueError):
+    """A model cannot be exported to TFLite with builtin ops only."""
+
+
+def sparse_entries(layer):
+    """`(values, rows, cols)` of the sparse part `S` of a built `DCTSparseDense`.
+
+    Works for both storage formats. For `sparse_format="masked"` the entries
+    are the positions of the mask (kept entries that are currently zero are
+    listed too), so the export is sparse either way.
+
+    Args:
+        layer: A built `DCTSparseDense`.
+
+    Returns:
+        float32 `(nnz,)` values and int32 `(nnz,)` rows (input index) and cols
+        (output index), as numpy arrays.
+    """
+    weight = layer.sparse_weight
+    if weight.sparse_format == "masked":
+        shape = weight.matrix_shape
+        mask = np.asarray(keras.ops.convert_to_numpy(weight.mask)).reshape(shape)
+        kernel = np.asarray(keras.ops.convert_to_numpy(weight.masked_kernel))
+        rows, cols = np.nonzero(mask > 0)
+        values = kernel.reshape(shape)[rows, cols]
+    else:
+        values = keras.ops.convert_to_numpy(weight.values)
+        rows, cols = keras.ops.convert_to_numpy(weight.indices)
+    return (
+        np.asarray(values, dtype=np.float32),
+        np.asarray(rows, dtype=np.int32),
+        np.asarray(cols, dtype=np.int32),
+    )
+
+
+def export_call(layer):
+    """A replacement for `layer.call` built from TFLite-builtin ops and constants.
+
+    Args:
+        layer: A built `DCTSparseDense`.
+
+    Returns:
+        A function `inputs -> outputs` computing the same as `layer.call`
+        (in float32) with the weights' current values frozen in.
+    """
+    input_dim, units = layer.sparse_weight.matrix_shape
+    values, rows, cols = sparse_entries(layer)
+    alpha = None
+    if layer.offset == "dct":
+        alpha = np.float32(keras.ops.convert_to_numpy(layer.alpha))
+    bias = None
+    if layer.bias is not None:
+        bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), dtype=np.float32)
+    activation = layer.activation
+    output_dtype = layer.compute_dtype
+
+    def call(inputs):
+        x = tf.cast(inputs, tf.float32)
+        leading_shape = None
+        if x.shape.rank != 2:
+            leading_shape = tf.shape(x)[:-1]
+            x = tf.reshape(x, [-1, input_dim])
+        outputs = sparse_matmul_builtin(
+            x, tf.constant(values), tf.constant(rows), tf.constant(cols), units
+        )
+        if alpha is not None:
+            outputs = outputs + tf.constant(alpha) * dct_offset_builtin(x, units)
+        if bias is not None:
+            outputs = outputs + tf.constant(bias)
+        if activation is not None:
+            outputs = activation(outputs)
+        if leading_shape is not None:
+            outputs = tf.reshape(outputs, tf.concat([leading_shape, [units]], axis=0))
+        return tf.cast(outputs, output_dtype)
+
+    return call
+
+
+def _all_layers(model):
+    """Every layer nested in `model` (not `model` itself), depth first."""
+    found = []
+    seen = set()
+
+    def visit(layer):
+        for child in getattr(layer, "layers", None) or ():
+            if id(child) not in seen:
+                seen.add(id(child))
+                found.append(child)
+                visit(child)
+
+    visit(model)
+    return found
+
+
+def _check_layers(layers):
+    for layer in layers:
+        if isinstance(layer, DCTSparseLayer) and not isinstance(layer, DCTSparseDense):
+            raise NotImplementedError(
+                f"TFLite export of layer '{layer.name}' ({type(layer).__name__}) is "
+                "not implemented: only DCTSparseDense among the DCT-plus-sparse "
+                "layers can be exported so far."
+            )
+        if isinstance(layer, DCTSparseDense) and layer.sparse_weight is None:
+            raise TFLiteExportError(
+                f"Layer '{layer.name}' is not built; build the model before export."
+            )
+
+
+@contextlib.contextmanager
+def _export_calls(layers):
+    """Temporarily replaces `call` of every `DCTSparseDense` in `layers`."""
+    missing = object()
+    saved = []
+    try:
+        for layer in layers:
+            if isinstance(layer, DCTSparseDense):
+                saved.append((layer, layer.__dict__.get("call", missing)))
+                replacement = export_call(layer)
+                layer.__dict__["call"] = replacement
+        yield
+    finally:
+        for layer, previous in reversed(saved):
+            if previous is missing:
+                layer.__dict__.pop("call", None)
+            else:
+                layer.__dict__["call"] = previous
+
+
+def _input_specs(model):
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError) as error:
+        raise TFLiteExportError(
+            f"Model '{model.name}' has no defined inputs; build it with a "
+            "`keras.Input` (or call it once) before export."
+        ) from error
+    if not inputs:
+        raise TFLiteExportError(
+            f"Model '{model.name}' has no defined inputs; build it with a "
+            "`keras.Input` (or call it once) before export."
+        )
+    specs = []
+    for index, tensor in enumerate(inputs):
+        shape = [None] + [
+            None if d is None else int(d) for d in tuple(tensor.shape)[1:]
+        ]
+        name = getattr(tensor, "name", None) or f"input_{index}"
+        name = re.sub(r"[^A-Za-z0-9_.\-]", "_", name.split(":")[0])
+        specs.append(tf.TensorSpec(shape, tf.as_dtype(tensor.dtype), name=name))
+    return specs
+
+
+def _in_scope(layer, op_name):
+    """Whether a graph op name lies in `layer`'s name scope (`.../name[_k]/...`)."""
+    pattern = r"(^|/)" + re.escape(layer.name) + r"(_\d+)?/"
+    return re.search(pattern, op_name) is not None
+
+
+def _converts_alone(layer):
+    """Whether `layer` alone converts with builtins only (None: cannot tell)."""
+    try:
+        shape = tuple(layer.input.shape)
+        dtype = tf.as_dtype(layer.input.dtype)
+    except Exception:  # not a single-input layer of a functional graph
+        return None
+    spec = tf.TensorSpec([None] + list(shape[1:]), dtype)
+    try:
+        function = tf.function(
+            lambda x: layer(x, training=False), input_signature=[spec], autograph=False
+        )
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [function.get_concrete_function()], layer
+        )
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.convert()
+    except Exception:
+        return False
+    return True
+
+
+def _failing_layers(graph, op_types, layers):
+    """Names of the layers that hold ops of `op_types` and do not convert alone.
+
+    The converter's message gives the unsupported op types but not reliably
+    the layers; the ops of those types in the traced graph give candidate
+    layers (by name scope), and converting each candidate alone confirms it.
+    """
+    leaves = [
+        layer
+        for layer in layers
+        if not getattr(layer, "layers", None) and not isinstance(layer, DCTSparseDense)
+    ]
+    op_names = [op.name for op in graph.get_operations() if op.type in op_types]
+    candidates = [
+        layer for layer in leaves if any(_in_scope(layer, name) for name in op_names)
+    ]
+    confirmed = [layer.name for layer in candidates if _converts_alone(layer) is False]
+    return confirmed or [layer.name for layer in candidates]
+
+
+def _flex_ops_in(message):
+    return sorted(set(re.findall(r"\btf\.([A-Z][A-Za-z0-9]*)", message)))
+
+
+def _configure_quantization(converter, quantization):
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic_int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def convert_tflite(model, quantization=None):
+    """Converts a Keras model with `DCTSparseDense` layers to TFLite, builtin ops only.
+
+    See `export_tflite`; this returns the serialized model instead of writing it.
+
+    Returns:
+        The `.tflite` flatbuffer as `bytes`.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"Argument `quantization` must be one of {QUANTIZATIONS}; "
+            f"got {quantization!r}."
+        )
+    layers = _all_layers(model)
+    _check_layers(layers)
+    specs = _input_specs(model)
+
+    def forward(*inputs):
+        return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+
+    function = tf.function(forward, input_signature=specs, autograph=False)
+    with _export_calls(layers):
+        try:
+            concrete = function.get_concrete_function()
+        except Exception as error:
+            raise TFLiteExportError(
+                f"Tracing model '{model.name}' for TFLite export failed: {error}"
+            ) from error
+    # Freeze the variables explicitly: left to itself, the converter may keep
+    # them as resource variables (VAR_HANDLE / READ_VARIABLE with no values
+    # in the file), as it does for a model of plain Dense layers.
+    frozen = convert_variables_to_constants_v2(concrete)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    _configure_quantization(converter, quantization)
+    try:
+        tflite_bytes = converter.convert()
+    except Exception as error:
+        message = str(error)
+        ops = _flex_ops_in(message)
+        culprits = _failing_layers(concrete.graph, set(ops), layers)
+        where = (
+            f"layer(s) {', '.join(repr(n) for n in culprits)}"
+            if culprits
+            else "an unidentified layer"
+        )
+        raise TFLiteExportError(
+            f"Model '{model.name}' cannot be converted to TFLite with builtin ops "
+            f"only: {where} uses TensorFlow ops without a TFLite builtin"
+            + (f" ({', '.join(ops)})" if ops else "")
+            + f". Converter message (first 2000 characters):\n{message[:2000]}"
+        ) from error
+    custom = [n for n in tflite_op_names(tflite_bytes) if n.startswith("CUSTOM")]
+    if custom:
+        raise TFLiteExportError(
+            f"Model '{model.name}' converted with non-builtin ops "
+            f"{sorted(set(custom))}, which the TFLite runtime cannot run."
+        )
+    return tflite_bytes
+
+
+def export_tflite(model, path, quantization=None):
+    """Writes a Keras model with `DCTSparseDense` layers as a builtin-only `.tflite`.
+
+    Every `DCTSparseDense` is exported as its fast DCT (`RFFT2D` and
+    elementwise ops, O(max(n, units)) constants, never the `n x units` matrix
+    `D`) plus its sparse part as `nnz` values and int32 positions (`GATHER`,
+    `MUL`, `UNSORTED_SEGMENT_SUM`), from the weights' current values. Both
+    `sparse_format="values"` and `"masked"` layers export sparse. Other layers
+    are traced as they are, in inference mode (`training=False`), and must
+    convert to TFLite builtins. The batch dimension of every input is dynamic
+    (use `Interpreter.resize_tensor_input`).
+
+    The file size is about
+
+        size ~= sum over DCTpS layers of nnz * (b + 8) + overhead
+
+    with `b = 4` bytes per value (2 with `quantization="float16"`), 8 bytes for
+    the int32 row and column of each entry, and `overhead` the size of the same
+    model with one entry per layer (biases, DCT constants, other layers,
+    flatbuffer metadata).
+
+    The file is written atomically: the model is converted first, then written
+    to a temporary file in the same directory and moved over `path`, so a
+    failed export leaves an existing file untouched.
+
+    Args:
+        model: A built Keras model (Sequential or Functional, nested models
+            allowed) with defined inputs.
+        path: Destination file path.
+        quantization: `None` (float32), `"float16"` (float constants stored in
+            float16, `DEQUANTIZE`d at load) or `"dynamic_int8"` (the converter's
+            dynamic-range quantization: int8 weights for the ops with hybrid
+            kernels, such as the `FULLY_CONNECTED` of `keras.layers.Dense`;
+            it leaves `DCTSparseDense` layers in float32, because their
+            sparse values feed a `MUL`, which has no hybrid kernel).
+
+    Returns:
+        The written model as `bytes`.
+
+    Raises:
+        ValueError: for an unknown `quantization`.
+        TFLiteExportError (a `ValueError`): if the model is not built, or a
+            layer needs non-builtin (Flex) ops; the message names the
+            layer(s) and the ops where the converter reports them.
+        NotImplementedError: for DCT-plus-sparse layers other than
+            `DCTSparseDense` (conv layers).
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((784,)),
+    ...     DCTSparseDense(300, density=0.01, activation="relu"),
+    ...     DCTSparseDense(10, density=0.01, activation="softmax"),
+    ... ])
+    >>> data = export_tflite(model, "lenet.tflite")  # doctest: +SKIP
+    """
+    tflite_bytes = convert_tflite(model, quantization=quantization)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(
+        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+    )
+    try:
+        with os.fdopen(handle, "wb") as file:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private (0600)
+            file.write(tflite_bytes)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+    return tflite_bytes

@@ -1,0 +1,309 @@
+"""Tests of `export_tflite`: builtin-only files that match Keras, stay sparse, write atomically."""
+
+import functools
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from keras_dctsparse import DCTSparseDense
+from keras_dctsparse import export_tflite
+from keras_dctsparse.export import TFLiteExportError
+from keras_dctsparse.export import convert_tflite
+from keras_dctsparse.layers import DCTSparseLayer
+from keras_dctsparse.ops.tflite_ops import tflite_op_names
+
+TOLERANCE = 1e-4
+LAYER_SIZES = ((784, 300), (300, 100), (100, 10), (1000, 1000), (4096, 4096))
+INDEX_BYTES = 8  # int32 row + int32 column per entry
+
+
+def assert_no_flex_ops(tflite_bytes):
+    """Fails if the model has any custom op (Flex ops are custom ops)."""
+    names = tflite_op_names(tflite_bytes)
+    custom = [name for name in names if name.startswith("CUSTOM") or "Flex" in name]
+    assert not custom, f"Non-builtin ops in the model: {sorted(set(custom))}"
+
+
+def relative_error(actual, expected):
+    return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
+
+
+def run(interpreter, x):
+    """Resizes the interpreter's input to `x.shape`, runs it, returns the output."""
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def randomize(model, seed, scale=0.1, alpha=0.7):
+    """Nonzero random sparse values and biases, `alpha != 1` (as after training)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if not isinstance(layer, DCTSparseDense):
+            continue
+        weight = layer.sparse_weight
+        if weight.sparse_format == "masked":
+            mask = keras.ops.convert_to_numpy(weight.mask)
+            weight.masked_kernel.assign(
+                mask * rng.standard_normal(mask.shape).astype(np.float32) * scale
+            )
+        else:
+            weight.values.assign(rng.standard_normal(weight.nnz).astype(np.float32) * scale)
+        if layer.alpha is not None:
+            layer.alpha.assign(alpha)
+        if layer.bias is not None:
+            layer.bias.assign(rng.standard_normal(layer.bias.shape).astype(np.float32) * scale)
+    return model
+
+
+def assert_matches_keras(model, tflite_bytes, seed, tolerance=TOLERANCE, batches=(1, 7)):
+    interpreter = Interpreter(model_content=tflite_bytes)
+    rng = np.random.default_rng(seed)
+    input_shape = tuple(model.inputs[0].shape[1:])
+    for batch in batches:
+        x = rng.standard_normal((batch,) + input_shape).astype(np.float32)
+        expected = keras.ops.convert_to_numpy(model(x, training=False))
+        actual = run(interpreter, x)
+        assert actual.shape == expected.shape
+        assert relative_error(actual, expected) < tolerance, (batch, relative_error(actual, expected))
+
+
+def single_layer_model(input_dim, units, density, **kwargs):
+    model = keras.Sequential(
+        [keras.Input((input_dim,)), DCTSparseDense(units, density=density, seed=0, **kwargs)]
+    )
+    return randomize(model, seed=input_dim + units)
+
+
+def lenet(density, seed=0, **kwargs):
+    model = keras.Sequential(
+        [
+            keras.Input((784,)),
+            DCTSparseDense(300, density=density, activation="relu", seed=seed, **kwargs),
+            DCTSparseDense(100, density=density, activation="relu", seed=seed + 1, **kwargs),
+            DCTSparseDense(10, density=density, activation="softmax", seed=seed + 2, **kwargs),
+        ]
+    )
+    return randomize(model, seed=seed)
+
+
+def nnz(model):
+    return sum(layer.nnz for layer in model.layers if isinstance(layer, DCTSparseDense))
+
+
+@functools.lru_cache(maxsize=None)
+def lenet_files(density):
+    """(model, float32 bytes, float16 bytes, dynamic int8 bytes) of a LeNet-300-100."""
+    model = lenet(density)
+    return (
+        model,
+        convert_tflite(model),
+        convert_tflite(model, quantization="float16"),
+        convert_tflite(model, quantization="dynamic_int8"),
+    )
+
+
+@pytest.mark.parametrize("input_dim,units", LAYER_SIZES)
+def test_layer_matches_keras(input_dim, units, tmp_path):
+    density = 0.002 if input_dim * units > 10**6 else 0.02
+    model = single_layer_model(input_dim, units, density, alpha=0.5)
+    path = tmp_path / "layer.tflite"
+    data = export_tflite(model, path)
+    assert path.read_bytes() == data
+    assert_no_flex_ops(data)
+    names = set(tflite_op_names(data))
+    assert {"GATHER", "UNSORTED_SEGMENT_SUM", "RFFT2D"} <= names
+    assert "FULLY_CONNECTED" not in names
+    # Sparse values, positions and O(N) DCT constants; never the dense matrix.
+    layer = model.layers[0]
+    assert len(data) < layer.nnz * 12 + 64 * max(input_dim, units) + 20000
+    assert_matches_keras(model, data, seed=units)
+    assert "call" not in layer.__dict__  # the export-time call is removed
+
+
+def test_lenet_size_is_linear_in_nnz():
+    model, data, _, _ = lenet_files(0.01)
+    assert_no_flex_ops(data)
+    assert_matches_keras(model, data, seed=1)
+    # Overhead: the same model with one entry per layer (biases, DCT constants,
+    # metadata). Formula: size ~= nnz * (4 + INDEX_BYTES) + overhead.
+    minimal = lenet(1e-9)
+    assert nnz(minimal) == 3
+    overhead = len(convert_tflite(minimal))
+    predicted = nnz(model) * (4 + INDEX_BYTES) + overhead
+    print(
+        f"\nLeNet-300-100 density 0.01: nnz={nnz(model)} size={len(data)} B, "
+        f"overhead={overhead} B, predicted={predicted} B"
+    )
+    assert predicted / 1.5 <= len(data) <= 1.5 * predicted
+    dense_bytes = 4 * (784 * 300 + 300 * 100 + 100 * 10)
+    assert len(data) < dense_bytes / 5
+
+
+def test_plain_dense_model_keeps_its_weights():
+    # The converter alone would keep these kernels as uninitialized resource
+    # variables (VAR_HANDLE); export_tflite freezes them into the file.
+    model = keras.Sequential(
+        [keras.Input((30,)), keras.layers.Dense(20, activation="relu"), keras.layers.Dense(5)]
+    )
+    data = convert_tflite(model)
+    names = tflite_op_names(data)
+    assert "VAR_HANDLE" not in names and "FULLY_CONNECTED" in names
+    assert len(data) > 4 * (30 * 20 + 20 * 5)
+    assert_matches_keras(model, data, seed=12)
+
+
+def test_offset_none_masked_and_standard_layers():
+    inputs = keras.Input((4, 196))
+    x = keras.layers.Flatten()(inputs)
+    x = DCTSparseDense(300, density=0.02, sparse_format="masked", seed=1)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Activation("relu")(x)
+    x = keras.layers.Dropout(0.5)(x)
+    x = DCTSparseDense(120, density=0.05, offset=None, activation="tanh", seed=2)(x)
+    x = keras.layers.Reshape((10, 12))(x)
+    x = DCTSparseDense(8, density=0.1, sparse_format="masked", offset=None, seed=3)(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(10, activation="softmax")(x)
+    model = randomize(keras.Model(inputs, outputs), seed=3)
+    bn = model.layers[3]
+    rng = np.random.default_rng(4)
+    bn.moving_mean.assign(rng.standard_normal(300).astype(np.float32) * 0.1)
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, 300).astype(np.float32))
+    data = convert_tflite(model)
+    assert_no_flex_ops(data)
+    assert_matches_keras(model, data, seed=5)
+    # The masked 784 x 300 kernel is exported sparse, not as 940 KB of zeros.
+    assert len(data) < 784 * 300 * 4 / 4
+
+
+def test_nested_model_and_rank3_inputs():
+    inner = keras.Sequential(
+        [keras.Input((50,)), DCTSparseDense(30, density=0.1, activation="relu", seed=0)]
+    )
+    inputs = keras.Input((3, 50))
+    x = DCTSparseDense(50, density=0.1, seed=1)(inputs)  # rank-3 input
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(50)(x)
+    outputs = inner(x)
+    model = keras.Model(inputs, outputs)
+    randomize(model, seed=6)
+    randomize(inner, seed=7)
+    data = convert_tflite(model)
+    assert_no_flex_ops(data)
+    assert_matches_keras(model, data, seed=8)
+
+
+def test_dynamic_int8_quantizes_dense_layers():
+    # Dynamic-range quantization only has hybrid kernels for FULLY_CONNECTED
+    # (and convs): the Dense layers shrink, the DCTpS layer stays float32.
+    model = keras.Sequential(
+        [
+            keras.Input((784,)),
+            DCTSparseDense(300, density=0.01, activation="relu", seed=0),
+            keras.layers.Dense(100, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    randomize(model, seed=10)
+    reference, int8 = convert_tflite(model), convert_tflite(model, "dynamic_int8")
+    assert_no_flex_ops(int8)
+    x = np.random.default_rng(11).standard_normal((7, 784)).astype(np.float32)
+    change = float(
+        np.max(
+            np.abs(
+                run(Interpreter(model_content=int8), x)
+                - run(Interpreter(model_content=reference), x)
+            )
+        )
+    )
+    print(f"\ndynamic_int8 with Dense layers: max abs output change {change:.2e}, "
+          f"size {len(int8)} B (float32 {len(reference)} B)")
+    assert change < 5e-2
+    assert len(int8) < len(reference) - 2 * 300 * 100  # 4 -> 1 byte per weight
+
+
+@pytest.mark.parametrize("quantization,bound", [("float16", 2e-3), ("dynamic_int8", 5e-2)])
+def test_quantization(quantization, bound):
+    model, reference, float16, int8 = lenet_files(0.01)
+    data = float16 if quantization == "float16" else int8
+    assert_no_flex_ops(data)
+    exact = Interpreter(model_content=reference)
+    quantized = Interpreter(model_content=data)
+    x = np.random.default_rng(9).standard_normal((7, 784)).astype(np.float32)
+    change = float(np.max(np.abs(run(quantized, x) - run(exact, x))))
+    print(
+        f"\n{quantization}: max abs output change {change:.2e}, "
+        f"size {len(data)} B (float32 {len(reference)} B)"
+    )
+    assert change < bound
+    assert len(data) <= len(reference)
+    if quantization == "float16":
+        # Half-size values; the int32 positions stay.
+        assert len(data) < 0.9 * len(reference)
+
+
+def test_export_overwrites_existing_file(tmp_path):
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"old")
+    data = export_tflite(single_layer_model(20, 10, 0.5), str(path))
+    assert path.read_bytes() == data
+    assert sorted(os.listdir(tmp_path)) == ["model.tflite"]
+
+
+class SignalDCT(keras.layers.Layer):
+    """A layer that needs Flex ops (`tf.signal.dct`)."""
+
+    def call(self, inputs):
+        return tf.signal.dct(inputs, type=2, norm="ortho")
+
+
+def test_failed_export_leaves_existing_file(tmp_path):
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"previous model")
+    model = keras.Sequential(
+        [
+            keras.Input((48,)),
+            DCTSparseDense(48, density=0.1, seed=0),
+            SignalDCT(name="flex_dct"),
+        ]
+    )
+    with pytest.raises(TFLiteExportError, match="flex_dct") as info:
+        export_tflite(model, path)
+    assert "builtin" in str(info.value) and "StridedSlice" in str(info.value)
+    assert path.read_bytes() == b"previous model"
+    assert sorted(os.listdir(tmp_path)) == ["model.tflite"]
+    assert "call" not in model.layers[0].__dict__
+
+
+class FakeConv(DCTSparseLayer):
+    """A DCT-plus-sparse layer other than DCTSparseDense (stands for a conv layer)."""
+
+    def build(self, input_shape):
+        self.build_sparse_part((int(input_shape[-1]), 4), bias_size=4)
+
+    def call(self, inputs):
+        return inputs
+
+
+def test_other_dctsparse_layers_are_not_implemented(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), FakeConv(name="fake_conv")])
+    with pytest.raises(NotImplementedError, match="fake_conv"):
+        export_tflite(model, tmp_path / "model.tflite")
+    assert not os.listdir(tmp_path)
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="quantization"):
+        convert_tflite(single_layer_model(20, 10, 0.5), quantization="int4")
+    unbuilt = keras.Sequential([DCTSparseDense(10)])
+    with pytest.raises(TFLiteExportError, match="inputs|built"):
+        export_tflite(unbuilt, tmp_path / "model.tflite")
+    assert not os.listdir(tmp_path)
