@@ -1,0 +1,436 @@
+"""DCT-plus-sparse convolutions: `DCTSparseConv1D`, `DCTSparseConv2D`, `DCTSparseDepthwiseConv2D`.
+
+Every layer computes `activation(conv(x, alpha * Kd + S) + bias)` (method.md section 2):
+`Kd` is the frozen DCT offset kernel of `keras_dctsparse.ops.conv_offset` (output channel `c`
+is the `c`-th orthonormal DCT-II coefficient of each flattened, channel-fastest patch), never
+stored: it is regenerated in-graph from `tf.range`/`cos` on every call. `S` is the trainable
+sparse part (`SparseWeight`) with the shape of the Keras kernel, and `alpha` one scalar.
+
+How the two terms are applied (`offset_method`):
+
+- `"fused"` (what `"auto"` picks): one convolution with the temporary kernel
+  `alpha * Kd + S`. `S` is applied as a dense convolution of its scattered kernel anyway
+  (a temporary, not a weight), so folding the offset into that same kernel costs only
+  the `O(P * c_out)` table regeneration and no extra pass over the input; any separate
+  offset would be extra work on top of it (measured in `benchmarks/conv_layer.py`).
+- `"direct"`, `"matmul"`, `"fft"`: `alpha * conv_offset(x, method) + conv(x, S)`, the offset
+  computed separately by that variant of `keras_dctsparse.ops.conv_offset` (factored
+  variants need `groups=1`; depthwise layers support `"fused"`/`"direct"` only).
+
+All variants compute the same function to rounding. The transform runs in
+`layer.transform_dtype()` (float32 under mixed precision), the result is cast by `combine`.
+Grouped convolutions are run as one convolution per group, then concatenated: TensorFlow's
+native grouped convolution returns no kernel gradient on CPU (TF 2.21).
+"""
+
+import numbers
+
+import keras
+import tensorflow as tf
+from keras.src.ops.operation_utils import compute_conv_output_shape
+
+from keras_dctsparse.layers import validation
+from keras_dctsparse.layers.base import DCTSparseLayer
+from keras_dctsparse.ops import conv_offset as conv_ops
+
+OFFSET_METHODS = ("auto", "fused", "direct", "matmul", "fft")
+DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def _int_tuple(name, value, rank):
+    """`value` (an int or a sequence of `rank` ints, all >= 1) as a tuple of Python ints."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        values = (int(value),) * rank
+    else:
+        try:
+            values = tuple(value)
+        except TypeError:
+            values = ()
+    if len(values) != rank or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+        for v in values
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be a positive integer or a tuple of {rank} positive "
+            f"integers; received {name}={value!r}."
+        )
+    return tuple(int(v) for v in values)
+
+
+class _DCTSparseConvBase(DCTSparseLayer):
+    """The conv logic the DCTpS conv layers share (not used directly).
+
+    Subclasses define `_kernel_shape`, `_out_channels`, `_offset_kernel` and `_convolve`
+    (and may restrict `offset_method`).
+    """
+
+    rank = None
+    paddings = ("valid", "same")
+    factored_methods = ("matmul", "fft")
+
+    def __init__(
+        self,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        data_format=None,
+        dilation_rate=1,
+        groups=1,
+        density=0.01,
+        offset="dct",
+        offset_method="auto",
+        **kwargs,
+    ):
+        super().__init__(density=density, offset=offset, **kwargs)
+        rank = self.rank
+        self.kernel_size = _int_tuple("kernel_size", kernel_size, rank)
+        self.strides = _int_tuple("strides", strides, rank)
+        self.dilation_rate = _int_tuple("dilation_rate", dilation_rate, rank)
+        self.padding = validation.check_choice("padding", padding, self.paddings)
+        if data_format is None:
+            data_format = keras.config.image_data_format()
+        self.data_format = validation.check_choice("data_format", data_format, DATA_FORMATS)
+        self.groups = validation.check_positive_int("groups", groups)
+        self.offset_method = validation.check_choice(
+            "offset_method", offset_method, OFFSET_METHODS
+        )
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(
+                "`strides > 1` is not supported together with `dilation_rate > 1`; received "
+                f"strides={self.strides} and dilation_rate={self.dilation_rate}."
+            )
+        # S is applied as a dense conv of its scattered kernel: no CSR kernel, XLA is fine.
+        self.supports_jit = True
+        self.input_spec = keras.layers.InputSpec(ndim=rank + 2)
+
+    # -- subclass hooks ------------------------------------------------------------------------
+
+    def _kernel_shape(self, in_channels):
+        raise NotImplementedError
+
+    def _out_channels(self, in_channels):
+        raise NotImplementedError
+
+    def _offset_kernel(self, in_channels, dtype):
+        """`Kd` in the Keras kernel layout."""
+        raise NotImplementedError
+
+    def _convolve(self, x, kernel, padding):
+        """The layer's convolution of channels_last `x` by a kernel in Keras layout."""
+        raise NotImplementedError
+
+    # -- shared machinery ----------------------------------------------------------------------
+
+    @property
+    def _channel_axis(self):
+        return -1 if self.data_format == "channels_last" else 1
+
+    def _check_methods(self):
+        if self.offset_method in self.factored_methods and self.groups != 1:
+            raise ValueError(
+                f"offset_method={self.offset_method!r} supports groups=1 only; received "
+                f"groups={self.groups}. Use offset_method='auto', 'fused' or 'direct'."
+            )
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != self.rank + 2:
+            raise ValueError(
+                f"Layer '{self.name}' expects inputs of rank {self.rank + 2} "
+                f"(batch, {'spatial, ' * self.rank}channels); received "
+                f"input_shape={input_shape}."
+            )
+        in_channels = input_shape[self._channel_axis]
+        if in_channels is None:
+            raise ValueError(
+                f"Layer '{self.name}' needs the channel dimension of its input to be "
+                f"defined; received input_shape={input_shape}."
+            )
+        in_channels = int(in_channels)
+        if in_channels % self.groups:
+            raise ValueError(
+                f"The number of input channels must be divisible by `groups`; received "
+                f"groups={self.groups} and input channels={in_channels} "
+                f"(input_shape={input_shape})."
+            )
+        self._check_methods()
+        self.build_sparse_part(
+            self._kernel_shape(in_channels), bias_size=self._out_channels(in_channels)
+        )
+        self.input_spec = keras.layers.InputSpec(
+            ndim=self.rank + 2, axes={self._channel_axis: in_channels}
+        )
+
+    @property
+    def _in_channels(self):
+        return self._in_channels_of(self.sparse_weight.kernel_shape)
+
+    def _in_channels_of(self, kernel_shape):
+        return kernel_shape[-2] * self.groups
+
+    @property
+    def kernel(self):
+        """The effective kernel `alpha * Kd + S` in Keras layout (for inspection only).
+
+        This materializes the dense kernel: the layer itself never stores it.
+        """
+        self._check_built("kernel")
+        return self._effective_kernel(self.transform_dtype())
+
+    def _effective_kernel(self, dtype):
+        kernel = tf.cast(self.sparse_weight.dense_kernel(), dtype)
+        if self.offset == "dct":
+            alpha = tf.cast(tf.convert_to_tensor(self._alpha), dtype)
+            kernel = kernel + alpha * self._offset_kernel(self._in_channels, dtype)
+        return kernel
+
+    def _resolved_method(self):
+        return "fused" if self.offset_method == "auto" else self.offset_method
+
+    def call(self, inputs):
+        dtype = self.transform_dtype()
+        x = tf.cast(inputs, dtype)
+        if self.data_format == "channels_first":
+            x = tf.transpose(x, [0, *range(2, self.rank + 2), 1])
+        padding = self.padding
+        if padding == "causal":
+            left = (self.kernel_size[0] - 1) * self.dilation_rate[0]
+            x = tf.pad(x, [[0, 0], [left, 0], [0, 0]])
+            padding = "valid"
+        method = self._resolved_method()
+        if self.offset != "dct" or method == "fused":
+            # One conv with alpha * Kd + S (or S alone without the offset).
+            outputs = self.combine(None, self._convolve(x, self._effective_kernel(dtype), padding))
+        else:
+            sparse = self._convolve(x, tf.cast(self.sparse_weight.dense_kernel(), dtype), padding)
+            outputs = self.combine(self._offset(x, padding, method), sparse)
+        if self.data_format == "channels_first":
+            outputs = tf.transpose(outputs, [0, self.rank + 1, *range(1, self.rank + 1)])
+        return outputs
+
+    def _offset(self, x, padding, method):
+        """`conv(x, Kd)`: the regenerated `Kd` in the layer's conv, or a factored variant."""
+        if method == "direct":
+            # The layer's own conv (grouped convs per group: TF's native grouped conv has
+            # no CPU gradient).
+            return self._convolve(x, self._offset_kernel(self._in_channels, x.dtype), padding)
+        return conv_ops.conv_offset(
+            x,
+            self.kernel_size,
+            self._out_channels(self._in_channels),
+            self.strides,
+            padding,
+            self.dilation_rate,
+            self.groups,
+            method=method,
+        )
+
+    def compute_output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        in_channels = input_shape[self._channel_axis]
+        out_channels = self._out_channels(in_channels) if in_channels is not None else None
+        return compute_conv_output_shape(
+            input_shape,
+            out_channels,
+            self.kernel_size,
+            strides=self.strides,
+            # Causal = left-padded "valid" = "same" output length.
+            padding="same" if self.padding == "causal" else self.padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "data_format": self.data_format,
+                "dilation_rate": self.dilation_rate,
+                "offset_method": self.offset_method,
+            }
+        )
+        return config
+
+
+class _GroupedConv(_DCTSparseConvBase):
+    """Regular (optionally grouped) convolution: kernel `(*kernel_size, c_in / groups, filters)`."""
+
+    def __init__(self, filters, kernel_size, groups=1, **kwargs):
+        filters = validation.check_positive_int("filters", filters)
+        super().__init__(kernel_size, groups=groups, **kwargs)
+        self.filters = filters
+        if self.filters % self.groups:
+            raise ValueError(
+                "The number of filters must be divisible by `groups`; received "
+                f"groups={self.groups} and filters={self.filters}."
+            )
+
+    def _kernel_shape(self, in_channels):
+        return (*self.kernel_size, in_channels // self.groups, self.filters)
+
+    def _out_channels(self, in_channels):
+        return self.filters
+
+    def _offset_kernel(self, in_channels, dtype):
+        return conv_ops.conv_offset_kernel(
+            self.kernel_size, in_channels, self.filters, self.groups, dtype
+        )
+
+    def _convolve(self, x, kernel, padding):
+        def convolve(inputs, weights):
+            return tf.nn.convolution(
+                inputs,
+                weights,
+                strides=self.strides,
+                padding=padding.upper(),
+                dilations=self.dilation_rate,
+            )
+
+        if self.groups == 1:
+            return convolve(x, kernel)
+        pieces = zip(
+            tf.split(x, self.groups, axis=-1), tf.split(kernel, self.groups, axis=-1)
+        )
+        return tf.concat([convolve(xg, kg) for xg, kg in pieces], axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"filters": self.filters, "groups": self.groups})
+        return config
+
+
+_ARGS_DOC = """
+        strides: Int or tuple, the stride of the convolution.
+        padding: `"valid"` or `"same"` (case-insensitive), as in Keras.
+        data_format: `"channels_last"` (default from `keras.config.image_data_format()`)
+            or `"channels_first"` (run by transposing to channels_last and back).
+        dilation_rate: Int or tuple; `> 1` cannot be combined with `strides > 1`.
+        density: Fraction of the kernel's entries that `S` keeps and trains, in (0, 1].
+        offset: `"dct"` (default) or `None` for the plain random-sparse baseline.
+        offset_method: How the offset is applied: `"auto"` (= `"fused"`, one conv with
+            `alpha * Kd + S`), or `"direct"`, `"matmul"`, `"fft"` (offset computed
+            separately by `keras_dctsparse.ops.conv_offset`). Same result to rounding.
+        **kwargs: The `DCTSparseLayer` arguments (`activation`, `use_bias`, `alpha`,
+            `alpha_trainable`, `sparse_initializer`, `bias_initializer`, regularizers,
+            constraints, `seed`, `sparse_format`) and base layer arguments (`name`,
+            `dtype`, ...). `sparse_kernel` is accepted but unused (S is applied as a conv).
+"""
+
+
+@keras.saving.register_keras_serializable(package="keras_dctsparse")
+class DCTSparseConv2D(_GroupedConv):
+    __doc__ = """2-D convolution at the price of a sparse one (DCT plus sparse).
+
+    `output = activation(conv2d(x, alpha * Kd + S) + bias)`, with the arguments and
+    semantics of `keras.layers.Conv2D`. `Kd` is the frozen DCT offset kernel (method.md
+    section 2; regenerated in-graph, never stored), `S` a sparse kernel of shape
+    `(kh, kw, c_in / groups, filters)` with `round(density * size)` trainable entries
+    (only those values and their int32 positions are weights), `alpha` a scalar.
+
+    Args:
+        filters: Positive integer, number of output channels.
+        kernel_size: Int or tuple of 2 ints.
+        groups: Positive integer dividing both the input channels and `filters`.
+    """ + _ARGS_DOC + """
+    Example:
+
+    >>> layer = DCTSparseConv2D(16, 3, padding="same", density=0.1)
+    >>> layer(tf.zeros((2, 8, 8, 4))).shape
+    TensorShape([2, 8, 8, 16])
+    """
+
+    rank = 2
+
+
+@keras.saving.register_keras_serializable(package="keras_dctsparse")
+class DCTSparseConv1D(_GroupedConv):
+    __doc__ = """1-D convolution at the price of a sparse one (DCT plus sparse).
+
+    As `DCTSparseConv2D` on inputs `(batch, steps, channels)`, with the arguments of
+    `keras.layers.Conv1D`; `padding` may also be `"causal"` (left zero padding).
+
+    Args:
+        filters: Positive integer, number of output channels.
+        kernel_size: Int or tuple of 1 int.
+        groups: Positive integer dividing both the input channels and `filters`.
+    """ + _ARGS_DOC + """
+    Example:
+
+    >>> layer = DCTSparseConv1D(8, 5, padding="causal", density=0.1)
+    >>> layer(tf.zeros((2, 20, 3))).shape
+    TensorShape([2, 20, 8])
+    """
+
+    rank = 1
+    paddings = ("valid", "same", "causal")
+
+
+@keras.saving.register_keras_serializable(package="keras_dctsparse")
+class DCTSparseDepthwiseConv2D(_DCTSparseConvBase):
+    __doc__ = """Depthwise 2-D convolution at the price of a sparse one (DCT plus sparse).
+
+    `output = activation(depthwise_conv2d(x, alpha * Kd + S) + bias)`, with the arguments
+    of `keras.layers.DepthwiseConv2D`. Output channel `ch * depth_multiplier + m` uses
+    row `m` of `C_N`, `N = max(kh * kw, depth_multiplier)` on the window of channel `ch`
+    (`keras_dctsparse.ops.conv_offset.depthwise_offset_kernel`). `S` has the Keras kernel
+    shape `(kh, kw, c_in, depth_multiplier)`.
+
+    Args:
+        kernel_size: Int or tuple of 2 ints.
+        depth_multiplier: Positive integer, outputs per input channel.
+    """ + _ARGS_DOC.replace(
+        '`"direct"`, `"matmul"`, `"fft"`', '`"direct"`'
+    ) + """
+    Example:
+
+    >>> layer = DCTSparseDepthwiseConv2D(3, depth_multiplier=2, density=0.5)
+    >>> layer(tf.zeros((2, 8, 8, 4))).shape
+    TensorShape([2, 6, 6, 8])
+    """
+
+    rank = 2
+
+    def __init__(self, kernel_size, depth_multiplier=1, **kwargs):
+        if "groups" in kwargs:
+            raise ValueError(
+                "Argument `groups` is not supported by DCTSparseDepthwiseConv2D (it is "
+                f"depthwise: one group per channel); received groups={kwargs['groups']!r}."
+            )
+        depth_multiplier = validation.check_positive_int("depth_multiplier", depth_multiplier)
+        super().__init__(kernel_size, **kwargs)
+        self.depth_multiplier = depth_multiplier
+
+    def _check_methods(self):
+        if self.offset_method in self.factored_methods:
+            raise ValueError(
+                f"offset_method={self.offset_method!r} is not available for depthwise "
+                "convolutions; use 'auto', 'fused' or 'direct'."
+            )
+
+    def _in_channels_of(self, kernel_shape):
+        return kernel_shape[-2]
+
+    def _kernel_shape(self, in_channels):
+        return (*self.kernel_size, in_channels, self.depth_multiplier)
+
+    def _out_channels(self, in_channels):
+        return in_channels * self.depth_multiplier
+
+    def _offset_kernel(self, in_channels, dtype):
+        return conv_ops.depthwise_offset_kernel(
+            self.kernel_size, in_channels, self.depth_multiplier, dtype
+        )
+
+    def _convolve(self, x, kernel, padding):
+        # Handles unequal strides, which tf.nn.depthwise_conv2d alone does not.
+        return conv_ops._depthwise_conv2d(
+            x, kernel, self.strides, padding.upper(), self.dilation_rate
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config["depth_multiplier"] = self.depth_multiplier
+        return config

@@ -1,0 +1,569 @@
+"""Tests for the DCT-plus-sparse conv layers against an independent numpy/scipy reference."""
+
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import scipy.fft
+import tensorflow as tf
+
+import keras_dctsparse
+import keras_dctsparse.data
+from keras_dctsparse import DCTSparseConv1D
+from keras_dctsparse import DCTSparseConv2D
+from keras_dctsparse import DCTSparseDense
+from keras_dctsparse import DCTSparseDepthwiseConv2D
+
+MNIST_DIR = os.environ.get(
+    "DCTSPARSE_MNIST_DIR",
+    os.path.abspath(
+        os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "mnist")
+    ),
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Independent reference: im2col (channel-fastest patches), scipy ortho DCT-II of each
+# zero-padded patch truncated to c_out, plus the patch times S read from the raw weights.
+# ----------------------------------------------------------------------------------------------
+
+
+def _pads(size, kernel, stride, dilation, padding):
+    span = (kernel - 1) * dilation + 1
+    if padding == "valid":
+        return (0, 0), (size - span) // stride + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + span - size, 0)
+    return (total // 2, total - total // 2), out
+
+
+def im2col(x, kernel_size, strides, padding, dilation):
+    """(batch, *spatial, c) -> (batch, *out, prod(kernel_size) * c), channel index fastest."""
+    pads, outs = zip(
+        *(_pads(n, k, s, d, padding)
+          for n, k, s, d in zip(x.shape[1:-1], kernel_size, strides, dilation))
+    )
+    xp = np.pad(x, [(0, 0), *pads, (0, 0)])
+    columns = []
+    for offset in itertools.product(*(range(k) for k in kernel_size)):  # row-major taps
+        index = tuple(
+            slice(o * d, o * d + (n - 1) * s + 1, s)
+            for o, d, n, s in zip(offset, dilation, outs, strides)
+        )
+        columns.append(xp[(slice(None), *index, slice(None))])
+    stacked = np.stack(columns, axis=-2)
+    return stacked.reshape(*stacked.shape[:-2], -1)
+
+
+def numpy_sparse(layer):
+    """S in Keras kernel layout, from the layer's raw weights (indices/values or mask)."""
+    weight = layer.sparse_weight
+    shape = weight.kernel_shape
+    if layer.sparse_format == "values":
+        rows, cols = weight.indices.numpy()
+        matrix = np.zeros((int(np.prod(shape[:-1])), shape[-1]))
+        matrix[rows, cols] = weight.values.numpy()
+        return matrix.reshape(shape)
+    return weight.masked_kernel.numpy().astype(np.float64) * weight.mask.numpy()
+
+
+def reference_output(layer, x):
+    """Float64 output of a built conv layer on channels_last `x` (no activation)."""
+    x = np.asarray(x, np.float64)
+    rank = x.ndim - 2
+    padding = layer.padding
+    if padding == "causal":
+        left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
+        x = np.pad(x, [(0, 0), (left, 0), (0, 0)])
+        padding = "valid"
+    sparse = numpy_sparse(layer)
+    c_in = x.shape[-1]
+    if isinstance(layer, DCTSparseDepthwiseConv2D):
+        # Depthwise = grouped with one group per channel, multiplier outputs each.
+        groups, dm = c_in, layer.depth_multiplier
+        sparse = sparse.reshape(*sparse.shape[:rank], 1, c_in * dm)
+    else:
+        groups = layer.groups
+    c_in_g = c_in // groups
+    c_out_g = sparse.shape[-1] // groups
+    alpha = float(layer.alpha.numpy()) if layer.offset == "dct" else 0.0
+    outputs = []
+    for g in range(groups):
+        patches = im2col(x[..., g * c_in_g:(g + 1) * c_in_g], layer.kernel_size,
+                         layer.strides, padding, layer.dilation_rate)
+        n = max(patches.shape[-1], c_out_g)
+        offset = scipy.fft.dct(patches, type=2, n=n, norm="ortho", axis=-1)[..., :c_out_g]
+        s_g = sparse[..., g * c_out_g:(g + 1) * c_out_g].reshape(-1, c_out_g)
+        outputs.append(alpha * offset + patches @ s_g)
+    y = np.concatenate(outputs, axis=-1)
+    if layer.use_bias:
+        y = y + layer.bias.numpy()
+    return y
+
+
+def assert_close(actual, expected, rtol=2e-5):
+    actual = np.asarray(actual, np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    err = np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30)
+    assert err <= rtol, f"relative error {err:.3g} > {rtol}"
+
+
+def randomize(layer, seed=0):
+    """Nonzero S values and bias, alpha != 1 (as after training)."""
+    rng = np.random.default_rng(seed)
+    weight = layer.sparse_weight
+    variable = weight.values if weight.values is not None else weight.masked_kernel
+    variable.assign(rng.standard_normal(variable.shape) * 0.3)
+    if layer.bias is not None:
+        layer.bias.assign(rng.standard_normal(layer.bias.shape))
+    if layer.alpha is not None:
+        layer.alpha.assign(0.7)
+
+
+def _x(shape, seed=1):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+# (layer class, constructor kwargs, input shape)
+CASES = {
+    "1x1_cout<P": (DCTSparseConv2D, dict(filters=4, kernel_size=1), (2, 5, 6, 6)),
+    "1x1_cout>P": (DCTSparseConv2D, dict(filters=10, kernel_size=1), (2, 5, 6, 4)),
+    "3x3_cout<P_same": (DCTSparseConv2D, dict(filters=8, kernel_size=3, padding="same"),
+                        (2, 7, 6, 3)),
+    "3x3_cout>P": (DCTSparseConv2D, dict(filters=40, kernel_size=3), (2, 6, 6, 3)),
+    "5x5_same_stride2": (DCTSparseConv2D, dict(filters=6, kernel_size=5, padding="same",
+                                               strides=2), (2, 9, 8, 2)),
+    "3x3_valid_stride2": (DCTSparseConv2D, dict(filters=12, kernel_size=3, strides=2),
+                          (2, 9, 9, 4)),
+    "3x5_unequal_strides": (DCTSparseConv2D, dict(filters=5, kernel_size=(3, 5),
+                                                  strides=(1, 2), padding="same"),
+                            (1, 7, 9, 3)),
+    "3x3_dilation2": (DCTSparseConv2D, dict(filters=8, kernel_size=3, dilation_rate=2,
+                                            padding="same"), (2, 9, 9, 3)),
+    "3x3_groups2": (DCTSparseConv2D, dict(filters=8, kernel_size=3, groups=2,
+                                          padding="same"), (2, 6, 6, 4)),
+    "depthwise_dm1": (DCTSparseDepthwiseConv2D, dict(kernel_size=3, padding="same"),
+                      (2, 6, 6, 4)),
+    "depthwise_dm12_stride2": (DCTSparseDepthwiseConv2D,
+                               dict(kernel_size=3, depth_multiplier=12, strides=2),
+                               (2, 7, 7, 3)),
+    "conv1d_k5_same": (DCTSparseConv1D, dict(filters=7, kernel_size=5, padding="same"),
+                       (2, 11, 3)),
+    "conv1d_causal_dil2": (DCTSparseConv1D, dict(filters=4, kernel_size=3,
+                                                 padding="causal", dilation_rate=2),
+                           (2, 10, 3)),
+    "conv1d_groups3_stride2": (DCTSparseConv1D, dict(filters=6, kernel_size=3, groups=3,
+                                                     strides=2), (2, 12, 6)),
+}
+
+
+def _methods(cls, kwargs):
+    if cls is DCTSparseDepthwiseConv2D:
+        return ["auto", "direct"]
+    if kwargs.get("groups", 1) > 1:
+        return ["auto", "direct"]
+    return ["auto", "direct", "matmul", "fft"]
+
+
+PARAMS = [
+    (name, method)
+    for name, (cls, kwargs, _) in CASES.items()
+    for method in _methods(cls, kwargs)
+]
+
+
+@pytest.mark.parametrize("name, method", PARAMS)
+def test_output_matches_reference(name, method):
+    cls, kwargs, shape = CASES[name]
+    layer = cls(**kwargs, density=0.3, offset_method=method, seed=3)
+    x = _x(shape)
+    layer.build(x.shape)
+    randomize(layer)
+    assert_close(layer(x), reference_output(layer, x))
+    assert layer.compute_output_shape(x.shape) == tuple(layer(x).shape)
+
+
+@pytest.mark.parametrize("sparse_format", ["values", "masked"])
+def test_zero_initialized_is_pure_dct_and_masked_format_matches(sparse_format):
+    layer = DCTSparseConv2D(8, 3, density=0.2, sparse_format=sparse_format, use_bias=False)
+    x = _x((2, 6, 6, 3))
+    y = layer(x)
+    assert np.all(numpy_sparse(layer) == 0)
+    assert_close(y, reference_output(layer, x))
+    randomize(layer)
+    assert_close(layer(x), reference_output(layer, x))
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, shape, sparse_format",
+    [
+        (DCTSparseConv2D, dict(filters=6, kernel_size=3, padding="same"), (16, 6, 6, 3),
+         "values"),
+        (DCTSparseConv2D, dict(filters=6, kernel_size=3, groups=3), (16, 6, 6, 3), "masked"),
+        (DCTSparseConv2D, dict(filters=4, kernel_size=3, groups=2, offset_method="direct"),
+         (16, 6, 6, 4), "values"),
+        (DCTSparseConv2D, dict(filters=6, kernel_size=3, offset_method="matmul"),
+         (16, 6, 6, 3), "values"),
+        (DCTSparseDepthwiseConv2D, dict(kernel_size=3, depth_multiplier=2), (16, 6, 6, 3),
+         "values"),
+        (DCTSparseConv1D, dict(filters=5, kernel_size=3, padding="causal"), (16, 8, 3),
+         "values"),
+    ],
+)
+def test_matches_reference_after_training(cls, kwargs, shape, sparse_format):
+    x = _x(shape)
+    layer = cls(**kwargs, density=0.3, sparse_format=sparse_format, seed=1)
+    model = keras.Sequential([keras.Input(shape[1:]), layer])
+    target = _x((shape[0],) + model.output_shape[1:], seed=2)
+    model.compile(keras.optimizers.Adam(0.05), "mse")
+    model.fit(x, target, epochs=3, batch_size=8, verbose=0,
+              callbacks=[keras_dctsparse.EnforceSparsity()])
+    assert np.abs(numpy_sparse(layer)).max() > 0.01, "training must move the values"
+    assert float(layer.alpha.numpy()) != 1.0
+    assert_close(model.predict(x, verbose=0), reference_output(layer, x))
+
+
+@pytest.mark.parametrize("method", ["fused", "matmul"])
+def test_gradients_reach_only_values_alpha_and_bias(method):
+    layer = DCTSparseConv2D(6, 3, density=0.3, padding="same", offset_method=method,
+                            sparse_initializer="random_normal")
+    x = tf.constant(_x((2, 5, 5, 4)))
+    layer.build(x.shape)
+    names = sorted(w.path.split("/")[-1] for w in layer.trainable_weights)
+    assert names == ["alpha", "bias", "sparse_values"]
+    assert [w.path.split("/")[-1] for w in layer.non_trainable_weights] == ["sparse_indices"]
+    dy = tf.constant(_x((2, 5, 5, 6), seed=5))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x) * dy)
+    grads = tape.gradient(loss, layer.trainable_weights)
+    by_name = {w.path.split("/")[-1]: g for w, g in zip(layer.trainable_weights, grads)}
+    # Reference gradients: patches^T dy at the kept positions, <DCT(patches), dy>, sum dy.
+    patches = im2col(x.numpy().astype(np.float64), (3, 3), (1, 1), "same", (1, 1))
+    patches = patches.reshape(-1, patches.shape[-1])
+    dyn = dy.numpy().reshape(-1, 6).astype(np.float64)
+    rows, cols = layer.sparse_weight.indices.numpy()
+    assert_close(by_name["sparse_values"], (patches.T @ dyn)[rows, cols])
+    offset = scipy.fft.dct(patches, type=2, norm="ortho", axis=-1)[:, :6]
+    assert_close(by_name["alpha"], np.sum(offset * dyn))
+    assert_close(by_name["bias"], dyn.sum(0))
+
+
+def test_no_weight_or_optimizer_slot_of_dense_size():
+    model = keras.Sequential([
+        keras.Input((8, 8, 64)),
+        DCTSparseConv2D(64, 3, density=0.01, padding="same"),
+        DCTSparseDepthwiseConv2D(3, density=0.2),
+        keras.layers.Reshape((-1, 64)),
+        DCTSparseConv1D(64, 3, density=0.01),
+    ])
+    model.compile(keras.optimizers.Adam(), "mse")
+    model.fit(np.ones((2, 8, 8, 64)), np.ones((2, 34, 64)), verbose=0)
+    conv = model.layers[0]
+    assert conv.nnz == round(0.01 * 3 * 3 * 64 * 64)
+    sizes = [int(np.prod(v.shape)) for v in model.variables + model.optimizer.variables]
+    largest_nnz = max(layer.nnz for layer in model.layers if hasattr(layer, "nnz"))
+    assert max(sizes) <= 2 * largest_nnz
+
+
+def test_views():
+    layer = DCTSparseConv2D(5, (3, 2), density=0.2, sparse_initializer="ones", alpha=2.0,
+                            seed=4)
+    layer.build((None, 6, 6, 3))
+    assert layer.nnz == 18  # 0.2 * 3 * 2 * 3 * 5
+    sparse = layer.sparse_kernel
+    assert isinstance(sparse, tf.SparseTensor)
+    assert tuple(sparse.dense_shape.numpy()) == (3, 2, 3, 5)
+    np.testing.assert_allclose(tf.sparse.to_dense(sparse).numpy(), numpy_sparse(layer))
+    # The effective kernel alpha * Kd + S, Kd from scipy's DCT matrix (channel-fastest patch).
+    kernel = layer.kernel.numpy()
+    assert kernel.shape == (3, 2, 3, 5)
+    dct = scipy.fft.dct(np.eye(18), type=2, norm="ortho", axis=0)[:5]  # (c_out, P)
+    expected = 2.0 * dct.T.reshape(3, 2, 3, 5) + numpy_sparse(layer)
+    np.testing.assert_allclose(kernel, expected, atol=1e-6)
+    depthwise = DCTSparseDepthwiseConv2D(3, depth_multiplier=2, density=0.5)
+    depthwise.build((None, 5, 5, 4))
+    assert depthwise.kernel.shape == (3, 3, 4, 2)
+    with pytest.raises(AttributeError, match="before it is built"):
+        DCTSparseConv2D(3, 3).kernel
+
+
+def test_channels_first_matches_channels_last():
+    last = DCTSparseConv2D(6, 3, strides=2, padding="same", density=0.3, seed=2)
+    first = DCTSparseConv2D(6, 3, strides=2, padding="same", density=0.3, seed=2,
+                            data_format="channels_first")
+    x = _x((2, 7, 7, 3))
+    last.build(x.shape)
+    randomize(last)
+    first.build((2, 3, 7, 7))
+    for target, source in zip(first.weights, last.weights):
+        target.assign(source)
+    y = first(np.transpose(x, (0, 3, 1, 2)))
+    assert tuple(y.shape) == first.compute_output_shape((2, 3, 7, 7)) == (2, 6, 4, 4)
+    np.testing.assert_allclose(np.transpose(y, (0, 2, 3, 1)), last(x), atol=1e-5)
+
+
+def test_plain_sparse_baseline():
+    layer = DCTSparseConv2D(16, 3, density=0.2, offset=None, use_bias=False, seed=0)
+    x = _x((2, 6, 6, 8))
+    layer.build(x.shape)
+    assert layer.alpha is None
+    assert np.count_nonzero(numpy_sparse(layer)) == layer.nnz
+    assert_close(layer(x), reference_output(layer, x))
+
+
+def test_get_config_round_trip():
+    layer = DCTSparseConv2D(
+        8, (3, 5), strides=(1, 2), padding="same", dilation_rate=1, groups=2, density=0.2,
+        offset=None, activation="relu", use_bias=False, alpha=0.5, alpha_trainable=False,
+        sparse_initializer="glorot_uniform", sparse_regularizer="l2", seed=3,
+        sparse_format="masked", offset_method="direct", name="dconv",
+    )
+    config = layer.get_config()
+    clone = DCTSparseConv2D.from_config(config)
+    assert clone.get_config() == config
+    assert config["kernel_size"] == (3, 5) and config["groups"] == 2
+    for original in (layer, DCTSparseConv1D(4, 3, padding="causal"),
+                     DCTSparseDepthwiseConv2D(3, depth_multiplier=2)):
+        restored = keras.layers.deserialize(keras.layers.serialize(original))
+        assert type(restored) is type(original)
+        assert restored.get_config() == original.get_config()
+
+
+def make_model(sparse_format="values"):
+    return keras.Sequential([
+        keras.Input((8, 8, 3)),
+        DCTSparseConv2D(8, 3, padding="same", activation="relu", density=0.2, seed=1,
+                        sparse_format=sparse_format),
+        DCTSparseDepthwiseConv2D(3, depth_multiplier=2, density=0.3, seed=2,
+                                 sparse_format=sparse_format),
+        keras.layers.Reshape((36, 16)),
+        DCTSparseConv1D(5, 3, strides=2, density=0.3, seed=3, sparse_format=sparse_format),
+        keras.layers.GlobalAveragePooling1D(),
+    ])
+
+
+@pytest.mark.parametrize("sparse_format", ["values", "masked"])
+def test_keras_file_round_trip(tmp_path, sparse_format):
+    x = _x((16, 8, 8, 3))
+    model = make_model(sparse_format)
+    model.compile("adam", "mse")
+    model.fit(x, _x((16, 5), seed=3), epochs=2, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    for original, restored in zip(model.layers, loaded.layers):
+        if hasattr(original, "sparse_kernel"):
+            np.testing.assert_array_equal(
+                original.sparse_kernel.indices.numpy(), restored.sparse_kernel.indices.numpy()
+            )
+
+
+def test_savedmodel_export_serves_same_outputs(tmp_path):
+    x = _x((5, 8, 8, 3))
+    model = make_model()
+    for layer in model.layers:
+        if hasattr(layer, "sparse_weight"):
+            randomize(layer)
+    model.export(str(tmp_path / "export"), verbose=False)
+    restored = tf.saved_model.load(str(tmp_path / "export"))
+    served = restored.serve(x).numpy()
+    assert_close(served, model.predict(x, verbose=0).astype(np.float64), rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"])
+def test_mixed_precision(policy):
+    x = _x((4, 6, 6, 3))
+    reference = DCTSparseConv2D(8, 3, density=0.3, padding="same", seed=1)
+    reference.build(x.shape)
+    randomize(reference)
+    expected = reference(x).numpy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        for layer in (DCTSparseConv2D(8, 3, density=0.3, padding="same", seed=1),
+                      DCTSparseConv2D(8, 3, density=0.3, padding="same", seed=1,
+                                      offset_method="matmul")):
+            layer.build(x.shape)
+            for target, source in zip(layer.weights, reference.weights):
+                target.assign(source)
+            assert layer.sparse_weight.values.dtype == "float32"
+            y = layer(x)
+            assert y.dtype == "float16"
+            np.testing.assert_allclose(np.asarray(y, np.float32), expected,
+                                       atol=0.02 * np.abs(expected).max())
+        model = keras.Sequential([keras.Input((6, 6, 3)), layer])
+        model.compile("adam", "mse")
+        history = model.fit(x, np.ones((4, 6, 6, 8)), epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_float64_layer():
+    layer = DCTSparseConv2D(5, 3, density=0.5, dtype="float64", offset_method="matmul",
+                            sparse_initializer="random_normal")
+    x = np.random.default_rng().standard_normal((2, 6, 6, 3))
+    y = layer(x)
+    assert y.dtype == "float64"
+    np.testing.assert_allclose(y.numpy(), reference_output(layer, x), atol=1e-11)
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from keras_dctsparse import DCTSparseConv2D, DCTSparseDepthwiseConv2D
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 8, 8, 3)).astype("float32")
+    y = rng.standard_normal((32, 4)).astype("float32")
+
+    def build():
+        model = keras.Sequential([
+            keras.Input((8, 8, 3)),
+            DCTSparseConv2D(8, 3, padding="same", activation="tanh", density=0.2, seed=1,
+                            sparse_initializer="random_normal"),
+            DCTSparseDepthwiseConv2D(3, strides=2, density=0.3, seed=2),
+            DCTSparseConv2D(4, 3, density=0.2, seed=3, offset_method="matmul"),
+            keras.layers.GlobalAveragePooling2D()])
+        model.compile(keras.optimizers.SGD(0.02, momentum=0.9), "mse")
+        return model
+
+    single = build()
+    weights = single.get_weights()
+    losses_single = single.fit(x, y, epochs=3, batch_size=8, shuffle=False,
+                               verbose=0).history["loss"]
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    with strategy.scope():
+        mirrored = build()
+    mirrored.set_weights(weights)
+    losses_mirrored = mirrored.fit(x, y, epochs=3, batch_size=8, shuffle=False,
+                                   verbose=0).history["loss"]
+    print("LOSSES", losses_single, losses_mirrored)
+    np.testing.assert_allclose(losses_mirrored, losses_single, rtol=1e-4)
+    for a, b in zip(single.get_weights(), mirrored.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    print("MIRRORED OK")
+    """
+)
+
+
+def test_mirrored_strategy_matches_single_device():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert "MIRRORED OK" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_lenet5_learns_mnist():
+    if not os.path.isdir(MNIST_DIR):
+        pytest.skip(f"MNIST not found in {MNIST_DIR} (set DCTSPARSE_MNIST_DIR)")
+    try:
+        data = keras_dctsparse.data.load_dataset("mnist", data_dir=MNIST_DIR)
+    except FileNotFoundError as error:
+        pytest.skip(f"MNIST not available: {error}")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        DCTSparseConv2D(6, 5, padding="same", activation="relu", density=0.1, seed=1),
+        keras.layers.MaxPooling2D(),
+        DCTSparseConv2D(16, 5, activation="relu", density=0.1, seed=2),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        DCTSparseDense(120, activation="relu", density=0.1, seed=3),
+        DCTSparseDense(84, activation="relu", density=0.1, seed=4),
+        DCTSparseDense(10, density=0.1, seed=5),
+    ])
+    model.compile(keras.optimizers.Adam(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(data.x_train[:10_000], data.y_train[:10_000], batch_size=32, epochs=1,
+              verbose=0)
+    _, accuracy = model.evaluate(data.x_test[:2000], data.y_test[:2000], verbose=0)
+    assert accuracy > 0.8, accuracy
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: DCTSparseConv2D(0, 3), "filters=0"),
+        (lambda: DCTSparseConv2D(2.5, 3), "filters=2.5"),
+        (lambda: DCTSparseConv2D(4, 0), "kernel_size=0"),
+        (lambda: DCTSparseConv2D(4, (3, -1)), r"kernel_size=\(3, -1\)"),
+        (lambda: DCTSparseConv2D(4, (3, 3, 3)), r"kernel_size=\(3, 3, 3\)"),
+        (lambda: DCTSparseConv2D(4, 3, strides=0), "strides=0"),
+        (lambda: DCTSparseConv2D(4, 3, padding="full"), "padding='full'"),
+        (lambda: DCTSparseConv2D(4, 3, padding="causal"), "padding='causal'"),
+        (lambda: DCTSparseConv2D(4, 3, data_format="nhwc"), "data_format='nhwc'"),
+        (lambda: DCTSparseConv2D(4, 3, groups=3), "groups=3 and filters=4"),
+        (lambda: DCTSparseConv2D(4, 3, groups=0), "groups=0"),
+        (lambda: DCTSparseConv2D(4, 3, strides=2, dilation_rate=2), "dilation_rate"),
+        (lambda: DCTSparseConv2D(4, 3, offset_method="fast"), "offset_method='fast'"),
+        (lambda: DCTSparseConv2D(4, 3, density=0.0), "density=0.0"),
+        (lambda: DCTSparseConv2D(4, 3, offset="fft"), "offset='fft'"),
+        (lambda: DCTSparseDepthwiseConv2D(3, depth_multiplier=0), "depth_multiplier=0"),
+        (lambda: DCTSparseDepthwiseConv2D(3, groups=2), "groups=2"),
+        (lambda: DCTSparseConv1D(4, (3, 3)), r"kernel_size=\(3, 3\)"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_build_time_errors():
+    with pytest.raises(ValueError, match="groups=2 and input channels=3"):
+        DCTSparseConv2D(4, 3, groups=2).build((None, 8, 8, 3))
+    with pytest.raises(ValueError, match="supports groups=1 only"):
+        DCTSparseConv2D(4, 3, groups=2, offset_method="fft").build((None, 8, 8, 4))
+    with pytest.raises(ValueError, match="not available for depthwise"):
+        DCTSparseDepthwiseConv2D(3, offset_method="matmul").build((None, 8, 8, 4))
+    with pytest.raises(ValueError, match="channel dimension"):
+        DCTSparseConv2D(4, 3).build((None, 8, 8, None))
+    with pytest.raises(ValueError, match="rank 4"):
+        DCTSparseConv2D(4, 3).build((None, 8, 3))
+    layer = DCTSparseConv2D(4, 3)
+    layer(_x((1, 5, 5, 2)))
+    with pytest.raises(ValueError, match="incompatible"):
+        layer(_x((1, 5, 5, 3)))
+
+
+@pytest.mark.parametrize(
+    "mine, theirs, shape",
+    [
+        (lambda **k: DCTSparseConv2D(6, 3, strides=2, padding="same", groups=2, **k),
+         lambda: keras.layers.Conv2D(6, 3, strides=2, padding="same", groups=2),
+         (2, 9, 9, 4)),
+        (lambda **k: DCTSparseDepthwiseConv2D((3, 2), depth_multiplier=3, padding="same",
+                                              dilation_rate=2, **k),
+         lambda: keras.layers.DepthwiseConv2D((3, 2), depth_multiplier=3, padding="same",
+                                              dilation_rate=2),
+         (2, 9, 9, 4)),
+        (lambda **k: DCTSparseConv1D(5, 3, padding="causal", dilation_rate=2, **k),
+         lambda: keras.layers.Conv1D(5, 3, padding="causal", dilation_rate=2),
+         (2, 9, 4)),
+    ],
+)
+def test_same_semantics_as_keras_layers(mine, theirs, shape):
+    """Without offset and at density 1, S holding the Keras kernel gives the Keras output."""
+    x = _x(shape)
+    layer, reference = mine(density=1.0, offset=None), theirs()
+    layer.build(x.shape)
+    reference.build(x.shape)
+    kernel = reference.kernel.numpy()
+    rows, cols = layer.sparse_weight.indices.numpy()
+    layer.sparse_weight.values.assign(kernel.reshape(-1, kernel.shape[-1])[rows, cols])
+    np.testing.assert_allclose(layer(x), reference(x), atol=1e-6)
+    np.testing.assert_array_equal(layer.kernel.numpy(), kernel)
+    assert layer.compute_output_shape(x.shape) == reference.compute_output_shape(x.shape)
