@@ -96,13 +96,17 @@ class DCTSparseDense(DCTSparseLayer):
     def call(self, inputs):
         input_dim = self.sparse_weight.kernel_shape[0]
         x = tf.cast(inputs, self.transform_dtype())
-        leading_shape = tf.shape(x)[:-1]
-        x = tf.reshape(x, [-1, input_dim])
+        flatten = x.shape.rank != 2
+        if flatten:
+            leading_shape = tf.shape(x)[:-1]
+            x = tf.reshape(x, [-1, input_dim])
         alpha = None
         if self.offset == "dct":
             alpha = tf.cast(tf.convert_to_tensor(self._alpha), x.dtype)
         outputs = self.finish(self.sparse_weight.matmul(x, offset_scale=alpha))
-        return tf.reshape(outputs, tf.concat([leading_shape, [self.units]], axis=0))
+        if flatten:
+            outputs = tf.reshape(outputs, tf.concat([leading_shape, [self.units]], 0))
+        return outputs
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
