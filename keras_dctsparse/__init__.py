@@ -14,3 +14,5 @@ from keras_dctsparse.callbacks import EnforceSparsity
 from keras_dctsparse.allocation import Allocation
 from keras_dctsparse.allocation import allocate_densities
 from keras_dctsparse.export import export_tflite
+from keras_dctsparse.convert import sparsify
+from keras_dctsparse.report import sparsity_report
