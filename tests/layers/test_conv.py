@@ -1,6 +1,5 @@
 """Tests for the DCT-plus-sparse conv layers against an independent numpy/scipy reference."""
 
-import itertools
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from keras_dctsparse import DCTSparseConv1D
 from keras_dctsparse import DCTSparseConv2D
 from keras_dctsparse import DCTSparseDense
 from keras_dctsparse import DCTSparseDepthwiseConv2D
+from numpy_reference import im2col
 
 MNIST_DIR = os.environ.get(
     "DCTSPARSE_MNIST_DIR",
@@ -31,33 +31,6 @@ MNIST_DIR = os.environ.get(
 # Independent reference: im2col (channel-fastest patches), scipy ortho DCT-II of each
 # zero-padded patch truncated to c_out, plus the patch times S read from the raw weights.
 # ----------------------------------------------------------------------------------------------
-
-
-def _pads(size, kernel, stride, dilation, padding):
-    span = (kernel - 1) * dilation + 1
-    if padding == "valid":
-        return (0, 0), (size - span) // stride + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + span - size, 0)
-    return (total // 2, total - total // 2), out
-
-
-def im2col(x, kernel_size, strides, padding, dilation):
-    """(batch, *spatial, c) -> (batch, *out, prod(kernel_size) * c), channel index fastest."""
-    pads, outs = zip(
-        *(_pads(n, k, s, d, padding)
-          for n, k, s, d in zip(x.shape[1:-1], kernel_size, strides, dilation))
-    )
-    xp = np.pad(x, [(0, 0), *pads, (0, 0)])
-    columns = []
-    for offset in itertools.product(*(range(k) for k in kernel_size)):  # row-major taps
-        index = tuple(
-            slice(o * d, o * d + (n - 1) * s + 1, s)
-            for o, d, n, s in zip(offset, dilation, outs, strides)
-        )
-        columns.append(xp[(slice(None), *index, slice(None))])
-    stacked = np.stack(columns, axis=-2)
-    return stacked.reshape(*stacked.shape[:-2], -1)
 
 
 def numpy_sparse(layer):

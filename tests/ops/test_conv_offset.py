@@ -1,6 +1,5 @@
 """Tests for keras_dctsparse.ops.conv_offset against an independent numpy/scipy reference."""
 
-import itertools
 import math
 
 import numpy as np
@@ -9,6 +8,7 @@ import scipy.fft
 import tensorflow as tf
 
 from keras_dctsparse.ops import conv_offset as co
+from numpy_reference import im2col
 
 RTOL = 1e-5
 
@@ -16,34 +16,6 @@ RTOL = 1e-5
 # ----------------------------------------------------------------------------------------------
 # Independent reference: im2col (channel-fastest patches) + scipy ortho DCT-II
 # ----------------------------------------------------------------------------------------------
-
-
-def _pads(size, kernel, stride, dilation, padding):
-    """TF padding (before, after) and output length for one spatial dimension."""
-    span = (kernel - 1) * dilation + 1
-    if padding == "valid":
-        return (0, 0), (size - span) // stride + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + span - size, 0)
-    return (total // 2, total - total // 2), out
-
-
-def im2col(x, kernel_size, strides, padding, dilation):
-    """(batch, *spatial, c) -> (batch, *out, prod(kernel_size) * c), channel index fastest."""
-    pads, outs = zip(
-        *(_pads(n, k, s, d, padding)
-          for n, k, s, d in zip(x.shape[1:-1], kernel_size, strides, dilation))
-    )
-    xp = np.pad(x, [(0, 0), *pads, (0, 0)])
-    columns = []
-    for offset in itertools.product(*(range(k) for k in kernel_size)):  # row-major taps
-        index = tuple(
-            slice(o * d, o * d + (n - 1) * s + 1, s)
-            for o, d, n, s in zip(offset, dilation, outs, strides)
-        )
-        columns.append(xp[(slice(None), *index, slice(None))])
-    stacked = np.stack(columns, axis=-2)  # (batch, *out, taps, c)
-    return stacked.reshape(*stacked.shape[:-2], -1)
 
 
 def reference_offset(x, kernel_size, filters, strides=1, padding="valid", dilation=1, groups=1):

@@ -1,0 +1,40 @@
+"""Independent numpy/scipy references shared by the tests (no keras_dctsparse code here)."""
+
+import itertools
+
+import numpy as np
+import scipy.fft
+
+
+def dct_block(rows, cols):
+    """The (rows x cols) top-left block of the ortho DCT-II matrix C_N, N = max(rows, cols)."""
+    length = max(rows, cols)
+    return scipy.fft.dct(np.eye(length), type=2, norm="ortho", axis=0)[:rows, :cols]
+
+
+def _pads(size, kernel, stride, dilation, padding):
+    """TF padding (before, after) and output length for one spatial dimension."""
+    span = (kernel - 1) * dilation + 1
+    if padding == "valid":
+        return (0, 0), (size - span) // stride + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + span - size, 0)
+    return (total // 2, total - total // 2), out
+
+
+def im2col(x, kernel_size, strides, padding, dilation):
+    """(batch, *spatial, c) -> (batch, *out, prod(kernel_size) * c), channel index fastest."""
+    pads, outs = zip(
+        *(_pads(n, k, s, d, padding)
+          for n, k, s, d in zip(x.shape[1:-1], kernel_size, strides, dilation))
+    )
+    xp = np.pad(x, [(0, 0), *pads, (0, 0)])
+    columns = []
+    for offset in itertools.product(*(range(k) for k in kernel_size)):  # row-major taps
+        index = tuple(
+            slice(o * d, o * d + (n - 1) * s + 1, s)
+            for o, d, n, s in zip(offset, dilation, outs, strides)
+        )
+        columns.append(xp[(slice(None), *index, slice(None))])
+    stacked = np.stack(columns, axis=-2)  # (batch, *out, taps, c)
+    return stacked.reshape(*stacked.shape[:-2], -1)
