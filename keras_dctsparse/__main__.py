@@ -1,0 +1,8 @@
+"""`python -m keras_dctsparse`: the `dctsparse` command line."""
+
+import sys
+
+from keras_dctsparse.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,597 @@
+"""`dctsparse` command line: train, evaluate, export and sweep DCTpS models.
+
+Usage (also ``python -m keras_dctsparse ...``)::
+
+    dctsparse train --model lenet300100 --dataset mnist --data-dir DIR \\
+        --density 0.01 --offset dct --epochs 10 --out runs/lenet_d001
+    dctsparse evaluate --model-path runs/lenet_d001/model.keras --dataset mnist --data-dir DIR
+    dctsparse export --model-path runs/lenet_d001/model.keras --format tflite --output lenet.tflite
+    dctsparse sweep --model lenet300100 --dataset digits --densities 1 0.1 0.01 \\
+        --offsets dct none --seeds 0 1 2 --epochs 5 --out runs/sweep
+
+``--density 1 --offset none`` is the dense baseline. Training can be
+interrupted and resumed: rerunning the same ``train`` command with the same
+``--out`` continues from ``OUT/backup`` (Keras ``BackupAndRestore``).
+
+Exit status: 0 on success, 2 for bad arguments or an unavailable dataset,
+1 for other errors (for example a model that cannot be exported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import importlib.util
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+MODELS = ("lenet300100", "lenet5", "vgg19", "resnet18", "resnet50", "mobilenetv2")
+DISTRIBUTIONS = ("uniform", "epl", "epf", "erk")
+OFFSETS = ("dct", "none")
+OPTIMIZERS = ("adam", "sgd", "adamw")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+
+# Test-only hook: extra Keras callbacks appended to every `train` run.
+_EXTRA_CALLBACKS: list = []
+
+
+class CLIError(Exception):
+    """An error reported to the user as one message, with an exit status."""
+
+    def __init__(self, message, status=1):
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def _density(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--density must be a number in (0, 1], got {text!r}"
+        ) from None
+    if not (0.0 < value <= 1.0) or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"--density must be in (0, 1], got {text}")
+    return value
+
+
+def _densities(text):
+    try:
+        return _density(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(
+            str(error).replace("--density", "--densities")
+        ) from None
+
+
+def _positive_int(name):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a positive integer, got {text!r}"
+            ) from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a positive integer, got {text}"
+            )
+        return value
+
+    return parse
+
+
+def _positive_float(name):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a positive number, got {text!r}"
+            ) from None
+        if not value > 0 or math.isinf(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text}")
+        return value
+
+    return parse
+
+
+def _split(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--validation-split must be a number in [0, 1), got {text!r}"
+        ) from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"--validation-split must be in [0, 1), got {text}"
+        )
+    return value
+
+
+def _add_data_args(parser, need_dataset=True):
+    parser.add_argument(
+        "--dataset", choices=DATASETS, required=need_dataset, help="dataset name"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the original dataset files (MNIST IDX / CIFAR binary); "
+        "without it TensorFlow Datasets is used (must be prepared unless --download)",
+    )
+    parser.add_argument(
+        "--tfds-data-dir", default=None, help="TFDS data directory (default: TFDS's own)"
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="let TFDS download and prepare a missing dataset (needs network)",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int("--batch-size"), default=128, help="batch size"
+    )
+
+
+def _add_train_args(parser, sweep=False):
+    parser.add_argument("--model", required=True, choices=MODELS, help="architecture")
+    _add_data_args(parser)
+    if not sweep:
+        parser.add_argument(
+            "--density",
+            type=_density,
+            default=0.01,
+            help="fraction of trainable kernel entries, in (0, 1] (1 with "
+            "--offset none is the dense baseline; default 0.01)",
+        )
+        parser.add_argument("--offset", choices=OFFSETS, default="dct", help="offset")
+        parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--distribution",
+        choices=DISTRIBUTIONS,
+        default="uniform",
+        help="how the density is spread over layers",
+    )
+    parser.add_argument("--epochs", type=_positive_int("--epochs"), default=10)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    parser.add_argument("--lr", type=_positive_float("--lr"), default=1e-3)
+    parser.add_argument(
+        "--validation-split",
+        type=_split,
+        default=0.0,
+        help="fraction of the training set held out for validation",
+    )
+    parser.add_argument("--augment", action="store_true", help="random crop + flip")
+    parser.add_argument(
+        "--train-limit",
+        type=_positive_int("--train-limit"),
+        default=None,
+        help="use only the first N training examples",
+    )
+    parser.add_argument(
+        "--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras fit verbosity"
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="dctsparse",
+        description="Train, evaluate, export and sweep DCT-plus-sparse Keras models.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    train = commands.add_parser(
+        "train",
+        help="train one model",
+        description="Train one model. Writes OUT/results.json, metrics.csv, "
+        "sparsity_report.md, model.keras, saved_model/ and logs/ (TensorBoard). "
+        "Rerunning an interrupted run resumes from OUT/backup.",
+    )
+    _add_train_args(train)
+
+    evaluate = commands.add_parser("evaluate", help="test accuracy of a saved model")
+    evaluate.add_argument("--model-path", required=True, help="a .keras file")
+    _add_data_args(evaluate)
+
+    export = commands.add_parser("export", help="export a saved model")
+    export.add_argument("--model-path", required=True, help="a .keras file")
+    export.add_argument("--format", required=True, choices=("savedmodel", "tflite"))
+    export.add_argument("--output", required=True, help="destination path")
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="train every density x offset x seed and summarise",
+        description="Train every combination of --densities x --offsets x --seeds "
+        "into OUT/<density>_<offset>_s<seed>, then write OUT/results.md, "
+        "OUT/results.csv and OUT/accuracy.png (the plot needs matplotlib: "
+        "pip install matplotlib; it is skipped with a note otherwise). Finished "
+        "runs are not repeated when the sweep is rerun.",
+    )
+    _add_train_args(sweep, sweep=True)
+    sweep.add_argument("--densities", type=_densities, nargs="+", required=True)
+    sweep.add_argument("--offsets", choices=OFFSETS, nargs="+", default=["dct", "none"])
+    sweep.add_argument("--seeds", type=int, nargs="+", default=[0])
+    return parser
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _load_data(args):
+    from keras_dctsparse import data
+
+    try:
+        return data.load_dataset(
+            args.dataset,
+            args.data_dir,
+            validation_split=getattr(args, "validation_split", 0.0),
+            seed=getattr(args, "seed", 0),
+            download=args.download,
+            tfds_data_dir=args.tfds_data_dir,
+        )
+    except data.DatasetUnavailableError as error:
+        raise CLIError(
+            f"{error} On the command line: --data-dir DIR (original files), "
+            "--tfds-data-dir DIR (prepared TFDS copy) or --download.",
+            status=2,
+        ) from None
+    except FileNotFoundError as error:
+        raise CLIError(f"{error} (check --data-dir)", status=2) from None
+
+
+def _optimizer(name, lr):
+    import keras
+
+    if name == "adam":
+        return keras.optimizers.Adam(lr)
+    if name == "adamw":
+        return keras.optimizers.AdamW(lr)
+    return keras.optimizers.SGD(lr, momentum=0.9)
+
+
+def _outputs_probabilities(model):
+    """Whether the model ends in a softmax (else its outputs are taken as logits)."""
+    import keras
+
+    layer = model.layers[-1] if getattr(model, "layers", None) else None
+    if layer is None:
+        return True
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    activation = getattr(layer, "activation", None)
+    return activation is not None and getattr(activation, "__name__", "") == "softmax"
+
+
+def _atomic_save_keras(model, path):
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".model.", suffix=".keras", dir=directory)
+    os.close(handle)
+    try:
+        model.save(temporary, overwrite=True)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def _export_savedmodel(model, path):
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=".savedmodel.", dir=parent)
+    try:
+        shutil.rmtree(temporary)
+        model.export(temporary, verbose=False)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _write_text(path, text):
+    temporary = path + ".tmp"
+    with open(temporary, "w") as file:
+        file.write(text)
+    os.replace(temporary, path)
+
+
+def _load_model(path):
+    import keras
+
+    import keras_dctsparse  # noqa: F401  (registers the layers)
+
+    if not os.path.exists(path):
+        raise CLIError(f"--model-path {path!r} does not exist", status=2)
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:
+        raise CLIError(f"cannot load --model-path {path!r}: {error}") from error
+
+
+# ---------------------------------------------------------------- commands
+
+
+def train(args):
+    """Runs `train`; returns the dict written to results.json."""
+    import keras
+
+    from keras_dctsparse import data
+    from keras_dctsparse.callbacks import EnforceSparsity
+    from keras_dctsparse.report import sparsity_report
+
+    start = time.time()
+    keras.utils.set_random_seed(args.seed)
+    dataset = _load_data(args)
+    x_train, y_train = dataset.x_train, dataset.y_train
+    if args.train_limit is not None:
+        x_train, y_train = x_train[: args.train_limit], y_train[: args.train_limit]
+
+    models = importlib.import_module("keras_dctsparse.models")
+    model = models.build_model(
+        args.model,
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        density=args.density,
+        distribution=args.distribution,
+        offset=None if args.offset == "none" else args.offset,
+        seed=args.seed,
+    )
+    model.compile(
+        optimizer=_optimizer(args.optimizer, args.lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=not _outputs_probabilities(model)
+        ),
+        metrics=["accuracy"],
+    )
+
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    backup_dir = os.path.join(out, "backup")
+    resuming = os.path.isdir(backup_dir)
+    callbacks = [
+        EnforceSparsity(),
+        keras.callbacks.BackupAndRestore(backup_dir),
+        keras.callbacks.CSVLogger(os.path.join(out, "metrics.csv"), append=resuming),
+        *_EXTRA_CALLBACKS,
+    ]
+    if importlib.util.find_spec("tensorboard") is not None:
+        callbacks.insert(3, keras.callbacks.TensorBoard(os.path.join(out, "logs")))
+    elif args.verbose:
+        print("note: tensorboard is not installed, skipping OUT/logs (pip install tensorboard)")
+    train_data = data.make_train_dataset(
+        x_train, y_train, args.batch_size, augment=args.augment, seed=args.seed
+    )
+    validation = None
+    if dataset.x_val is not None:
+        validation = data.make_eval_dataset(dataset.x_val, dataset.y_val, args.batch_size)
+    if resuming and args.verbose:
+        print(f"Resuming from {backup_dir}")
+    model.fit(
+        train_data,
+        epochs=args.epochs,
+        validation_data=validation,
+        callbacks=callbacks,
+        verbose=args.verbose,
+    )
+
+    test = data.make_eval_dataset(dataset.x_test, dataset.y_test, args.batch_size)
+    metrics = model.evaluate(test, verbose=0, return_dict=True)
+    report = sparsity_report(model)
+    wall = time.time() - start
+    results = {
+        "test_accuracy": float(metrics["accuracy"]),
+        "test_loss": float(metrics["loss"]),
+        "total_nnz": int(report.total.nnz),
+        "total_dense_params": int(report.total.dense_params),
+        "wall_time_s": wall,
+        "resumed": resuming,
+        "args": {k: v for k, v in vars(args).items() if k != "func"},
+    }
+    _write_text(os.path.join(out, "sparsity_report.md"), report.to_table() + "\n")
+    _atomic_save_keras(model, os.path.join(out, "model.keras"))
+    _export_savedmodel(model, os.path.join(out, "saved_model"))
+    _write_text(os.path.join(out, "results.json"), json.dumps(results, indent=2) + "\n")
+    print(
+        f"test accuracy: {results['test_accuracy']:.4f}  test loss: "
+        f"{results['test_loss']:.4f}  nnz: {results['total_nnz']}  "
+        f"wall time: {wall:.1f}s  -> {out}"
+    )
+    return results
+
+
+def evaluate(args):
+    from keras_dctsparse import data
+
+    model = _load_model(args.model_path)
+    dataset = _load_data(args)
+    if not getattr(model, "compiled", False) or model.loss is None:
+        import keras
+
+        model.compile(
+            loss=keras.losses.SparseCategoricalCrossentropy(
+                from_logits=not _outputs_probabilities(model)
+            ),
+            metrics=["accuracy"],
+        )
+    test = data.make_eval_dataset(dataset.x_test, dataset.y_test, args.batch_size)
+    metrics = model.evaluate(test, verbose=0, return_dict=True)
+    accuracy = float(metrics.get("accuracy", metrics.get("compile_metrics", float("nan"))))
+    print(f"test accuracy: {accuracy:.4f}")
+    return accuracy
+
+
+def export(args):
+    from keras_dctsparse.export.tflite import export_tflite
+
+    model = _load_model(args.model_path)
+    try:
+        if args.format == "savedmodel":
+            _export_savedmodel(model, args.output)
+        else:
+            parent = os.path.dirname(os.path.abspath(args.output))
+            os.makedirs(parent, exist_ok=True)
+            export_tflite(model, args.output)
+    except (NotImplementedError, ValueError) as error:
+        raise CLIError(f"export to {args.format} failed: {error}") from error
+    print(f"exported {args.format} to {args.output}")
+
+
+def _run_name(density, offset, seed):
+    return f"d{density:g}_{offset}_s{seed}"
+
+
+def sweep(args):
+    import keras
+
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    rows = []
+    for density in args.densities:
+        for offset in args.offsets:
+            for seed in args.seeds:
+                run_dir = os.path.join(out, _run_name(density, offset, seed))
+                result_path = os.path.join(run_dir, "results.json")
+                if os.path.exists(result_path):
+                    with open(result_path) as file:
+                        result = json.load(file)
+                    print(f"[sweep] {run_dir}: done already")
+                else:
+                    print(f"[sweep] density={density:g} offset={offset} seed={seed}")
+                    run_args = argparse.Namespace(**vars(args))
+                    for name in ("densities", "offsets", "seeds"):
+                        delattr(run_args, name)
+                    run_args.density, run_args.offset, run_args.seed = density, offset, seed
+                    run_args.out = run_dir
+                    keras.backend.clear_session()
+                    result = train(run_args)
+                rows.append((density, offset, seed, result))
+    summary = _summarise(rows)
+    _write_sweep_tables(out, summary)
+    _plot(out, summary)
+    return summary
+
+
+def _summarise(rows):
+    import numpy as np
+
+    groups = {}
+    for density, offset, _seed, result in rows:
+        groups.setdefault((density, offset), []).append(result)
+    summary = []
+    for (density, offset), results in groups.items():
+        accuracy = np.array([r["test_accuracy"] for r in results], dtype=float)
+        wall = np.array([r["wall_time_s"] for r in results], dtype=float)
+        summary.append(
+            {
+                "density": density,
+                "offset": offset,
+                "seeds": len(results),
+                "accuracy_mean": float(accuracy.mean()),
+                "accuracy_std": float(accuracy.std(ddof=1)) if len(results) > 1 else 0.0,
+                "wall_time_mean_s": float(wall.mean()),
+                "nnz": int(results[0]["total_nnz"]),
+            }
+        )
+    summary.sort(key=lambda s: (-s["density"], s["offset"]))
+    return summary
+
+
+def _write_sweep_tables(out, summary):
+    fields = [
+        "density",
+        "offset",
+        "seeds",
+        "accuracy_mean",
+        "accuracy_std",
+        "wall_time_mean_s",
+        "nnz",
+    ]
+    with open(os.path.join(out, "results.csv"), "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(summary)
+    lines = [
+        "| density | offset | seeds | test accuracy (mean ± std) | nnz | wall time (s) |",
+        "|---:|:---|---:|---:|---:|---:|",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s['density']:g} | {s['offset']} | {s['seeds']} | "
+            f"{s['accuracy_mean']:.4f} ± {s['accuracy_std']:.4f} | {s['nnz']} | "
+            f"{s['wall_time_mean_s']:.1f} |"
+        )
+    _write_text(os.path.join(out, "results.md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _plot(out, summary):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed, skipping accuracy.png (pip install matplotlib)")
+        return None
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    for offset in sorted({s["offset"] for s in summary}):
+        points = sorted((s for s in summary if s["offset"] == offset), key=lambda s: s["density"])
+        axes.errorbar(
+            [s["density"] for s in points],
+            [s["accuracy_mean"] for s in points],
+            yerr=[s["accuracy_std"] for s in points],
+            marker="o",
+            capsize=3,
+            label=f"offset={offset}",
+        )
+    axes.set_xscale("log")
+    axes.set_xlabel("density")
+    axes.set_ylabel("test accuracy")
+    axes.legend()
+    figure.tight_layout()
+    path = os.path.join(out, "accuracy.png")
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv=None):
+    """Runs the CLI with `argv` (default `sys.argv[1:]`); returns the exit status."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 2
+    command = {"train": train, "evaluate": evaluate, "export": export, "sweep": sweep}
+    try:
+        command[args.command](args)
+    except CLIError as error:
+        print(f"dctsparse {args.command}: error: {error}", file=sys.stderr)
+        return error.status
+    except KeyboardInterrupt:
+        print(
+            f"dctsparse {args.command}: interrupted; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
