@@ -16,3 +16,4 @@ from keras_dctsparse.allocation import allocate_densities
 from keras_dctsparse.export import export_tflite
 from keras_dctsparse.convert import sparsify
 from keras_dctsparse.report import sparsity_report
+from keras_dctsparse import models
