@@ -1,9 +1,6 @@
 """Tests for the DCT-plus-sparse conv layers against an independent numpy/scipy reference."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -18,6 +15,7 @@ from keras_dctsparse import DCTSparseConv2D
 from keras_dctsparse import DCTSparseDense
 from keras_dctsparse import DCTSparseDepthwiseConv2D
 from numpy_reference import im2col
+from training import assert_mirrored_matches_single
 
 MNIST_DIR = os.environ.get(
     "DCTSPARSE_MNIST_DIR",
@@ -386,57 +384,30 @@ def test_float64_layer():
     np.testing.assert_allclose(y.numpy(), reference_output(layer, x), atol=1e-11)
 
 
-MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import numpy as np, tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras
-    from keras_dctsparse import DCTSparseConv2D, DCTSparseDepthwiseConv2D
+MIRRORED_SETUP = """
+from keras_dctsparse import DCTSparseConv2D, DCTSparseDepthwiseConv2D
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((32, 8, 8, 3)).astype("float32")
-    y = rng.standard_normal((32, 4)).astype("float32")
+rng = np.random.default_rng(0)
+x = rng.standard_normal((32, 8, 8, 3)).astype("float32")
+y = rng.standard_normal((32, 4)).astype("float32")
 
-    def build():
-        model = keras.Sequential([
-            keras.Input((8, 8, 3)),
-            DCTSparseConv2D(8, 3, padding="same", activation="tanh", density=0.2, seed=1,
-                            sparse_initializer="random_normal"),
-            DCTSparseDepthwiseConv2D(3, strides=2, density=0.3, seed=2),
-            DCTSparseConv2D(4, 3, density=0.2, seed=3, offset_method="matmul"),
-            keras.layers.GlobalAveragePooling2D()])
-        model.compile(keras.optimizers.SGD(0.02, momentum=0.9), "mse")
-        return model
-
-    single = build()
-    weights = single.get_weights()
-    losses_single = single.fit(x, y, epochs=3, batch_size=8, shuffle=False,
-                               verbose=0).history["loss"]
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert strategy.num_replicas_in_sync == 2
-    with strategy.scope():
-        mirrored = build()
-    mirrored.set_weights(weights)
-    losses_mirrored = mirrored.fit(x, y, epochs=3, batch_size=8, shuffle=False,
-                                   verbose=0).history["loss"]
-    print("LOSSES", losses_single, losses_mirrored)
-    np.testing.assert_allclose(losses_mirrored, losses_single, rtol=1e-4)
-    for a, b in zip(single.get_weights(), mirrored.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-    print("MIRRORED OK")
-    """
-)
+def build():
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        DCTSparseConv2D(8, 3, padding="same", activation="tanh", density=0.2, seed=1,
+                        sparse_initializer="random_normal"),
+        DCTSparseDepthwiseConv2D(3, strides=2, density=0.3, seed=2),
+        DCTSparseConv2D(4, 3, density=0.2, seed=3, offset_method="matmul"),
+        keras.layers.GlobalAveragePooling2D()])
+    model.compile(keras.optimizers.SGD(0.02, momentum=0.9), "mse")
+    return model
+"""
 
 
 def test_mirrored_strategy_matches_single_device():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT],
-        capture_output=True, text=True, env=env, timeout=600,
+    assert_mirrored_matches_single(
+        MIRRORED_SETUP, batch_size=8, loss_rtol=1e-4, weight_rtol=1e-3, weight_atol=1e-5
     )
-    assert "MIRRORED OK" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def test_lenet5_learns_mnist():

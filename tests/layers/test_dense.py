@@ -1,7 +1,4 @@
 import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -11,6 +8,7 @@ import tensorflow as tf
 import keras_dctsparse
 from keras_dctsparse import DCTSparseDense
 from numpy_reference import dct_block
+from training import assert_mirrored_matches_single
 
 
 def numpy_sparse(layer):
@@ -315,55 +313,28 @@ def test_float64_layer():
     np.testing.assert_allclose(y.numpy(), reference_output(layer, x), atol=1e-12)
 
 
-MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import numpy as np, tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras
-    from keras_dctsparse import DCTSparseDense
+MIRRORED_SETUP = """
+from keras_dctsparse import DCTSparseDense
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((64, 30)).astype("float32")
-    y = rng.standard_normal((64, 5)).astype("float32")
+rng = np.random.default_rng(0)
+x = rng.standard_normal((64, 30)).astype("float32")
+y = rng.standard_normal((64, 5)).astype("float32")
 
-    def build():
-        model = keras.Sequential([
-            keras.Input((30,)),
-            DCTSparseDense(20, density=0.2, activation="tanh", seed=1,
-                           sparse_initializer="random_normal"),
-            DCTSparseDense(5, density=0.3, seed=2)])
-        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse")
-        return model
-
-    single = build()
-    weights = single.get_weights()
-    losses_single = single.fit(x, y, epochs=3, batch_size=16, shuffle=False,
-                               verbose=0).history["loss"]
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert strategy.num_replicas_in_sync == 2
-    with strategy.scope():
-        mirrored = build()
-    mirrored.set_weights(weights)
-    losses_mirrored = mirrored.fit(x, y, epochs=3, batch_size=16, shuffle=False,
-                                   verbose=0).history["loss"]
-    print("LOSSES", losses_single, losses_mirrored)
-    np.testing.assert_allclose(losses_mirrored, losses_single, rtol=1e-5)
-    for a, b in zip(single.get_weights(), mirrored.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    print("MIRRORED OK")
-    """
-)
+def build():
+    model = keras.Sequential([
+        keras.Input((30,)),
+        DCTSparseDense(20, density=0.2, activation="tanh", seed=1,
+                       sparse_initializer="random_normal"),
+        DCTSparseDense(5, density=0.3, seed=2)])
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse")
+    return model
+"""
 
 
 def test_mirrored_strategy_matches_single_device():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT],
-        capture_output=True, text=True, env=env, timeout=600,
+    assert_mirrored_matches_single(
+        MIRRORED_SETUP, batch_size=16, loss_rtol=1e-5, weight_rtol=1e-4, weight_atol=1e-6
     )
-    assert "MIRRORED OK" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.parametrize(
