@@ -13,6 +13,7 @@ from keras_dctsparse.layers import DCTSparseDepthwiseConv2D
 from keras_dctsparse.callbacks import EnforceSparsity
 from keras_dctsparse.allocation import Allocation
 from keras_dctsparse.allocation import allocate_densities
+from keras_dctsparse.export import builtin_ops_mode
 from keras_dctsparse.export import export_tflite
 from keras_dctsparse.convert import sparsify
 from keras_dctsparse.report import sparsity_report

@@ -2,5 +2,6 @@
 
 from keras_dctsparse.export.tflite import QUANTIZATIONS
 from keras_dctsparse.export.tflite import TFLiteExportError
+from keras_dctsparse.export.tflite import builtin_ops_mode
 from keras_dctsparse.export.tflite import convert_tflite
 from keras_dctsparse.export.tflite import export_tflite

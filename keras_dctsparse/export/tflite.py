@@ -1,10 +1,12 @@
-"""TFLite export of Keras models with `DCTSparseDense` layers, builtin ops only.
+"""TFLite export of Keras models with DCT-plus-sparse layers, builtin ops only.
 
 `tf.signal.dct` and `tf.sparse.sparse_dense_matmul` need Flex (Select TF)
 ops, which neither `tf.lite.Interpreter` nor `ai-edge-litert` can run, and a
 constant `D` next to `S` is folded by the converter into one dense matrix (a
-file as big as the dense model). So `DCTSparseDense.call` is never traced
-here. Each such layer is exported as
+file as big as the dense model). So the layers' own `call` is never traced
+here (`builtin_ops_mode` swaps it for the time of the trace).
+
+Each `DCTSparseDense` is exported as
 
     activation(alpha * dct_offset_builtin(x, units)
                + sparse_matmul_builtin(x, values, rows, cols, units) + bias)
@@ -12,19 +14,33 @@ here. Each such layer is exported as
 (`keras_dctsparse.ops.tflite_ops`) with its weights as constants: `D` stays an
 implicit fast transform (`RFFT2D`, `MUL`, ... with O(N) constants) and `S`
 stays `nnz` float32 values plus `2 * nnz` int32 positions (`GATHER`, `MUL`,
-`UNSORTED_SEGMENT_SUM`). All other layers (Dense, Activation, Flatten,
-Reshape, Dropout, BatchNormalization, ...) are called as they are, in
-inference mode, and must convert to builtins themselves.
+`UNSORTED_SEGMENT_SUM`).
+
+Each DCTpS convolution (`DCTSparseConv1D/2D`, `DCTSparseDepthwiseConv2D`) is
+exported as one convolution (`CONV_2D` / `DEPTHWISE_CONV_2D`) whose kernel
+`alpha * Kd + S` is rebuilt by the interpreter on every invocation: `Kd` from
+`RANGE`, integer `MUL`/`FLOOR_MOD` and `COS` (the same exact table as the
+layer), `S` by `SCATTER_ND` of the `nnz` values at their int32 positions.
+Both start from index ranges offset by a run-time zero (`min(batch, 0)`), so
+the converter cannot fold them into a dense `P x c_out` constant. The cost is
+`O(P * c_out)` work per invocation, the size of a dense kernel read, small
+against the convolution itself for feature maps bigger than a few pixels.
+
+All other layers (Dense, Conv2D, Activation, Flatten, Reshape, Dropout,
+BatchNormalization, pooling, ...) are called as they are, in inference mode,
+and must convert to builtins themselves.
 
 File size: about `nnz * (4 + 8)` bytes for the sparse parts (float32 values,
 int32 rows and columns; 2 bytes per value with `quantization="float16"`)
 plus a fixed overhead per layer: the bias, the DCT constants (a few times
-`max(n, units)` floats, more for non-power-of-two lengths, which use
-Bluestein's algorithm over power-of-two FFTs) and the flatbuffer's own
-metadata. A `DCTSparseDense` layer never costs `n * units` numbers.
+`max(n, units)` floats for Dense layers, more for non-power-of-two lengths,
+which use Bluestein's algorithm over power-of-two FFTs; O(P + c_out) for
+convs) and the flatbuffer's own metadata. A DCTpS layer never costs
+`n * units` numbers.
 """
 
 import contextlib
+import functools
 import os
 import re
 import tempfile
@@ -37,12 +53,14 @@ from tensorflow.python.framework.convert_to_constants import (
 )
 
 from keras_dctsparse.layers.base import DCTSparseLayer
+from keras_dctsparse.layers.conv import _DCTSparseConvBase
 from keras_dctsparse.layers.dense import DCTSparseDense
 from keras_dctsparse.ops.tflite_ops import dct_offset_builtin
 from keras_dctsparse.ops.tflite_ops import sparse_matmul_builtin
 from keras_dctsparse.ops.tflite_ops import tflite_op_names
 
 QUANTIZATIONS = (None, "float16", "dynamic_int8")
+EXPORTABLE_LAYERS = (DCTSparseDense, _DCTSparseConvBase)
 
 
 class TFLiteExportError(ValueError):
@@ -50,18 +68,19 @@ class TFLiteExportError(ValueError):
 
 
 def sparse_entries(layer):
-    """`(values, rows, cols)` of the sparse part `S` of a built `DCTSparseDense`.
+    """`(values, rows, cols)` of the sparse part `S` of a built DCTpS layer.
 
     Works for both storage formats. For `sparse_format="masked"` the entries
     are the positions of the mask (kept entries that are currently zero are
     listed too), so the export is sparse either way.
 
     Args:
-        layer: A built `DCTSparseDense`.
+        layer: A built `DCTSparseDense` or DCTpS convolution.
 
     Returns:
-        float32 `(nnz,)` values and int32 `(nnz,)` rows (input index) and cols
-        (output index), as numpy arrays.
+        float32 `(nnz,)` values and int32 `(nnz,)` rows (input index, the
+        flattened patch index for convs) and cols (output index), as numpy
+        arrays.
     """
     weight = layer.sparse_weight
     if weight.sparse_format == "masked":
@@ -84,17 +103,27 @@ def export_call(layer):
     """A replacement for `layer.call` built from TFLite-builtin ops and constants.
 
     Args:
-        layer: A built `DCTSparseDense`.
+        layer: A built `DCTSparseDense` or DCTpS convolution.
 
     Returns:
         A function `inputs -> outputs` computing the same as `layer.call`
         (in float32) with the weights' current values frozen in.
     """
+    if isinstance(layer, DCTSparseDense):
+        return _dense_export_call(layer)
+    return _conv_export_call(layer)
+
+
+def _frozen_alpha(layer):
+    if layer.offset != "dct":
+        return None
+    return np.float32(keras.ops.convert_to_numpy(layer.alpha))
+
+
+def _dense_export_call(layer):
     input_dim, units = layer.sparse_weight.matrix_shape
     values, rows, cols = sparse_entries(layer)
-    alpha = None
-    if layer.offset == "dct":
-        alpha = np.float32(keras.ops.convert_to_numpy(layer.alpha))
+    alpha = _frozen_alpha(layer)
     bias = None
     if layer.bias is not None:
         bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), dtype=np.float32)
@@ -123,6 +152,49 @@ def export_call(layer):
     return call
 
 
+def _run_time_zero(x):
+    """An int32 scalar that is 0 at run time but not a constant of the graph.
+
+    `min(batch_size, 0)` with the batch dimension dynamic: index ranges offset
+    by it cannot be constant-folded by the converter, so the `Kd` table and
+    the scattered `S` are rebuilt by the interpreter instead of being stored
+    as dense `P x c_out` constants.
+    """
+    return tf.minimum(tf.shape(x)[0], 0)
+
+
+def _conv_export_call(layer):
+    """Export call of a DCTpS conv: one conv with a kernel rebuilt at run time.
+
+    The kernel `alpha * Kd + S` is built on every invocation from builtin ops:
+    `Kd` from `RANGE`, integer `MUL`/`FLOOR_MOD` and `COS` (the layer's own
+    table, `conv_offset.dct_block`), `S` by `SCATTER_ND` of the `nnz` frozen
+    values at their int32 positions. Only those O(nnz + P + c_out) numbers
+    are in the file; the convolution itself is the layer's (`CONV_2D`,
+    `DEPTHWISE_CONV_2D`, ...), whatever its `offset_method`.
+    """
+    weight = layer.sparse_weight
+    rows_count, cols_count = weight.matrix_shape
+    kernel_shape = tuple(weight.kernel_shape)
+    values, rows, cols = sparse_entries(layer)
+    positions = np.stack([rows, cols], axis=1)
+    alpha = _frozen_alpha(layer)
+    in_channels = layer._in_channels
+
+    def kernel_fn(x):
+        zero = _run_time_zero(x)
+        sparse = tf.scatter_nd(
+            tf.constant(positions), tf.constant(values), tf.stack([rows_count + zero, cols_count])
+        )
+        kernel = tf.reshape(sparse, kernel_shape)
+        if alpha is not None:
+            offset = layer._offset_kernel(in_channels, tf.float32, anchor=zero)
+            kernel = kernel + tf.constant(alpha) * offset
+        return tf.cast(kernel, x.dtype)
+
+    return functools.partial(layer.forward, kernel_fn=kernel_fn)
+
+
 def _all_layers(model):
     """Every layer nested in `model` (not `model` itself), depth first."""
     found = []
@@ -141,13 +213,13 @@ def _all_layers(model):
 
 def _check_layers(layers):
     for layer in layers:
-        if isinstance(layer, DCTSparseLayer) and not isinstance(layer, DCTSparseDense):
+        if isinstance(layer, DCTSparseLayer) and not isinstance(layer, EXPORTABLE_LAYERS):
             raise NotImplementedError(
                 f"TFLite export of layer '{layer.name}' ({type(layer).__name__}) is "
-                "not implemented: only DCTSparseDense among the DCT-plus-sparse "
-                "layers can be exported so far."
+                "not implemented: the DCT-plus-sparse layers that can be exported are "
+                f"{', '.join(cls.__name__ for cls in EXPORTABLE_LAYERS)}."
             )
-        if isinstance(layer, DCTSparseDense) and layer.sparse_weight is None:
+        if isinstance(layer, DCTSparseLayer) and layer.sparse_weight is None:
             raise TFLiteExportError(
                 f"Layer '{layer.name}' is not built; build the model before export."
             )
@@ -155,12 +227,12 @@ def _check_layers(layers):
 
 @contextlib.contextmanager
 def _export_calls(layers):
-    """Temporarily replaces `call` of every `DCTSparseDense` in `layers`."""
+    """Temporarily replaces `call` of every exportable DCTpS layer in `layers`."""
     missing = object()
     saved = []
     try:
         for layer in layers:
-            if isinstance(layer, DCTSparseDense):
+            if isinstance(layer, EXPORTABLE_LAYERS):
                 saved.append((layer, layer.__dict__.get("call", missing)))
                 replacement = export_call(layer)
                 layer.__dict__["call"] = replacement
@@ -171,6 +243,39 @@ def _export_calls(layers):
                 layer.__dict__.pop("call", None)
             else:
                 layer.__dict__["call"] = previous
+
+
+@contextlib.contextmanager
+def builtin_ops_mode(model):
+    """Within this context, `model`'s DCTpS layers trace as TFLite builtin ops.
+
+    Inside it every `DCTSparseDense` and DCTpS convolution of `model` (nested
+    models included) computes the same function from builtin-convertible ops
+    with its weights' current values frozen in (see `export_tflite`), so
+    Keras's own `model.export(path, format="litert")` writes a file with no
+    Flex ops and no dense `n x m` matrix. Outside it (and after an error)
+    the layers are back to their normal `call`. Do not train inside it: the
+    frozen weights do not see updates.
+
+    Args:
+        model: A built Keras model.
+
+    Yields:
+        `model`.
+
+    Raises:
+        TFLiteExportError: if a DCTpS layer is not built.
+        NotImplementedError: for an unsupported DCTpS layer type.
+
+    Example:
+
+    >>> with builtin_ops_mode(model):  # doctest: +SKIP
+    ...     model.export("model.tflite", format="litert")
+    """
+    layers = _all_layers(model)
+    _check_layers(layers)
+    with _export_calls(layers):
+        yield model
 
 
 def _input_specs(model):
@@ -258,7 +363,7 @@ def _configure_quantization(converter, quantization):
 
 
 def convert_tflite(model, quantization=None):
-    """Converts a Keras model with `DCTSparseDense` layers to TFLite, builtin ops only.
+    """Converts a Keras model with DCT-plus-sparse layers to TFLite, builtin ops only.
 
     See `export_tflite`; this returns the serialized model instead of writing it.
 
@@ -319,12 +424,15 @@ def convert_tflite(model, quantization=None):
 
 
 def export_tflite(model, path, quantization=None):
-    """Writes a Keras model with `DCTSparseDense` layers as a builtin-only `.tflite`.
+    """Writes a Keras model with DCT-plus-sparse layers as a builtin-only `.tflite`.
 
     Every `DCTSparseDense` is exported as its fast DCT (`RFFT2D` and
     elementwise ops, O(max(n, units)) constants, never the `n x units` matrix
     `D`) plus its sparse part as `nnz` values and int32 positions (`GATHER`,
-    `MUL`, `UNSORTED_SEGMENT_SUM`), from the weights' current values. Both
+    `MUL`, `UNSORTED_SEGMENT_SUM`), from the weights' current values. Every
+    DCTpS convolution is one `CONV_2D`/`DEPTHWISE_CONV_2D` with its kernel
+    `alpha * Kd + S` rebuilt at run time from a `COS` table and a
+    `SCATTER_ND` of the `nnz` values (module docstring). Both
     `sparse_format="values"` and `"masked"` layers export sparse. Other layers
     are traced as they are, in inference mode (`training=False`), and must
     convert to TFLite builtins. The batch dimension of every input is dynamic
@@ -362,8 +470,8 @@ def export_tflite(model, path, quantization=None):
         TFLiteExportError (a `ValueError`): if the model is not built, or a
             layer needs non-builtin (Flex) ops; the message names the
             layer(s) and the ops where the converter reports them.
-        NotImplementedError: for DCT-plus-sparse layers other than
-            `DCTSparseDense` (conv layers).
+        NotImplementedError: for a `DCTSparseLayer` subclass other than
+            `DCTSparseDense` and the DCTpS convolutions.
 
     Example:
 

@@ -111,8 +111,8 @@ class _DCTSparseConvBase(DCTSparseLayer):
     def _out_channels(self, in_channels):
         raise NotImplementedError
 
-    def _offset_kernel(self, in_channels, dtype):
-        """`Kd` in the Keras kernel layout."""
+    def _offset_kernel(self, in_channels, dtype, anchor=None):
+        """`Kd` in the Keras kernel layout (`anchor`: see `conv_offset.dct_block`)."""
         raise NotImplementedError
 
     def _convolve(self, x, kernel, padding):
@@ -188,6 +188,21 @@ class _DCTSparseConvBase(DCTSparseLayer):
         return "fused" if self.offset_method == "auto" else self.offset_method
 
     def call(self, inputs):
+        return self.forward(inputs)
+
+    def forward(self, inputs, kernel_fn=None):
+        """The layer's computation, optionally with a kernel supplied by `kernel_fn`.
+
+        Args:
+            inputs: The layer's input (its `data_format`).
+            kernel_fn: None (use the weights and `offset_method`), or a function of the
+                channels_last input `x` (in `transform_dtype()`) returning the full kernel
+                `alpha * Kd + S` in Keras layout, applied as one convolution. The TFLite
+                export passes a kernel rebuilt from builtin ops and frozen weights.
+
+        Returns:
+            The layer's output.
+        """
         dtype = self.transform_dtype()
         x = tf.cast(inputs, dtype)
         if self.data_format == "channels_first":
@@ -198,7 +213,9 @@ class _DCTSparseConvBase(DCTSparseLayer):
             x = tf.pad(x, [[0, 0], [left, 0], [0, 0]])
             padding = "valid"
         method = self._resolved_method()
-        if self.offset != "dct" or method == "fused":
+        if kernel_fn is not None:
+            outputs = self.finish(self._convolve(x, kernel_fn(x), padding))
+        elif self.offset != "dct" or method == "fused":
             # One conv with alpha * Kd + S (or S alone without the offset).
             outputs = self.combine(None, self._convolve(x, self._effective_kernel(dtype), padding))
         else:
@@ -274,9 +291,9 @@ class _GroupedConv(_DCTSparseConvBase):
     def _out_channels(self, in_channels):
         return self.filters
 
-    def _offset_kernel(self, in_channels, dtype):
+    def _offset_kernel(self, in_channels, dtype, anchor=None):
         return conv_ops.conv_offset_kernel(
-            self.kernel_size, in_channels, self.filters, self.groups, dtype
+            self.kernel_size, in_channels, self.filters, self.groups, dtype, anchor
         )
 
     def _convolve(self, x, kernel, padding):
@@ -419,9 +436,9 @@ class DCTSparseDepthwiseConv2D(_DCTSparseConvBase):
     def _out_channels(self, in_channels):
         return in_channels * self.depth_multiplier
 
-    def _offset_kernel(self, in_channels, dtype):
+    def _offset_kernel(self, in_channels, dtype, anchor=None):
         return conv_ops.depthwise_offset_kernel(
-            self.kernel_size, in_channels, self.depth_multiplier, dtype
+            self.kernel_size, in_channels, self.depth_multiplier, dtype, anchor
         )
 
     def _convolve(self, x, kernel, padding):

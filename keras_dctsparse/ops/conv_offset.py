@@ -213,7 +213,7 @@ def dct_scale(rows, n, dtype=tf.float32):
     )
 
 
-def _dct_cos_sin(rows, cols, n, dtype):
+def _dct_cos_sin(rows, cols, n, dtype, anchor=None):
     """Unscaled ``cos``/``sin`` of the DCT-II angles ``pi * k * (2j + 1) / (2N)``.
 
     Args:
@@ -221,6 +221,8 @@ def _dct_cos_sin(rows, cols, n, dtype):
         cols: Number of samples ``j`` (Python int).
         n: The DCT size ``N``.
         dtype: Float dtype.
+        anchor: None, or an integer scalar tensor whose value is 0, added to both index
+            ranges (see `dct_block`).
 
     Returns:
         ``(cos, sin)``, each ``(rows, cols)``.
@@ -228,12 +230,15 @@ def _dct_cos_sin(rows, cols, n, dtype):
     Example:
         >>> c, s = _dct_cos_sin(2, 4, 4, tf.float32)
     """
-    k = tf.range(rows, dtype=tf.int64)[:, None]
-    j = tf.range(cols, dtype=tf.int64)[None, :]
-    return _cos_sin_half_turns(k * (2 * j + 1), n, dtype)
+    k = tf.range(rows, dtype=tf.int64)
+    j = tf.range(cols, dtype=tf.int64)
+    if anchor is not None:
+        anchor = tf.cast(anchor, tf.int64)
+        k, j = k + anchor, j + anchor
+    return _cos_sin_half_turns(k[:, None] * (2 * j[None, :] + 1), n, dtype)
 
 
-def dct_block(rows, cols, dtype=tf.float32):
+def dct_block(rows, cols, dtype=tf.float32, anchor=None):
     """Top-left ``(rows, cols)`` block of the orthonormal DCT-II matrix ``C_N``.
 
     ``N = max(rows, cols)`` and ``C_N[k, j] = s_k * cos(pi * k * (2j + 1) / (2N))``. The block
@@ -245,6 +250,10 @@ def dct_block(rows, cols, dtype=tf.float32):
         rows: Number of rows (output size ``m``).
         cols: Number of columns (input size ``n``).
         dtype: Float dtype of the result.
+        anchor: None, or an integer scalar tensor that is 0 at run time but unknown when
+            the graph is built (for example ``min(batch_size, 0)``). It is added to the
+            index ranges, so a graph optimizer cannot fold the block into a
+            ``rows x cols`` constant: the TFLite export uses it to keep ``D`` implicit.
 
     Returns:
         A ``(rows, cols)`` tensor.
@@ -256,7 +265,7 @@ def dct_block(rows, cols, dtype=tf.float32):
     """
     n = max(rows, cols)
     table_dtype = _table_dtype(dtype)
-    cos, _ = _dct_cos_sin(rows, cols, n, table_dtype)
+    cos, _ = _dct_cos_sin(rows, cols, n, table_dtype, anchor)
     return tf.cast(dct_scale(rows, n, table_dtype)[:, None] * cos, dtype)
 
 
@@ -265,7 +274,9 @@ def dct_block(rows, cols, dtype=tf.float32):
 # ----------------------------------------------------------------------------------------------
 
 
-def conv_offset_kernel(kernel_size, in_channels, filters, groups=1, dtype=tf.float32):
+def conv_offset_kernel(
+    kernel_size, in_channels, filters, groups=1, dtype=tf.float32, anchor=None
+):
     """The frozen DCT offset kernel ``Kd`` in Keras Conv layout ``(*kernel_size, c_in_g, c_out)``.
 
     With ``c_in_g = in_channels / groups``, ``c_out_g = filters / groups``,
@@ -284,6 +295,8 @@ def conv_offset_kernel(kernel_size, in_channels, filters, groups=1, dtype=tf.flo
         filters: Output channels ``c_out`` of the whole layer.
         groups: Number of groups; must divide ``in_channels`` and ``filters``.
         dtype: Float dtype of the kernel.
+        anchor: None, or a run-time zero that keeps the kernel from being constant-folded
+            (see `dct_block`).
 
     Returns:
         A ``(*kernel_size, in_channels // groups, filters)`` tensor.
@@ -296,12 +309,14 @@ def conv_offset_kernel(kernel_size, in_channels, filters, groups=1, dtype=tf.flo
     c_in_g = _divide(in_channels, groups, "in_channels")
     c_out_g = _divide(filters, groups, "filters")
     patch = math.prod(kernel_size) * c_in_g
-    block = tf.transpose(dct_block(c_out_g, patch, dtype))  # (P, c_out_g)
+    block = tf.transpose(dct_block(c_out_g, patch, dtype, anchor))  # (P, c_out_g)
     block = tf.reshape(block, (*kernel_size, c_in_g, c_out_g))
     return tf.tile(block, (1,) * (len(kernel_size) + 1) + (groups,))
 
 
-def depthwise_offset_kernel(kernel_size, in_channels, depth_multiplier, dtype=tf.float32):
+def depthwise_offset_kernel(
+    kernel_size, in_channels, depth_multiplier, dtype=tf.float32, anchor=None
+):
     """The frozen DCT offset kernel in Keras DepthwiseConv layout ``(*kernel_size, c_in, dm)``.
 
     Depthwise is the grouped construction with ``groups = c_in``: per input channel the patch
@@ -314,6 +329,8 @@ def depthwise_offset_kernel(kernel_size, in_channels, depth_multiplier, dtype=tf
         in_channels: Input channels ``c_in``.
         depth_multiplier: Outputs per input channel.
         dtype: Float dtype of the kernel.
+        anchor: None, or a run-time zero that keeps the kernel from being constant-folded
+            (see `dct_block`).
 
     Returns:
         A ``(*kernel_size, in_channels, depth_multiplier)`` tensor.
@@ -324,7 +341,7 @@ def depthwise_offset_kernel(kernel_size, in_channels, depth_multiplier, dtype=tf
     """
     kernel_size = _kernel_tuple(kernel_size)
     grouped = conv_offset_kernel(
-        kernel_size, in_channels, in_channels * depth_multiplier, in_channels, dtype
+        kernel_size, in_channels, in_channels * depth_multiplier, in_channels, dtype, anchor
     )
     return tf.reshape(grouped, (*kernel_size, in_channels, depth_multiplier))
 

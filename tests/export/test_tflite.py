@@ -9,8 +9,13 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
+from keras_dctsparse import DCTSparseConv1D
+from keras_dctsparse import DCTSparseConv2D
 from keras_dctsparse import DCTSparseDense
+from keras_dctsparse import DCTSparseDepthwiseConv2D
+from keras_dctsparse import builtin_ops_mode
 from keras_dctsparse import export_tflite
+from keras_dctsparse import models
 from keras_dctsparse.export import TFLiteExportError
 from keras_dctsparse.export import convert_tflite
 from keras_dctsparse.layers import DCTSparseLayer
@@ -46,7 +51,7 @@ def randomize(model, seed, scale=0.1, alpha=0.7):
     """Nonzero random sparse values and biases, `alpha != 1` (as after training)."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
-        if not isinstance(layer, DCTSparseDense):
+        if not isinstance(layer, DCTSparseLayer):
             continue
         weight = layer.sparse_weight
         if weight.sparse_format == "masked":
@@ -95,7 +100,7 @@ def lenet(density, seed=0, **kwargs):
 
 
 def nnz(model):
-    return sum(layer.nnz for layer in model.layers if isinstance(layer, DCTSparseDense))
+    return sum(layer.nnz for layer in model.layers if isinstance(layer, DCTSparseLayer))
 
 
 @functools.lru_cache(maxsize=None)
@@ -307,3 +312,111 @@ def test_clear_errors(tmp_path):
     with pytest.raises(TFLiteExportError, match="inputs|built"):
         export_tflite(unbuilt, tmp_path / "model.tflite")
     assert not os.listdir(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolutions: the kernel alpha * Kd + S is rebuilt at run time (COS table + SCATTER_ND).
+
+
+def lenet5_convs(density, seed=0):
+    """The convolutional part of the zoo's LeNet-5 (DCTpS, EPL allocation), randomized."""
+    model = models.build_model(
+        "lenet5", input_shape=(28, 28, 1), density=density, distribution="epl", seed=seed
+    )
+    return randomize(model, seed=seed)
+
+
+def vgg_block(density, seed=0):
+    """A small VGG block: two 3x3 convs 64, max pool, a 3x3 conv 128."""
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            DCTSparseConv2D(64, 3, padding="same", density=density, activation="relu", seed=seed),
+            DCTSparseConv2D(64, 3, padding="same", density=density, activation="relu", seed=seed + 1),
+            keras.layers.MaxPooling2D(),
+            DCTSparseConv2D(128, 3, padding="same", density=density, seed=seed + 2),
+        ]
+    )
+    return randomize(model, seed=seed)
+
+
+def test_lenet5_matches_keras_without_flex_ops():
+    model = lenet5_convs(0.01)
+    assert any(isinstance(layer, DCTSparseConv2D) for layer in model.layers)
+    data = convert_tflite(model)
+    assert_no_flex_ops(data)
+    names = tflite_op_names(data)
+    assert "CONV_2D" in names and "SCATTER_ND" in names and "COS" in names
+    assert_matches_keras(model, data, seed=3)
+    assert all("call" not in layer.__dict__ for layer in model.layers)
+
+
+def conv_weight_count(model):
+    return sum(
+        int(np.prod(layer.sparse_weight.kernel_shape))
+        for layer in model.layers
+        if isinstance(layer, DCTSparseLayer)
+    )
+
+
+def test_vgg_block_matches_keras_and_is_sized_by_nnz():
+    model = vgg_block(0.02)
+    data = convert_tflite(model)
+    assert_no_flex_ops(data)
+    assert_matches_keras(model, data, seed=4)
+    # Neither Kd nor the scattered S is stored: same formula as the Dense layers.
+    overhead = len(convert_tflite(vgg_block(1e-9)))
+    predicted = nnz(model) * (4 + INDEX_BYTES) + overhead
+    assert predicted / 1.5 <= len(data) <= 1.5 * predicted
+    assert len(data) < 4 * conv_weight_count(model) / 5
+    print(f"\nVGG block density 0.02: nnz={nnz(model)} size={len(data)} B, overhead={overhead} B")
+
+
+@pytest.mark.parametrize(
+    "layer,input_shape",
+    [
+        (DCTSparseConv2D(6, 3, strides=2, density=0.3, sparse_format="masked"), (11, 11, 4)),
+        (DCTSparseConv2D(6, 3, groups=2, dilation_rate=2, density=0.3), (12, 12, 4)),
+        (DCTSparseConv2D(5, 1, offset=None, density=0.5, activation="relu"), (6, 6, 3)),
+        (DCTSparseConv2D(4, (3, 2), data_format="channels_first", density=0.4), (3, 9, 8)),
+        (DCTSparseDepthwiseConv2D(3, depth_multiplier=2, strides=2, density=0.5), (12, 12, 4)),
+        (DCTSparseConv1D(8, 5, padding="causal", density=0.2), (20, 3)),
+    ],
+    ids=["strided-masked", "grouped-dilated", "plain-1x1", "channels-first", "depthwise", "conv1d"],
+)
+def test_conv_variants_match_keras(layer, input_shape):
+    model = randomize(keras.Sequential([keras.Input(input_shape), layer]), seed=5)
+    data = convert_tflite(model)
+    assert_no_flex_ops(data)
+    assert_matches_keras(model, data, seed=6)
+
+
+def test_conv_float16():
+    model = lenet5_convs(0.05)
+    full = convert_tflite(model)
+    half = convert_tflite(model, quantization="float16")
+    assert_no_flex_ops(half)
+    assert len(half) < len(full)
+    assert_matches_keras(model, half, seed=7, tolerance=2e-3)
+
+
+def test_keras_litert_export_inside_builtin_ops_mode(tmp_path):
+    model = lenet5_convs(0.01, seed=1)
+    path = str(tmp_path / "lenet5.tflite")
+    with builtin_ops_mode(model) as same_model:
+        assert same_model is model
+        model.export(path, format="litert", verbose=False)
+    assert all("call" not in layer.__dict__ for layer in model.layers)
+    with open(path, "rb") as file:
+        data = file.read()
+    assert_no_flex_ops(data)
+    assert_matches_keras(model, data, seed=8)
+
+
+def test_builtin_ops_mode_restores_calls_after_an_error():
+    model = lenet(0.05)
+    with pytest.raises(RuntimeError, match="boom"):
+        with builtin_ops_mode(model):
+            assert all("call" in layer.__dict__ for layer in model.layers)
+            raise RuntimeError("boom")
+    assert all("call" not in layer.__dict__ for layer in model.layers)
