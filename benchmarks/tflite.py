@@ -1,16 +1,31 @@
-"""TFLite file size and latency: DCTpS LeNet-300-100 against dense and masked dense.
+"""TFLite file size and latency: DCTpS models against dense and masked dense ones.
 
-Models (784-300-100-10, relu, relu, softmax, float32, builtin ops only):
+Two tables, float32, builtin ops only, `ai-edge-litert` interpreter:
+
+LeNet-300-100 (784-300-100-10, relu, relu, softmax):
 
 - `Dense`: `keras.layers.Dense` layers, converted normally.
 - `masked 1% + SPARSITY`: the same dense model with every kernel zeroed outside
   a random 1% mask, converted with
-  `converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]`.
+  `converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]`
+  (TFLite's own sparse tensor encoding and sparse fully-connected kernel).
 - `DCTpS d`: `DCTSparseDense` layers at density `d`, exported with
   `keras_dctsparse.export_tflite` (fast DCT + gather/segment-sum sparse part).
+- `DCTpS 0.01, S as FC + SPARSITY`: the same DCTpS 1% model with its sparse
+  part exported the other way, as a `FULLY_CONNECTED` whose constant `n x m`
+  kernel holds `S` and is stored with TFLite's sparse encoding (the DCT stays
+  the same builtin transform). This needs the dense `S` in memory at
+  conversion time, which is why `export_tflite` does not use it.
 
-Latency: median of `Interpreter.invoke()` at batch 1 (ai-edge-litert, default
-delegates, `num_threads` threads), input set once. Ratios are to `Dense`.
+LeNet-5 (conv 6@5x5 same, pool, conv 16@5x5, pool, 120, 84, 10; the zoo's
+`lenet5`, EPL allocation):
+
+- `Dense`, `masked 1% + SPARSITY` as above (every Conv2D/Dense kernel masked).
+- `DCTpS 0.01`: the zoo's DCTpS LeNet-5 at global density 1% (convs exported as
+  one CONV_2D with `alpha * Kd + S` rebuilt at run time).
+
+Latency: median of `Interpreter.invoke()` at batch 1 (default delegates,
+`num_threads` threads), input set once. Ratios are to `Dense` of the same table.
 
 Run:
     python benchmarks/tflite.py [--repeats 2000] [--threads 1]
@@ -32,64 +47,109 @@ from tensorflow.python.framework.convert_to_constants import (  # noqa: E402
 
 from common import markdown_table  # noqa: E402
 from keras_dctsparse import DCTSparseDense  # noqa: E402
+from keras_dctsparse import models  # noqa: E402
 from keras_dctsparse.export import convert_tflite  # noqa: E402
+from keras_dctsparse.export.tflite import sparse_entries  # noqa: E402
+from keras_dctsparse.layers import DCTSparseLayer  # noqa: E402
+from keras_dctsparse.ops.tflite_ops import dct_offset_builtin  # noqa: E402
 from keras_dctsparse.ops.tflite_ops import tflite_op_names  # noqa: E402
 
 SIZES = (784, 300, 100, 10)
 ACTIVATIONS = ("relu", "relu", "softmax")
+SPARSITY = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
 
 
-def dense_lenet(mask_density=None, seed=0):
+def mask_kernels(model, density, seed=0):
+    """Zeroes every Dense/Conv kernel of `model` outside a random `density` mask."""
     rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if getattr(layer, "kernel", None) is not None:
+            kernel = keras.ops.convert_to_numpy(layer.kernel)
+            layer.kernel.assign(kernel * (rng.random(kernel.shape) < density))
+    return model
+
+
+def dense_lenet():
     layers = [keras.Input((SIZES[0],))]
     layers += [keras.layers.Dense(m, activation=a) for m, a in zip(SIZES[1:], ACTIVATIONS)]
-    model = keras.Sequential(layers)
-    if mask_density is not None:
-        for layer in model.layers:
-            kernel = keras.ops.convert_to_numpy(layer.kernel)
-            mask = rng.random(kernel.shape) < mask_density
-            layer.kernel.assign(kernel * mask)
+    return keras.Sequential(layers)
+
+
+def randomize(model, seed=0):
+    """Nonzero sparse values and alpha != 1, as after training."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, DCTSparseLayer):
+            weight = layer.sparse_weight
+            weight.values.assign(rng.standard_normal(weight.nnz).astype(np.float32) * 0.05)
+            if layer.alpha is not None:
+                layer.alpha.assign(0.8)
     return model
 
 
 def dctps_lenet(density, seed=0):
-    rng = np.random.default_rng(seed)
     layers = [keras.Input((SIZES[0],))]
     layers += [
         DCTSparseDense(m, density=density, activation=a, seed=seed + i)
         for i, (m, a) in enumerate(zip(SIZES[1:], ACTIVATIONS))
     ]
-    model = keras.Sequential(layers)
-    for layer in model.layers:  # nonzero values, as after training
-        layer.sparse_weight.values.assign(
-            rng.standard_normal(layer.nnz).astype(np.float32) * 0.05
-        )
-        layer.alpha.assign(0.8)
-    return model
+    return randomize(keras.Sequential(layers), seed)
 
 
-def convert_standard(model, optimizations=None):
-    """The usual builtins-only conversion of a standard Keras model."""
-    function = tf.function(
-        lambda x: model(x, training=False),
-        input_signature=[tf.TensorSpec([None, SIZES[0]], tf.float32)],
-    )
+def convert_function(function, spec, optimizations=None):
+    """Builtins-only conversion of `function` traced at `spec`, variables frozen."""
+    traced = tf.function(function, input_signature=[spec])
     # Frozen explicitly: otherwise this converter keeps the Dense kernels as
     # uninitialized resource variables (a 4 KB file without weights).
-    frozen = convert_variables_to_constants_v2(function.get_concrete_function())
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
+    frozen = convert_variables_to_constants_v2(traced.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if optimizations:
         converter.optimizations = optimizations
     return converter.convert()
 
 
+def convert_standard(model, optimizations=None):
+    """The usual builtins-only conversion of a standard Keras model."""
+    spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
+    return convert_function(lambda x: model(x, training=False), spec, optimizations)
+
+
+def convert_fc_sparsity(model):
+    """A DCTpS Dense model with each S as a sparse-encoded FULLY_CONNECTED kernel."""
+    layers = []
+    for layer in model.layers:
+        values, rows, cols = sparse_entries(layer)
+        kernel = np.zeros(layer.sparse_weight.matrix_shape, np.float32)
+        kernel[rows, cols] = values
+        alpha = np.float32(keras.ops.convert_to_numpy(layer.alpha))
+        bias = keras.ops.convert_to_numpy(layer.bias)
+        layers.append((kernel, alpha, bias, layer.activation))
+
+    def forward(x):
+        for kernel, alpha, bias, activation in layers:
+            offset = dct_offset_builtin(x, kernel.shape[1])
+            x = activation(tf.matmul(x, tf.constant(kernel)) + alpha * offset + bias)
+        return x
+
+    return convert_function(forward, tf.TensorSpec([None, SIZES[0]], tf.float32), SPARSITY)
+
+
+def lenet5(density, offset):
+    model = models.build_model(
+        "lenet5", input_shape=(28, 28, 1), density=density, distribution="epl",
+        offset=offset, seed=0,
+    )
+    return randomize(model) if offset == "dct" else model
+
+
 def latency_ms(data, repeats, threads):
     interpreter = Interpreter(model_content=data, num_threads=threads)
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], [1, *detail["shape"][1:]])
     interpreter.allocate_tensors()
-    index = interpreter.get_input_details()[0]["index"]
-    x = np.random.default_rng(1).standard_normal((1, SIZES[0])).astype(np.float32)
-    interpreter.set_tensor(index, x)
+    x = np.random.default_rng(1).standard_normal([1, *detail["shape"][1:]]).astype(np.float32)
+    interpreter.set_tensor(detail["index"], x)
     for _ in range(20):
         interpreter.invoke()
     times = []
@@ -100,29 +160,13 @@ def latency_ms(data, repeats, threads):
     return 1000.0 * float(np.median(times))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2000)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-
-    dense_params = sum(n * m for n, m in zip(SIZES[:-1], SIZES[1:]))
-    entries = [("Dense", dense_params, convert_standard(dense_lenet()))]
-    masked = convert_standard(
-        dense_lenet(mask_density=0.01), [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    )
-    entries.append(("masked 1% + SPARSITY", round(0.01 * dense_params), masked))
-    for density in (0.1, 0.01, 0.001):
-        model = dctps_lenet(density)
-        nnz = sum(layer.nnz for layer in model.layers)
-        entries.append((f"DCTpS {density:g}", nnz, convert_tflite(model)))
-
+def table(entries, repeats, threads):
     rows = []
     base_size = base_time = None
     for name, weights, data in entries:
         assert not [n for n in tflite_op_names(data) if n.startswith("CUSTOM")], name
         size_kb = len(data) / 1024
-        ms = latency_ms(data, args.repeats, args.threads)
+        ms = latency_ms(data, repeats, threads)
         if base_size is None:
             base_size, base_time = size_kb, ms
         rows.append(
@@ -136,11 +180,51 @@ def main():
             ]
         )
     header = ["model", "weights / nnz", "size KB", "size x Dense", "latency ms", "latency x Dense"]
-    print(
-        f"LeNet-300-100 TFLite (float32, builtins only), batch 1, "
-        f"{args.threads} thread(s), median of {args.repeats}\n"
+    return markdown_table(header, rows)
+
+
+def kernel_weights(model):
+    return sum(
+        int(np.prod(layer.kernel.shape))
+        for layer in model.layers
+        if getattr(layer, "kernel", None) is not None
     )
-    print(markdown_table(header, rows))
+
+
+def nnz(model):
+    return sum(layer.nnz for layer in model.layers if isinstance(layer, DCTSparseLayer))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    caption = (
+        f"(float32, builtins only), batch 1, {args.threads} thread(s), "
+        f"median of {args.repeats}\n"
+    )
+
+    dense_params = sum(n * m for n, m in zip(SIZES[:-1], SIZES[1:]))
+    entries = [("Dense", dense_params, convert_standard(dense_lenet()))]
+    masked = convert_standard(mask_kernels(dense_lenet(), 0.01), SPARSITY)
+    entries.append(("masked 1% + SPARSITY", round(0.01 * dense_params), masked))
+    for density in (0.1, 0.01, 0.001):
+        model = dctps_lenet(density)
+        entries.append((f"DCTpS {density:g}", nnz(model), convert_tflite(model)))
+    model = dctps_lenet(0.01)
+    entries.append(("DCTpS 0.01, S as FC + SPARSITY", nnz(model), convert_fc_sparsity(model)))
+    print("LeNet-300-100 TFLite " + caption)
+    print(table(entries, args.repeats, args.threads))
+
+    dense = lenet5(1.0, None)
+    entries = [("Dense", kernel_weights(dense), convert_standard(dense))]
+    masked = convert_standard(mask_kernels(lenet5(1.0, None), 0.01), SPARSITY)
+    entries.append(("masked 1% + SPARSITY", round(0.01 * kernel_weights(dense)), masked))
+    model = lenet5(0.01, "dct")
+    entries.append(("DCTpS 0.01", nnz(model), convert_tflite(model)))
+    print("\nLeNet-5 TFLite " + caption)
+    print(table(entries, args.repeats, args.threads))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -35,6 +36,7 @@ MODELS = ("lenet300100", "lenet5", "vgg19", "resnet18", "resnet50", "mobilenetv2
 DISTRIBUTIONS = ("uniform", "epl", "epf", "erk")
 OFFSETS = ("dct", "none")
 OPTIMIZERS = ("adam", "sgd", "adamw")
+SCHEDULES = ("constant", "cosine")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 
 # Test-only hook: extra Keras callbacks appended to every `train` run.
@@ -165,6 +167,13 @@ def _add_train_args(parser, sweep=False):
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     parser.add_argument("--lr", type=_positive_float("--lr"), default=1e-3)
     parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="constant",
+        help="learning-rate schedule: constant, or cosine decay from --lr to 0 over "
+        "all training steps",
+    )
+    parser.add_argument(
         "--validation-split",
         type=_split,
         default=0.0,
@@ -213,10 +222,12 @@ def build_parser():
         "sweep",
         help="train every density x offset x seed and summarise",
         description="Train every combination of --densities x --offsets x --seeds "
-        "into OUT/<density>_<offset>_s<seed>, then write OUT/results.md, "
-        "OUT/results.csv and OUT/accuracy.png (the plot needs matplotlib: "
-        "pip install matplotlib; it is skipped with a note otherwise). Finished "
-        "runs are not repeated when the sweep is rerun.",
+        "into OUT/d<density>_<offset>_s<seed> (density 1 is the dense baseline: "
+        "offset none only), then write OUT/results.md (one row per density: "
+        "dense / DCTpS / plain sparse final test accuracy, mean ± std (min-max) "
+        "over the seeds), OUT/results.csv and OUT/accuracy.png (the plot needs "
+        "matplotlib: pip install matplotlib; it is skipped with a note otherwise). "
+        "Finished runs are not repeated when the sweep is rerun.",
     )
     _add_train_args(sweep, sweep=True)
     sweep.add_argument("--densities", type=_densities, nargs="+", required=True)
@@ -250,8 +261,11 @@ def _load_data(args):
         raise CLIError(f"{error} (check --data-dir)", status=2) from None
 
 
-def _optimizer(name, lr):
+def _optimizer(name, lr, schedule="constant", total_steps=None):
     import keras
+
+    if schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps)
 
     if name == "adam":
         return keras.optimizers.Adam(lr)
@@ -352,8 +366,11 @@ def train(args):
         offset=None if args.offset == "none" else args.offset,
         seed=args.seed,
     )
+    steps_per_epoch = -(-len(x_train) // args.batch_size)
     model.compile(
-        optimizer=_optimizer(args.optimizer, args.lr),
+        optimizer=_optimizer(
+            args.optimizer, args.lr, args.schedule, steps_per_epoch * args.epochs
+        ),
         loss=keras.losses.SparseCategoricalCrossentropy(
             from_logits=not _outputs_probabilities(model)
         ),
@@ -456,34 +473,53 @@ def _run_name(density, offset, seed):
     return f"d{density:g}_{offset}_s{seed}"
 
 
+def _sweep_grid(densities, offsets, seeds):
+    """The `(density, offset, seed)` runs of a sweep.
+
+    Density 1 is the dense baseline: it runs once per seed with offset "none"
+    (a DCT offset on a fully dense S is neither the baseline nor sparse),
+    whatever `offsets` says.
+    """
+    grid = []
+    for density in densities:
+        for offset in ("none",) if density == 1.0 else offsets:
+            grid.extend((density, offset, seed) for seed in seeds)
+    return grid
+
+
+def _label(density, offset):
+    if density == 1.0:
+        return "dense"
+    return "DCTpS" if offset == "dct" else "plain sparse"
+
+
 def sweep(args):
     import keras
 
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     rows = []
-    for density in args.densities:
-        for offset in args.offsets:
-            for seed in args.seeds:
-                run_dir = os.path.join(out, _run_name(density, offset, seed))
-                result_path = os.path.join(run_dir, "results.json")
-                if os.path.exists(result_path):
-                    with open(result_path) as file:
-                        result = json.load(file)
-                    print(f"[sweep] {run_dir}: done already")
-                else:
-                    print(f"[sweep] density={density:g} offset={offset} seed={seed}")
-                    run_args = argparse.Namespace(**vars(args))
-                    for name in ("densities", "offsets", "seeds"):
-                        delattr(run_args, name)
-                    run_args.density, run_args.offset, run_args.seed = density, offset, seed
-                    run_args.out = run_dir
-                    keras.backend.clear_session()
-                    result = train(run_args)
-                rows.append((density, offset, seed, result))
+    for density, offset, seed in _sweep_grid(args.densities, args.offsets, args.seeds):
+        run_dir = os.path.join(out, _run_name(density, offset, seed))
+        result_path = os.path.join(run_dir, "results.json")
+        if os.path.exists(result_path):
+            with open(result_path) as file:
+                result = json.load(file)
+            print(f"[sweep] {run_dir}: done already")
+        else:
+            print(f"[sweep] density={density:g} offset={offset} seed={seed}")
+            run_args = argparse.Namespace(**vars(args))
+            for name in ("densities", "offsets", "seeds"):
+                delattr(run_args, name)
+            run_args.density, run_args.offset, run_args.seed = density, offset, seed
+            run_args.out = run_dir
+            keras.backend.clear_session()
+            result = train(run_args)
+        rows.append((density, offset, seed, result))
     summary = _summarise(rows)
-    _write_sweep_tables(out, summary)
-    _plot(out, summary)
+    total_run_time = sum(result["wall_time_s"] for *_, result in rows)
+    _write_sweep_tables(out, summary, args, getattr(args, "command_line", None), total_run_time)
+    _plot(out, summary, args.model)
     return summary
 
 
@@ -501,9 +537,12 @@ def _summarise(rows):
             {
                 "density": density,
                 "offset": offset,
+                "label": _label(density, offset),
                 "seeds": len(results),
                 "accuracy_mean": float(accuracy.mean()),
                 "accuracy_std": float(accuracy.std(ddof=1)) if len(results) > 1 else 0.0,
+                "accuracy_min": float(accuracy.min()),
+                "accuracy_max": float(accuracy.max()),
                 "wall_time_mean_s": float(wall.mean()),
                 "nnz": int(results[0]["total_nnz"]),
             }
@@ -512,13 +551,70 @@ def _summarise(rows):
     return summary
 
 
-def _write_sweep_tables(out, summary):
+def _cell(entry):
+    if entry is None:
+        return "-"
+    return (
+        f"{100 * entry['accuracy_mean']:.2f} ± {100 * entry['accuracy_std']:.2f} "
+        f"({100 * entry['accuracy_min']:.2f}-{100 * entry['accuracy_max']:.2f})"
+    )
+
+
+def sweep_markdown(summary, title=None, command=None, wall_time_s=None):
+    """The Markdown results table of a sweep: one row per density.
+
+    Columns: density, nnz, then for dense / DCTpS / plain sparse the final
+    test accuracy in percent as `mean ± sample std (min-max)` over the seeds.
+
+    Args:
+        summary: The list of dicts from `_summarise`.
+        title: Optional first line.
+        command: Optional command that produced the table (shown below it).
+        wall_time_s: Optional total wall time of the runs.
+
+    Returns:
+        The Markdown text.
+    """
+    by_key = {(s["density"], s["label"]): s for s in summary}
+    columns = [c for c in ("dense", "DCTpS", "plain sparse") if any(k[1] == c for k in by_key)]
+    seeds = sorted({s["seeds"] for s in summary})
+    lines = []
+    if title:
+        lines += [title, ""]
+    lines.append(
+        "| density | nnz | "
+        + " | ".join(f"{c} test acc. (%)" for c in columns)
+        + " |"
+    )
+    lines.append("|---:|---:|" + "---:|" * len(columns))
+    for density in sorted({s["density"] for s in summary}, reverse=True):
+        entries = [by_key.get((density, c)) for c in columns]
+        nnz = next(e["nnz"] for e in entries if e is not None)
+        lines.append(
+            f"| {density:g} | {nnz} | " + " | ".join(_cell(e) for e in entries) + " |"
+        )
+    lines.append("")
+    lines.append(
+        f"Final-epoch test accuracy over {'/'.join(map(str, seeds))} seeds: mean ± sample "
+        "standard deviation (min-max)."
+    )
+    if command:
+        lines.append(f"Command: `{command}`.")
+    if wall_time_s is not None:
+        lines.append(f"Wall time: {wall_time_s / 60:.1f} min (sum over the runs).")
+    return "\n".join(lines) + "\n"
+
+
+def _write_sweep_tables(out, summary, args, command, wall_time_s):
     fields = [
         "density",
         "offset",
+        "label",
         "seeds",
         "accuracy_mean",
         "accuracy_std",
+        "accuracy_min",
+        "accuracy_max",
         "wall_time_mean_s",
         "nnz",
     ]
@@ -526,21 +622,17 @@ def _write_sweep_tables(out, summary):
         writer = csv.DictWriter(file, fieldnames=fields)
         writer.writeheader()
         writer.writerows(summary)
-    lines = [
-        "| density | offset | seeds | test accuracy (mean ± std) | nnz | wall time (s) |",
-        "|---:|:---|---:|---:|---:|---:|",
-    ]
-    for s in summary:
-        lines.append(
-            f"| {s['density']:g} | {s['offset']} | {s['seeds']} | "
-            f"{s['accuracy_mean']:.4f} ± {s['accuracy_std']:.4f} | {s['nnz']} | "
-            f"{s['wall_time_mean_s']:.1f} |"
-        )
-    _write_text(os.path.join(out, "results.md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    title = (
+        f"{args.model} on {args.dataset}, {args.epochs} epochs, {args.distribution} "
+        f"allocation, {args.optimizer} lr {args.lr:g} ({args.schedule}), batch "
+        f"{args.batch_size}"
+    )
+    text = sweep_markdown(summary, title, command, wall_time_s)
+    _write_text(os.path.join(out, "results.md"), text)
+    print(text)
 
 
-def _plot(out, summary):
+def _plot(out, summary, model_name=""):
     try:
         import matplotlib
 
@@ -550,16 +642,21 @@ def _plot(out, summary):
         print("note: matplotlib is not installed, skipping accuracy.png (pip install matplotlib)")
         return None
     figure, axes = plt.subplots(figsize=(5, 3.5))
-    for offset in sorted({s["offset"] for s in summary}):
-        points = sorted((s for s in summary if s["offset"] == offset), key=lambda s: s["density"])
-        axes.errorbar(
-            [s["density"] for s in points],
-            [s["accuracy_mean"] for s in points],
-            yerr=[s["accuracy_std"] for s in points],
-            marker="o",
-            capsize=3,
-            label=f"offset={offset}",
-        )
+    for label in ("DCTpS", "plain sparse"):
+        points = sorted((s for s in summary if s["label"] == label), key=lambda s: s["density"])
+        if points:
+            axes.errorbar(
+                [s["density"] for s in points],
+                [s["accuracy_mean"] for s in points],
+                yerr=[s["accuracy_std"] for s in points],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+    for dense in (s for s in summary if s["label"] == "dense"):
+        axes.axhline(dense["accuracy_mean"], color="gray", linestyle="--", label="dense")
+        axes.plot([1.0], [dense["accuracy_mean"]], "ks")
+    axes.set_title(model_name)
     axes.set_xscale("log")
     axes.set_xlabel("density")
     axes.set_ylabel("test accuracy")
@@ -582,6 +679,9 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 2
+    args.command_line = "dctsparse " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
     command = {"train": train, "evaluate": evaluate, "export": export, "sweep": sweep}
     try:
         command[args.command](args)

@@ -137,21 +137,45 @@ def test_resume_after_interruption(tmp_path, monkeypatch, capsys):
 def test_sweep(tmp_path, capsys):
     out = tmp_path / "sweep"
     argv = ["sweep", "--model", "lenet300100", "--dataset", "digits",
-            "--densities", "1", "0.1", "--offsets", "dct", "none", "--seeds", "0",
-            "--epochs", "1", "--batch-size", "64", "--verbose", "0", "--out", str(out)]
+            "--densities", "1", "0.1", "--offsets", "dct", "none", "--seeds", "0", "1",
+            "--epochs", "1", "--batch-size", "64", "--schedule", "cosine",
+            "--verbose", "0", "--out", str(out)]
     assert cli.main(argv) == 0
     with open(out / "results.csv") as file:
         rows = list(csv.DictReader(file))
-    assert {(float(r["density"]), r["offset"]) for r in rows} == {
-        (1.0, "dct"), (1.0, "none"), (0.1, "dct"), (0.1, "none")
-    }
-    assert all(0.0 <= float(r["accuracy_mean"]) <= 1.0 for r in rows)
-    assert (out / "results.md").read_text().count("\n") == 6
+    # Density 1 is the dense baseline only (no DCT offset on a dense S).
+    assert [(float(r["density"]), r["offset"], r["label"]) for r in rows] == [
+        (1.0, "none", "dense"), (0.1, "dct", "DCTpS"), (0.1, "none", "plain sparse")
+    ]
+    assert sorted(os.listdir(out)) == sorted(
+        ["d1_none_s0", "d1_none_s1", "d0.1_dct_s0", "d0.1_dct_s1", "d0.1_none_s0",
+         "d0.1_none_s1", "results.csv", "results.md"]
+        + (["accuracy.png"] if (out / "accuracy.png").exists() else [])
+    )
+    for row in rows:
+        accuracies = [
+            json.loads((out / f"d{float(row['density']):g}_{row['offset']}_s{seed}"
+                        / "results.json").read_text())["test_accuracy"]
+            for seed in (0, 1)
+        ]
+        assert float(row["accuracy_mean"]) == pytest.approx(np.mean(accuracies))
+        assert float(row["accuracy_std"]) == pytest.approx(np.std(accuracies, ddof=1))
+        assert float(row["accuracy_min"]) == min(accuracies)
+    table = (out / "results.md").read_text()
+    lines = table.splitlines()
+    assert lines[2].startswith("| density | nnz | dense test acc. (%) | DCTpS")
+    assert lines[4].startswith("| 1 | ") and lines[4].count(" - ") == 2
+    assert lines[5].startswith("| 0.1 | ") and lines[5].count(" - ") == 1
+    assert "Command: `dctsparse sweep --model lenet300100" in table
+    assert "cosine" in lines[0] and "Wall time" in table
     try:
         import matplotlib  # noqa: F401
         assert (out / "accuracy.png").is_file()
     except ImportError:
         assert "pip install matplotlib" in capsys.readouterr().out
+    # A rerun reuses the finished runs and rewrites the same table.
+    assert cli.main(argv) == 0
+    assert (out / "results.md").read_text() == table
 
 
 @pytest.mark.parametrize(
@@ -229,4 +253,6 @@ def test_python_dash_m_help():
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0
-    assert "pip install matplotlib" in proc.stdout and "--densities" in proc.stdout
+    text = " ".join(proc.stdout.split())  # argparse re-wraps the description
+    assert "pip install matplotlib" in text and "--densities" in text
+    assert "density 1 is the dense baseline" in text

@@ -13,14 +13,16 @@ Each `DCTSparseDense` is exported as
 
 (`keras_dctsparse.ops.tflite_ops`) with its weights as constants: `D` stays an
 implicit fast transform (`RFFT2D`, `MUL`, ... with O(N) constants) and `S`
-stays `nnz` float32 values plus `2 * nnz` int32 positions (`GATHER`, `MUL`,
+stays `nnz` float32 values plus `nnz` int32 packed positions `row * m + col`
+(split at run time by `FLOOR_DIV`/`FLOOR_MOD`; used by `GATHER`, `MUL`,
 `UNSORTED_SEGMENT_SUM`).
 
 Each DCTpS convolution (`DCTSparseConv1D/2D`, `DCTSparseDepthwiseConv2D`) is
 exported as one convolution (`CONV_2D` / `DEPTHWISE_CONV_2D`) whose kernel
 `alpha * Kd + S` is rebuilt by the interpreter on every invocation: `Kd` from
 `RANGE`, integer `MUL`/`FLOOR_MOD` and `COS` (the same exact table as the
-layer), `S` by `SCATTER_ND` of the `nnz` values at their int32 positions.
+layer), `S` by `SCATTER_ND` of the `nnz` values at their packed int32
+positions.
 Both start from index ranges offset by a run-time zero (`min(batch, 0)`), so
 the converter cannot fold them into a dense `P x c_out` constant. The cost is
 `O(P * c_out)` work per invocation, the size of a dense kernel read, small
@@ -30,8 +32,9 @@ All other layers (Dense, Conv2D, Activation, Flatten, Reshape, Dropout,
 BatchNormalization, pooling, ...) are called as they are, in inference mode,
 and must convert to builtins themselves.
 
-File size: about `nnz * (4 + 8)` bytes for the sparse parts (float32 values,
-int32 rows and columns; 2 bytes per value with `quantization="float16"`)
+File size: about `nnz * (4 + 4)` bytes for the sparse parts (float32 values,
+one packed int32 position each; 2 bytes per value with
+`quantization="float16"`; layers with `n * m >= 2**31` store two int32s)
 plus a fixed overhead per layer: the bias, the DCT constants (a few times
 `max(n, units)` floats for Dense layers, more for non-power-of-two lengths,
 which use Bluestein's algorithm over power-of-two FFTs; O(P + c_out) for
@@ -120,9 +123,53 @@ def _frozen_alpha(layer):
     return np.float32(keras.ops.convert_to_numpy(layer.alpha))
 
 
+def pack_positions(rows, cols, num_cols):
+    """One int32 per entry, `rows * num_cols + cols`, or None if that overflows int32.
+
+    Args:
+        rows: Integer numpy array of row indices.
+        cols: Integer numpy array of column indices, each `< num_cols`.
+        num_cols: Number of columns of the matrix.
+
+    Returns:
+        An int32 numpy array, or None when the flat index of the last entry of
+        a `max(rows) + 1` by `num_cols` matrix does not fit in int32.
+
+    Example:
+
+    >>> pack_positions(np.array([0, 2]), np.array([1, 0]), 3).tolist()
+    [1, 6]
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    if rows.size and (int(rows.max()) + 1) * num_cols > np.iinfo(np.int32).max:
+        return None
+    return (rows * num_cols + cols).astype(np.int32)
+
+
+def _positions_fn(rows, cols, num_cols):
+    """A function `zero -> (rows, cols)` of int32 tensors rebuilt at run time.
+
+    The file stores one int32 per entry (`pack_positions`) and the interpreter
+    splits it with `FLOOR_DIV`/`FLOOR_MOD`; the run-time `zero` keeps the
+    converter from folding that back into two stored arrays. Matrices too big
+    for an int32 flat index store both arrays.
+    """
+    packed = pack_positions(rows, cols, num_cols)
+    if packed is None:
+        return lambda zero: (tf.constant(rows) + zero, tf.constant(cols) + zero)
+
+    def positions(zero):
+        flat = tf.constant(packed) + zero
+        return tf.math.floordiv(flat, num_cols), tf.math.floormod(flat, num_cols)
+
+    return positions
+
+
 def _dense_export_call(layer):
     input_dim, units = layer.sparse_weight.matrix_shape
     values, rows, cols = sparse_entries(layer)
+    positions = _positions_fn(rows, cols, units)
     alpha = _frozen_alpha(layer)
     bias = None
     if layer.bias is not None:
@@ -136,9 +183,8 @@ def _dense_export_call(layer):
         if x.shape.rank != 2:
             leading_shape = tf.shape(x)[:-1]
             x = tf.reshape(x, [-1, input_dim])
-        outputs = sparse_matmul_builtin(
-            x, tf.constant(values), tf.constant(rows), tf.constant(cols), units
-        )
+        row_index, col_index = positions(_run_time_zero(x))
+        outputs = sparse_matmul_builtin(x, tf.constant(values), row_index, col_index, units)
         if alpha is not None:
             outputs = outputs + tf.constant(alpha) * dct_offset_builtin(x, units)
         if bias is not None:
@@ -156,9 +202,9 @@ def _run_time_zero(x):
     """An int32 scalar that is 0 at run time but not a constant of the graph.
 
     `min(batch_size, 0)` with the batch dimension dynamic: index ranges offset
-    by it cannot be constant-folded by the converter, so the `Kd` table and
-    the scattered `S` are rebuilt by the interpreter instead of being stored
-    as dense `P x c_out` constants.
+    by it cannot be constant-folded by the converter, so the `Kd` table, the
+    scattered `S` and the unpacked positions are computed by the interpreter
+    instead of being stored.
     """
     return tf.minimum(tf.shape(x)[0], 0)
 
@@ -169,23 +215,30 @@ def _conv_export_call(layer):
     The kernel `alpha * Kd + S` is built on every invocation from builtin ops:
     `Kd` from `RANGE`, integer `MUL`/`FLOOR_MOD` and `COS` (the layer's own
     table, `conv_offset.dct_block`), `S` by `SCATTER_ND` of the `nnz` frozen
-    values at their int32 positions. Only those O(nnz + P + c_out) numbers
-    are in the file; the convolution itself is the layer's (`CONV_2D`,
-    `DEPTHWISE_CONV_2D`, ...), whatever its `offset_method`.
+    values at their packed int32 positions. Only those O(nnz + P + c_out)
+    numbers are in the file; the convolution itself is the layer's
+    (`CONV_2D`, `DEPTHWISE_CONV_2D`, ...), whatever its `offset_method`.
     """
     weight = layer.sparse_weight
     rows_count, cols_count = weight.matrix_shape
     kernel_shape = tuple(weight.kernel_shape)
     values, rows, cols = sparse_entries(layer)
-    positions = np.stack([rows, cols], axis=1)
+    packed = pack_positions(rows, cols, cols_count)
     alpha = _frozen_alpha(layer)
     in_channels = layer._in_channels
 
     def kernel_fn(x):
         zero = _run_time_zero(x)
-        sparse = tf.scatter_nd(
-            tf.constant(positions), tf.constant(values), tf.stack([rows_count + zero, cols_count])
-        )
+        if packed is not None:
+            flat = tf.constant(packed) + zero
+            sparse = tf.scatter_nd(
+                flat[:, tf.newaxis], tf.constant(values), [rows_count * cols_count + zero]
+            )
+        else:
+            indices = tf.constant(np.stack([rows, cols], axis=1)) + zero
+            sparse = tf.scatter_nd(
+                indices, tf.constant(values), tf.stack([rows_count + zero, cols_count])
+            )
         kernel = tf.reshape(sparse, kernel_shape)
         if alpha is not None:
             offset = layer._offset_kernel(in_channels, tf.float32, anchor=zero)
@@ -394,7 +447,9 @@ def convert_tflite(model, quantization=None):
     # them as resource variables (VAR_HANDLE / READ_VARIABLE with no values
     # in the file), as it does for a model of plain Dense layers.
     frozen = convert_variables_to_constants_v2(concrete)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
+    # No trackable object: given `model`, the converter walks its attributes and
+    # materializes dense views (a 16384 x 4096 layer then needs 6 GB).
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     _configure_quantization(converter, quantization)
     try:
@@ -428,8 +483,9 @@ def export_tflite(model, path, quantization=None):
 
     Every `DCTSparseDense` is exported as its fast DCT (`RFFT2D` and
     elementwise ops, O(max(n, units)) constants, never the `n x units` matrix
-    `D`) plus its sparse part as `nnz` values and int32 positions (`GATHER`,
-    `MUL`, `UNSORTED_SEGMENT_SUM`), from the weights' current values. Every
+    `D`) plus its sparse part as `nnz` values and `nnz` packed int32
+    positions (`GATHER`, `MUL`, `UNSORTED_SEGMENT_SUM`), from the weights'
+    current values. Every
     DCTpS convolution is one `CONV_2D`/`DEPTHWISE_CONV_2D` with its kernel
     `alpha * Kd + S` rebuilt at run time from a `COS` table and a
     `SCATTER_ND` of the `nnz` values (module docstring). Both
@@ -440,10 +496,11 @@ def export_tflite(model, path, quantization=None):
 
     The file size is about
 
-        size ~= sum over DCTpS layers of nnz * (b + 8) + overhead
+        size ~= sum over DCTpS layers of nnz * (b + 4) + overhead
 
-    with `b = 4` bytes per value (2 with `quantization="float16"`), 8 bytes for
-    the int32 row and column of each entry, and `overhead` the size of the same
+    with `b = 4` bytes per value (2 with `quantization="float16"`), 4 bytes for
+    the packed int32 position `row * m + col` of each entry (8 for a layer
+    with `n * m >= 2**31`), and `overhead` the size of the same
     model with one entry per layer (biases, DCT constants, other layers,
     flatbuffer metadata).
 

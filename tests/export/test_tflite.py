@@ -18,12 +18,13 @@ from keras_dctsparse import export_tflite
 from keras_dctsparse import models
 from keras_dctsparse.export import TFLiteExportError
 from keras_dctsparse.export import convert_tflite
+from keras_dctsparse.export.tflite import pack_positions
 from keras_dctsparse.layers import DCTSparseLayer
 from keras_dctsparse.ops.tflite_ops import tflite_op_names
 
 TOLERANCE = 1e-4
 LAYER_SIZES = ((784, 300), (300, 100), (100, 10), (1000, 1000), (4096, 4096))
-INDEX_BYTES = 8  # int32 row + int32 column per entry
+INDEX_BYTES = 4  # one packed int32 position (row * m + col) per entry
 
 
 def assert_no_flex_ops(tflite_bytes):
@@ -128,7 +129,7 @@ def test_layer_matches_keras(input_dim, units, tmp_path):
     assert "FULLY_CONNECTED" not in names
     # Sparse values, positions and O(N) DCT constants; never the dense matrix.
     layer = model.layers[0]
-    assert len(data) < layer.nnz * 12 + 64 * max(input_dim, units) + 20000
+    assert len(data) < layer.nnz * (4 + INDEX_BYTES) + 64 * max(input_dim, units) + 20000
     assert_matches_keras(model, data, seed=units)
     assert "call" not in layer.__dict__  # the export-time call is removed
 
@@ -420,3 +421,24 @@ def test_builtin_ops_mode_restores_calls_after_an_error():
             assert all("call" in layer.__dict__ for layer in model.layers)
             raise RuntimeError("boom")
     assert all("call" not in layer.__dict__ for layer in model.layers)
+
+
+def test_pack_positions():
+    rng = np.random.default_rng(9)
+    rows = rng.integers(0, 1000, 50)
+    cols = rng.integers(0, 300, 50)
+    packed = pack_positions(rows, cols, 300)
+    assert packed.dtype == np.int32
+    np.testing.assert_array_equal(np.divmod(packed, 300), (rows, cols))
+    assert pack_positions(np.array([2**16 - 1]), np.array([0]), 2**15) is None  # >= 2**31
+
+
+def test_layer_too_big_for_packed_positions():
+    # n * m = 2**31: the dense kernel would take 8 GiB; positions stay two int32 arrays.
+    model = single_layer_model(2**16, 2**15, 2e-8)
+    layer = model.layers[0]
+    assert layer.nnz == 43
+    data = convert_tflite(model)
+    assert_no_flex_ops(data)
+    assert len(data) < 2_000_000
+    assert_matches_keras(model, data, seed=10, batches=(1, 2))
