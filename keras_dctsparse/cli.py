@@ -217,6 +217,13 @@ def build_parser():
     export.add_argument("--model-path", required=True, help="a .keras file")
     export.add_argument("--format", required=True, choices=("savedmodel", "tflite"))
     export.add_argument("--output", required=True, help="destination path")
+    export.add_argument(
+        "--quantization",
+        choices=("none", "float16", "dynamic_int8"),
+        default="none",
+        help="TFLite only: store float constants as float16, or the converter's "
+        "dynamic-range int8 (see keras_dctsparse.export_tflite)",
+    )
 
     sweep = commands.add_parser(
         "sweep",
@@ -457,13 +464,16 @@ def export(args):
     from keras_dctsparse.export.tflite import export_tflite
 
     model = _load_model(args.model_path)
+    if args.format == "savedmodel" and args.quantization != "none":
+        raise CLIError("--quantization applies to --format tflite only", status=2)
     try:
         if args.format == "savedmodel":
             _export_savedmodel(model, args.output)
         else:
             parent = os.path.dirname(os.path.abspath(args.output))
             os.makedirs(parent, exist_ok=True)
-            export_tflite(model, args.output)
+            quantization = None if args.quantization == "none" else args.quantization
+            export_tflite(model, args.output, quantization=quantization)
     except (NotImplementedError, ValueError) as error:
         raise CLIError(f"export to {args.format} failed: {error}") from error
     print(f"exported {args.format} to {args.output}")

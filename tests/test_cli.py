@@ -109,9 +109,33 @@ def test_export(trained, tmp_path, fmt, name):
     if fmt == "savedmodel":
         assert (output / "saved_model.pb").is_file()
     else:
-        assert output.stat().st_size > 0
-        interpreter = __import__("tensorflow").lite.Interpreter(model_path=str(output))
+        from ai_edge_litert.interpreter import Interpreter
+
+        model = keras.saving.load_model(trained / "model.keras")
+        x = np.random.default_rng(0).random((3, *model.inputs[0].shape[1:]), np.float32)
+        interpreter = Interpreter(model_path=str(output))
+        index = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(index, x.shape)
         interpreter.allocate_tensors()
+        interpreter.set_tensor(index, x)
+        interpreter.invoke()
+        actual = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        np.testing.assert_allclose(actual, model(x), atol=1e-5)
+
+
+def test_export_tflite_float16(trained, tmp_path):
+    full, half = tmp_path / "full.tflite", tmp_path / "half.tflite"
+    base = ["export", "--model-path", str(trained / "model.keras"), "--format", "tflite"]
+    assert cli.main(base + ["--output", str(full)]) == 0
+    assert cli.main(base + ["--output", str(half), "--quantization", "float16"]) == 0
+    assert half.stat().st_size < full.stat().st_size
+
+
+def test_export_quantization_needs_tflite(trained, tmp_path, capsys):
+    argv = ["export", "--model-path", str(trained / "model.keras"), "--format", "savedmodel",
+            "--output", str(tmp_path / "sm"), "--quantization", "float16"]
+    assert cli.main(argv) == 2
+    assert "--quantization" in capsys.readouterr().err
 
 
 class _Interrupt(keras.callbacks.Callback):
