@@ -224,6 +224,13 @@ def build_parser():
         help="TFLite only: store float constants as float16, or the converter's "
         "dynamic-range int8 (see keras_dctsparse.export_tflite)",
     )
+    export.add_argument(
+        "--dct-constants",
+        choices=("stored", "computed"),
+        default="stored",
+        help="TFLite only: store the fast DCT's O(N) tables in the file, or let the "
+        "interpreter compute them on every call (smaller file for large layers, slower)",
+    )
 
     sweep = commands.add_parser(
         "sweep",
@@ -464,8 +471,12 @@ def export(args):
     from keras_dctsparse.export.tflite import export_tflite
 
     model = _load_model(args.model_path)
-    if args.format == "savedmodel" and args.quantization != "none":
-        raise CLIError("--quantization applies to --format tflite only", status=2)
+    if args.format == "savedmodel" and (
+        args.quantization != "none" or args.dct_constants != "stored"
+    ):
+        raise CLIError(
+            "--quantization and --dct-constants apply to --format tflite only", status=2
+        )
     try:
         if args.format == "savedmodel":
             _export_savedmodel(model, args.output)
@@ -473,7 +484,12 @@ def export(args):
             parent = os.path.dirname(os.path.abspath(args.output))
             os.makedirs(parent, exist_ok=True)
             quantization = None if args.quantization == "none" else args.quantization
-            export_tflite(model, args.output, quantization=quantization)
+            export_tflite(
+                model,
+                args.output,
+                quantization=quantization,
+                dct_constants=args.dct_constants,
+            )
     except (NotImplementedError, ValueError) as error:
         raise CLIError(f"export to {args.format} failed: {error}") from error
     print(f"exported {args.format} to {args.output}")

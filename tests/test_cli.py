@@ -13,6 +13,7 @@ import pytest
 
 from keras_dctsparse import cli
 from keras_dctsparse.layers import DCTSparseDense
+from keras_dctsparse.ops.tflite_ops import tflite_op_names
 
 MNIST_DIR = os.environ.get("DCTSPARSE_MNIST_DIR", "/work/shared/data/mnist")
 
@@ -129,6 +130,9 @@ def test_export_tflite_float16(trained, tmp_path):
     assert cli.main(base + ["--output", str(full)]) == 0
     assert cli.main(base + ["--output", str(half), "--quantization", "float16"]) == 0
     assert half.stat().st_size < full.stat().st_size
+    computed = tmp_path / "computed.tflite"
+    assert cli.main(base + ["--output", str(computed), "--dct-constants", "computed"]) == 0
+    assert "COS" in tflite_op_names(computed.read_bytes())
 
 
 def test_export_quantization_needs_tflite(trained, tmp_path, capsys):

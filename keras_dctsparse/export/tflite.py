@@ -58,6 +58,7 @@ from tensorflow.python.framework.convert_to_constants import (
 from keras_dctsparse.layers.base import DCTSparseLayer
 from keras_dctsparse.layers.conv import _DCTSparseConvBase
 from keras_dctsparse.layers.dense import DCTSparseDense
+from keras_dctsparse.ops.tflite_ops import CONSTANTS
 from keras_dctsparse.ops.tflite_ops import dct_offset_builtin
 from keras_dctsparse.ops.tflite_ops import sparse_matmul_builtin
 from keras_dctsparse.ops.tflite_ops import tflite_op_names
@@ -102,18 +103,21 @@ def sparse_entries(layer):
     )
 
 
-def export_call(layer):
+def export_call(layer, dct_constants="stored"):
     """A replacement for `layer.call` built from TFLite-builtin ops and constants.
 
     Args:
         layer: A built `DCTSparseDense` or DCTpS convolution.
+        dct_constants: `"stored"` or `"computed"` tables of a Dense layer's
+            fast DCT (`tflite_ops.dct_offset_builtin`); convolutions always
+            compute their `COS` table.
 
     Returns:
         A function `inputs -> outputs` computing the same as `layer.call`
         (in float32) with the weights' current values frozen in.
     """
     if isinstance(layer, DCTSparseDense):
-        return _dense_export_call(layer)
+        return _dense_export_call(layer, dct_constants)
     return _conv_export_call(layer)
 
 
@@ -166,7 +170,7 @@ def _positions_fn(rows, cols, num_cols):
     return positions
 
 
-def _dense_export_call(layer):
+def _dense_export_call(layer, dct_constants):
     input_dim, units = layer.sparse_weight.matrix_shape
     values, rows, cols = sparse_entries(layer)
     positions = _positions_fn(rows, cols, units)
@@ -186,7 +190,8 @@ def _dense_export_call(layer):
         row_index, col_index = positions(_run_time_zero(x))
         outputs = sparse_matmul_builtin(x, tf.constant(values), row_index, col_index, units)
         if alpha is not None:
-            outputs = outputs + tf.constant(alpha) * dct_offset_builtin(x, units)
+            offset = dct_offset_builtin(x, units, dct_constants)
+            outputs = outputs + tf.constant(alpha) * offset
         if bias is not None:
             outputs = outputs + tf.constant(bias)
         if activation is not None:
@@ -279,7 +284,7 @@ def _check_layers(layers):
 
 
 @contextlib.contextmanager
-def _export_calls(layers):
+def _export_calls(layers, dct_constants="stored"):
     """Temporarily replaces `call` of every exportable DCTpS layer in `layers`."""
     missing = object()
     saved = []
@@ -287,7 +292,7 @@ def _export_calls(layers):
         for layer in layers:
             if isinstance(layer, EXPORTABLE_LAYERS):
                 saved.append((layer, layer.__dict__.get("call", missing)))
-                replacement = export_call(layer)
+                replacement = export_call(layer, dct_constants)
                 layer.__dict__["call"] = replacement
         yield
     finally:
@@ -299,7 +304,7 @@ def _export_calls(layers):
 
 
 @contextlib.contextmanager
-def builtin_ops_mode(model):
+def builtin_ops_mode(model, dct_constants="stored"):
     """Within this context, `model`'s DCTpS layers trace as TFLite builtin ops.
 
     Inside it every `DCTSparseDense` and DCTpS convolution of `model` (nested
@@ -312,6 +317,7 @@ def builtin_ops_mode(model):
 
     Args:
         model: A built Keras model.
+        dct_constants: As in `export_tflite`.
 
     Yields:
         `model`.
@@ -327,7 +333,7 @@ def builtin_ops_mode(model):
     """
     layers = _all_layers(model)
     _check_layers(layers)
-    with _export_calls(layers):
+    with _export_calls(layers, _check_dct_constants(dct_constants)):
         yield model
 
 
@@ -415,7 +421,16 @@ def _configure_quantization(converter, quantization):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
 
-def convert_tflite(model, quantization=None):
+def _check_dct_constants(dct_constants):
+    if dct_constants not in CONSTANTS:
+        raise ValueError(
+            f"Argument `dct_constants` must be one of {CONSTANTS}; "
+            f"received dct_constants={dct_constants!r}."
+        )
+    return dct_constants
+
+
+def convert_tflite(model, quantization=None, dct_constants="stored"):
     """Converts a Keras model with DCT-plus-sparse layers to TFLite, builtin ops only.
 
     See `export_tflite`; this returns the serialized model instead of writing it.
@@ -428,6 +443,7 @@ def convert_tflite(model, quantization=None):
             f"Argument `quantization` must be one of {QUANTIZATIONS}; "
             f"got {quantization!r}."
         )
+    _check_dct_constants(dct_constants)
     layers = _all_layers(model)
     _check_layers(layers)
     specs = _input_specs(model)
@@ -436,7 +452,7 @@ def convert_tflite(model, quantization=None):
         return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
 
     function = tf.function(forward, input_signature=specs, autograph=False)
-    with _export_calls(layers):
+    with _export_calls(layers, dct_constants):
         try:
             concrete = function.get_concrete_function()
         except Exception as error:
@@ -478,7 +494,7 @@ def convert_tflite(model, quantization=None):
     return tflite_bytes
 
 
-def export_tflite(model, path, quantization=None):
+def export_tflite(model, path, quantization=None, dct_constants="stored"):
     """Writes a Keras model with DCT-plus-sparse layers as a builtin-only `.tflite`.
 
     Every `DCTSparseDense` is exported as its fast DCT (`RFFT2D` and
@@ -518,12 +534,19 @@ def export_tflite(model, path, quantization=None):
             kernels, such as the `FULLY_CONNECTED` of `keras.layers.Dense`;
             it leaves `DCTSparseDense` layers in float32, because their
             sparse values feed a `MUL`, which has no hybrid kernel).
+        dct_constants: `"stored"` (default): the O(N) tables of each
+            `DCTSparseDense`'s fast DCT (chirps, chirp-filter spectrum,
+            twiddles; a few times `max(n, units)` float32 numbers) are in the
+            file. `"computed"`: the interpreter rebuilds them on every
+            invocation (`COS`, `SIN`, extra `RFFT2D`s), so the file holds
+            only the nonzeros, positions, biases and graph; slower (see
+            `benchmarks/tflite.py`). Convolutions always compute theirs.
 
     Returns:
         The written model as `bytes`.
 
     Raises:
-        ValueError: for an unknown `quantization`.
+        ValueError: for an unknown `quantization` or `dct_constants`.
         TFLiteExportError (a `ValueError`): if the model is not built, or a
             layer needs non-builtin (Flex) ops; the message names the
             layer(s) and the ops where the converter reports them.
@@ -539,7 +562,9 @@ def export_tflite(model, path, quantization=None):
     ... ])
     >>> data = export_tflite(model, "lenet.tflite")  # doctest: +SKIP
     """
-    tflite_bytes = convert_tflite(model, quantization=quantization)
+    tflite_bytes = convert_tflite(
+        model, quantization=quantization, dct_constants=dct_constants
+    )
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(

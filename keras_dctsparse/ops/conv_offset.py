@@ -230,11 +230,14 @@ def _dct_cos_sin(rows, cols, n, dtype, anchor=None):
     Example:
         >>> c, s = _dct_cos_sin(2, 4, 4, tf.float32)
     """
-    k = tf.range(rows, dtype=tf.int64)
-    j = tf.range(cols, dtype=tf.int64)
-    if anchor is not None:
+    if anchor is None:
+        k = tf.range(rows, dtype=tf.int64)
+        j = tf.range(cols, dtype=tf.int64)
+    else:
+        # Bounds that depend on the anchor: a RANGE with constant bounds is folded.
         anchor = tf.cast(anchor, tf.int64)
-        k, j = k + anchor, j + anchor
+        k = tf.range(anchor, anchor + rows)
+        j = tf.range(anchor, anchor + cols)
     return _cos_sin_half_turns(k[:, None] * (2 * j[None, :] + 1), n, dtype)
 
 

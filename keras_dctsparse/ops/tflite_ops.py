@@ -126,6 +126,90 @@ def _output_twiddles(length, count, chirped):
     return scale * cos, scale * sin
 
 
+CONSTANTS = ("stored", "computed")
+
+
+class _StoredConstants:
+    """The transform's O(N) tables as float32 constants (computed in float64)."""
+
+    def chirp(self, length, count):
+        chirp_cos, chirp_sin, _, _ = _bluestein_constants(length, count)
+        return _float32(chirp_cos), _float32(chirp_sin)
+
+    def chirp_filter_spectrum(self, length, count):
+        _, _, filter_re, filter_im = _bluestein_constants(length, count)
+        return _float32(filter_re), _float32(filter_im)
+
+    def twiddles(self, length, count, chirped):
+        cos, sin = _output_twiddles(length, count, chirped)
+        return _float32(cos), _float32(sin)
+
+
+class _ComputedConstants:
+    """The same tables rebuilt by the graph on every call (`COS`, `SIN`, `RFFT2D`).
+
+    Every index range is offset by `zero`, an int64 scalar that is 0 at run
+    time but not a graph constant (for example `min(batch_size, 0)`), so the
+    TFLite converter cannot fold the tables into stored constants: the file
+    then holds no O(N) float arrays, at the price of computing them per call.
+    Angles are reduced modulo a full turn in int64 before the float32 `COS`
+    and `SIN`, so they stay accurate for large `N`.
+    """
+
+    def __init__(self, zero):
+        self.zero = tf.cast(zero, tf.int64)
+
+    def _range(self, size):
+        # Both bounds depend on `zero`: a RANGE with constant bounds would be
+        # folded into a stored int64 vector.
+        return tf.range(self.zero, self.zero + size)
+
+    @staticmethod
+    def _phase(numerators, denominator):
+        reduced = tf.math.floormod(numerators, 2 * denominator)
+        angle = tf.cast(reduced, tf.float32) * np.float32(np.pi / denominator)
+        return tf.cos(angle), tf.sin(angle)
+
+    def chirp(self, length, count):
+        j = self._range(length)
+        return self._phase(j * j, length)
+
+    def chirp_filter_spectrum(self, length, count):
+        fft_length = bluestein_fft_length(length, count)
+        position = self._range(fft_length)
+        # Lag l sits at l mod M: 0 .. count - 1, then -(N - 1) .. -1 at the end.
+        lag = tf.where(position < count, position, position - fft_length)
+        used = (position < count) | (position >= fft_length - (length - 1))
+        cos, sin = self._phase(lag * lag, length)
+        zeros = tf.zeros_like(cos)
+        scale = np.float32(1.0 / fft_length)
+        re = tf.where(used, cos, zeros)[tf.newaxis, :] * scale
+        im = tf.where(used, sin, zeros)[tf.newaxis, :] * scale
+        p_re, p_im = _rfft_parts(re, fft_length)
+        q_re, q_im = _rfft_parts(im, fft_length)
+        spectrum_re, spectrum_im = _full_spectrum(p_re, p_im, q_re, q_im, fft_length)
+        return spectrum_re[0], spectrum_im[0]
+
+    def twiddles(self, length, count, chirped):
+        k = self._range(count)
+        numerators = 2 * k * k + k if chirped else k
+        cos, sin = self._phase(numerators, 2 * length)
+        scale = tf.where(
+            k == 0, np.float32(np.sqrt(1.0 / length)), np.float32(np.sqrt(2.0 / length))
+        )
+        return scale * cos, scale * sin
+
+
+def _constants_for(x, constants):
+    if constants == "stored":
+        return _StoredConstants()
+    if constants == "computed":
+        return _ComputedConstants(tf.minimum(tf.shape(x)[0], 0))
+    raise ValueError(
+        f"Argument `constants` must be one of {CONSTANTS}; received constants={constants!r}."
+    )
+
+
 def _rfft_parts(signal, fft_length, count=None):
     """Real and imaginary parts of `rfft(signal)[..., :count]` (last axis).
 
@@ -175,7 +259,7 @@ def _full_spectrum(p_re, p_im, q_re, q_im, fft_length):
     return re, im
 
 
-def _bluestein_dft(v, count):
+def _bluestein_dft(v, count, tables):
     """`w[k] * DFT_N(v)[k]`, `k < count`, for real `v` of any length `N` (rank 2).
 
     Bluestein's algorithm without the output chirp (`w[k] = exp(i pi k^2 / N)`),
@@ -186,17 +270,15 @@ def _bluestein_dft(v, count):
     """
     length = v.shape[-1]
     fft_length = bluestein_fft_length(length, count)
-    chirp_cos, chirp_sin, filter_re, filter_im = _bluestein_constants(
-        length, count
-    )
+    chirp_cos, chirp_sin = tables.chirp(length, count)
     # Separate FFTs of the real and imaginary parts: batching them with
     # concat + split costs more in copies than it saves.
-    chirped_re = _pad_last(v * _float32(chirp_cos), fft_length)
-    chirped_im = _pad_last(v * _float32(-chirp_sin), fft_length)
+    chirped_re = _pad_last(v * chirp_cos, fft_length)
+    chirped_im = _pad_last(-(v * chirp_sin), fft_length)
     p_re, p_im = _rfft_parts(chirped_re, fft_length)
     q_re, q_im = _rfft_parts(chirped_im, fft_length)
     a_re, a_im = _full_spectrum(p_re, p_im, q_re, q_im, fft_length)
-    b_re, b_im = _float32(filter_re), _float32(filter_im)
+    b_re, b_im = tables.chirp_filter_spectrum(length, count)
     z_re = a_re * b_re - a_im * b_im
     z_im = a_re * b_im + a_im * b_re
     # IFFT(z) = conj(FFT(z_re) - i FFT(z_im)) (the 1 / M is in the filter).
@@ -205,7 +287,7 @@ def _bluestein_dft(v, count):
     return r_re + i_im, i_re - r_im
 
 
-def _makhoul_spectrum(v, count):
+def _makhoul_spectrum(v, count, tables):
     """`(re, im)` of `DFT_N(v)[k]` times a phase that `_output_twiddles` undoes.
 
     Args:
@@ -219,27 +301,26 @@ def _makhoul_spectrum(v, count):
     if is_power_of_two(length):
         re, im = _rfft_parts(v, length, count)
         return re, im, False
-    re, im = _bluestein_dft(v, count)
+    re, im = _bluestein_dft(v, count, tables)
     return re, im, True
 
 
-def _dct2_leading(x, count):
+def _dct2_leading(x, count, constants="stored"):
     """First `count` orthonormal DCT-II coefficients of the rows of `x` (rank 2)."""
     length = x.shape[-1]
     if length == 1:
         return x  # the 1-point orthonormal DCT-II is the identity
     half = length // 2
     num_freqs = min(count, half + 1)
-    re, im, chirped = _makhoul_spectrum(_makhoul_reorder(x), num_freqs)
-    cos, sin = _output_twiddles(length, num_freqs, chirped)
+    tables = _constants_for(x, constants)
+    re, im, chirped = _makhoul_spectrum(_makhoul_reorder(x), num_freqs, tables)
+    cos, sin = tables.twiddles(length, num_freqs, chirped)
     # X[k] = Re(t[k]) for k <= N/2, with t[k] = s_k exp(-i phi_k) (re + i im).
-    coefficients = re * _float32(cos) + im * _float32(sin)
+    coefficients = re * cos + im * sin
     if count > num_freqs:
         # X[N - k] = -Im(t[k]) for 1 <= k < N - N/2 (the scale is s_1 there).
         top = length - half
-        upper = re[:, 1:top] * _float32(sin[1:top]) - im[:, 1:top] * _float32(
-            cos[1:top]
-        )
+        upper = re[:, 1:top] * sin[1:top] - im[:, 1:top] * cos[1:top]
         coefficients = tf.concat([coefficients, tf.reverse(upper, axis=[1])], 1)
     return coefficients[:, :count] if count < coefficients.shape[-1] else coefficients
 
@@ -264,7 +345,7 @@ def _from_rows(y, leading_shape):
     return tf.reshape(y, tf.concat([leading_shape, [y.shape[-1]]], axis=0))
 
 
-def _dct2_first(x, length, count):
+def _dct2_first(x, length, count, constants="stored"):
     """Pads `x` to `length` and returns its first `count` DCT-II coefficients."""
     rows, leading_shape = _as_rows(x)
     width = rows.shape[-1]
@@ -272,11 +353,11 @@ def _dct2_first(x, length, count):
         raise ValueError(
             f"The DCT length ({length}) must be at least the input size ({width})."
         )
-    coefficients = _dct2_leading(_pad_last(rows, length), count)
+    coefficients = _dct2_leading(_pad_last(rows, length), count, constants)
     return _from_rows(coefficients, leading_shape)
 
 
-def dct2_ortho_builtin(x, length=None):
+def dct2_ortho_builtin(x, length=None, constants="stored"):
     """Orthonormal DCT-II along the last axis, with TFLite builtin ops only.
 
     Matches `scipy.fft.dct(x_padded, type=2, norm="ortho")` where `x_padded` is
@@ -286,12 +367,17 @@ def dct2_ortho_builtin(x, length=None):
     Args:
         x: Tensor of shape `(..., n)` with a static `n`; computed in float32.
         length: Transform length `N >= n`; defaults to `n`.
+        constants: `"stored"` (default): the transform's O(N) tables (chirps,
+            chirp-filter spectrum, twiddles) are float32 constants of the
+            graph, hence of an exported file. `"computed"`: the graph rebuilds
+            them on every call (`COS`, `SIN`, two more `RFFT2D` for
+            non-power-of-two lengths), so a file holds none of them; slower.
 
     Returns:
         float32 tensor of shape `(..., N)`.
 
     Raises:
-        ValueError: if `length < n` or `n` is not static.
+        ValueError: if `length < n`, `n` is not static or `constants` is unknown.
 
     Example:
 
@@ -301,10 +387,10 @@ def dct2_ortho_builtin(x, length=None):
     """
     width = tf.convert_to_tensor(x).shape[-1]
     length = width if length is None else int(length)
-    return _dct2_first(x, length, length)
+    return _dct2_first(x, length, length, constants)
 
 
-def dct_offset_builtin(x, units):
+def dct_offset_builtin(x, units, constants="stored"):
     """The DCT offset `D x` of a `(n -> units)` layer, with TFLite builtin ops only.
 
     Same result as `keras_dctsparse.ops.transforms.dct_offset`: the first
@@ -314,6 +400,11 @@ def dct_offset_builtin(x, units):
     Args:
         x: Tensor of shape `(..., n)` with a static `n`; computed in float32.
         units: Number of output coefficients `m`.
+        constants: `"stored"` (default): the transform's O(N) tables (chirps,
+            chirp-filter spectrum, twiddles) are float32 constants of the
+            graph, hence of an exported file. `"computed"`: the graph rebuilds
+            them on every call (`COS`, `SIN`, two more `RFFT2D` for
+            non-power-of-two lengths), so a file holds none of them; slower.
 
     Returns:
         float32 tensor of shape `(..., units)`.
@@ -324,7 +415,7 @@ def dct_offset_builtin(x, units):
     TensorShape([2, 300])
     """
     width = tf.convert_to_tensor(x).shape[-1]
-    return _dct2_first(x, max(width, int(units)), int(units))
+    return _dct2_first(x, max(width, int(units)), int(units), constants)
 
 
 def sparse_matmul_builtin(x, values, rows, cols, units):
@@ -401,3 +492,38 @@ def tflite_op_names(tflite_bytes):
                 name = "CUSTOM:" + (code.CustomCode() or b"").decode()
             names.append(name)
     return names
+
+
+def tflite_constant_bytes(tflite_bytes):
+    """Total size in bytes of the constant tensors (weights, tables) of a TFLite model.
+
+    The rest of a file is its graph structure (operators, tensor shapes and
+    names, signatures), which grows with the number of ops, not with the
+    layer sizes.
+
+    Args:
+        tflite_bytes: A serialized TFLite model.
+
+    Returns:
+        The sum of the sizes of the data buffers of all tensors (each buffer
+        counted once).
+
+    Example:
+
+    >>> tflite_constant_bytes(converter.convert())  # doctest: +SKIP
+    12345
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(bytearray(tflite_bytes), 0)
+    used = set()
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for t in range(subgraph.TensorsLength()):
+            used.add(subgraph.Tensors(t).Buffer())
+    total = 0
+    for index in used:
+        buffer = model.Buffers(index)
+        # Buffers past 2 GB live outside the flatbuffer (offset/size fields).
+        total += buffer.DataLength() or buffer.Size()
+    return total

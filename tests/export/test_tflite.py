@@ -20,6 +20,7 @@ from keras_dctsparse.export import TFLiteExportError
 from keras_dctsparse.export import convert_tflite
 from keras_dctsparse.export.tflite import pack_positions
 from keras_dctsparse.layers import DCTSparseLayer
+from keras_dctsparse.ops.tflite_ops import tflite_constant_bytes
 from keras_dctsparse.ops.tflite_ops import tflite_op_names
 
 TOLERANCE = 1e-4
@@ -442,3 +443,24 @@ def test_layer_too_big_for_packed_positions():
     assert_no_flex_ops(data)
     assert len(data) < 2_000_000
     assert_matches_keras(model, data, seed=10, batches=(1, 2))
+
+
+def test_computed_dct_constants():
+    model = lenet(0.01, seed=3)
+    stored = convert_tflite(model)
+    computed = convert_tflite(model, dct_constants="computed")
+    assert_no_flex_ops(computed)
+    assert_matches_keras(model, computed, seed=11)
+    # Only the nonzeros, packed positions, biases and a few shape constants remain.
+    data_bytes = nnz(model) * (4 + INDEX_BYTES) + 4 * (300 + 100 + 10)
+    assert data_bytes <= tflite_constant_bytes(computed) < data_bytes + 1024
+    assert tflite_constant_bytes(stored) > data_bytes + 4 * 4 * 784
+    # Computing the tables adds operators (graph structure, ~150 bytes each):
+    # the file only gets smaller when the tables are large.
+    big = single_layer_model(5000, 3000, 1e-3)
+    big_stored = convert_tflite(big)
+    big_computed = convert_tflite(big, dct_constants="computed")
+    assert_matches_keras(big, big_computed, seed=12)
+    assert len(big_computed) < len(big_stored) - 4 * 4 * 5000
+    with pytest.raises(ValueError, match="dct_constants"):
+        convert_tflite(model, dct_constants="lazy")

@@ -68,8 +68,8 @@ def convert(fn, input_dim, select_tf_ops=False):
 
 
 @functools.lru_cache(maxsize=None)
-def converted_offset(input_dim, units):
-    return convert(lambda x: tflite_ops.dct_offset_builtin(x, units), input_dim)
+def converted_offset(input_dim, units, constants="stored"):
+    return convert(lambda x: tflite_ops.dct_offset_builtin(x, units, constants), input_dim)
 
 
 def run(interpreter, x):
@@ -92,19 +92,21 @@ def assert_no_flex_ops(tflite_bytes):
 # Eager TensorFlow accuracy.
 
 
+@pytest.mark.parametrize("constants", tflite_ops.CONSTANTS)
 @pytest.mark.parametrize("length", EAGER_LENGTHS)
-def test_dct2_matches_scipy(length):
+def test_dct2_matches_scipy(length, constants):
     rng = np.random.default_rng(length)
     for input_dim in sorted({length, length // 3 + 1}):
         x = rng.standard_normal((3, input_dim)).astype(np.float32)
-        y = tflite_ops.dct2_ortho_builtin(x, length).numpy()
+        y = tflite_ops.dct2_ortho_builtin(x, length, constants).numpy()
         assert y.shape == (3, length)
         error = relative_error(y, reference_dct(x, length, length))
         assert error < eager_tolerance(length), (input_dim, error)
 
 
+@pytest.mark.parametrize("constants", tflite_ops.CONSTANTS)
 @pytest.mark.parametrize("length", EAGER_LENGTHS)
-def test_dct_offset_matches_scipy(length):
+def test_dct_offset_matches_scipy(length, constants):
     rng = np.random.default_rng(length + 1)
     half = length // 2
     for input_dim, units in sorted(
@@ -113,7 +115,7 @@ def test_dct_offset_matches_scipy(length):
         if max(input_dim, units) != length:
             continue
         x = rng.standard_normal((2, input_dim)).astype(np.float32)
-        y = tflite_ops.dct_offset_builtin(x, units).numpy()
+        y = tflite_ops.dct_offset_builtin(x, units, constants).numpy()
         error = relative_error(y, reference_dct(x, length, units))
         assert error < eager_tolerance(length), (input_dim, units, error)
 
@@ -164,9 +166,10 @@ def test_sparse_matmul_matches_dense():
 # TFLite conversion (builtins only) and the ai-edge-litert interpreter.
 
 
+@pytest.mark.parametrize("constants", tflite_ops.CONSTANTS)
 @pytest.mark.parametrize("input_dim,units", TFLITE_LAYERS)
-def test_tflite_dct_offset(input_dim, units):
-    model = converted_offset(input_dim, units)
+def test_tflite_dct_offset(input_dim, units, constants):
+    model = converted_offset(input_dim, units, constants)
     assert_no_flex_ops(model)
     interpreter = Interpreter(model_content=model)
     rng = np.random.default_rng(input_dim * units)
@@ -184,6 +187,23 @@ def test_tflite_dct_constants_are_linear_in_length(input_dim, units):
     length = max(input_dim, units)
     assert len(converted_offset(input_dim, units)) < 64 * length
     assert "RFFT2D" in tflite_ops.tflite_op_names(converted_offset(input_dim, units))
+
+
+@pytest.mark.parametrize("input_dim,units", [(784, 300), (1000, 1000), (5000, 77)])
+def test_tflite_computed_constants_store_no_tables(input_dim, units):
+    stored = converted_offset(input_dim, units)
+    computed = converted_offset(input_dim, units, "computed")
+    assert {"COS", "SIN"} <= set(tflite_ops.tflite_op_names(computed))
+    # The stored tables hold several float32 arrays of length N or M >= N;
+    # computed, only a few small shape constants are left.
+    assert tflite_ops.tflite_constant_bytes(stored) > 4 * 4 * max(input_dim, units)
+    assert tflite_ops.tflite_constant_bytes(computed) < 1024
+    assert len(computed) < len(stored)
+
+
+def test_unknown_constants_is_an_error():
+    with pytest.raises(ValueError, match="constants.*'table'"):
+        tflite_ops.dct_offset_builtin(tf.zeros((1, 10)), 5, constants="table")
 
 
 def test_tflite_layer_with_dynamic_batch():
