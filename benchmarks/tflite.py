@@ -11,6 +11,9 @@ LeNet-300-100 (784-300-100-10, relu, relu, softmax):
   (TFLite's own sparse tensor encoding and sparse fully-connected kernel).
 - `DCTpS d`: `DCTSparseDense` layers at density `d`, exported with
   `keras_dctsparse.export_tflite` (fast DCT + gather/segment-sum sparse part).
+- `DCTpS 0.01, dct_constants=computed`: the DCT's tables rebuilt by the
+  interpreter on every call instead of stored.
+- `DCTpS 0.01, float16`: values and tables stored as float16.
 - `DCTpS 0.01, S as FC + SPARSITY`: the same DCTpS 1% model with its sparse
   part exported the other way, as a `FULLY_CONNECTED` whose constant `n x m`
   kernel holds `S` and is stored with TFLite's sparse encoding (the DCT stays
@@ -52,6 +55,7 @@ from keras_dctsparse.export import convert_tflite  # noqa: E402
 from keras_dctsparse.export.tflite import sparse_entries  # noqa: E402
 from keras_dctsparse.layers import DCTSparseLayer  # noqa: E402
 from keras_dctsparse.ops.tflite_ops import dct_offset_builtin  # noqa: E402
+from keras_dctsparse.ops.tflite_ops import tflite_constant_bytes  # noqa: E402
 from keras_dctsparse.ops.tflite_ops import tflite_op_names  # noqa: E402
 
 SIZES = (784, 300, 100, 10)
@@ -174,12 +178,16 @@ def table(entries, repeats, threads):
                 name,
                 weights,
                 f"{size_kb:.1f}",
+                f"{tflite_constant_bytes(data) / 1024:.1f}",
                 f"{size_kb / base_size:.3f}",
                 f"{ms:.4f}",
                 f"{ms / base_time:.2f}",
             ]
         )
-    header = ["model", "weights / nnz", "size KB", "size x Dense", "latency ms", "latency x Dense"]
+    header = [
+        "model", "weights / nnz", "size KB", "constants KB", "size x Dense", "latency ms",
+        "latency x Dense",
+    ]
     return markdown_table(header, rows)
 
 
@@ -213,6 +221,13 @@ def main():
         model = dctps_lenet(density)
         entries.append((f"DCTpS {density:g}", nnz(model), convert_tflite(model)))
     model = dctps_lenet(0.01)
+    entries.append(
+        ("DCTpS 0.01, dct_constants=computed", nnz(model),
+         convert_tflite(model, dct_constants="computed"))
+    )
+    entries.append(
+        ("DCTpS 0.01, float16", nnz(model), convert_tflite(model, quantization="float16"))
+    )
     entries.append(("DCTpS 0.01, S as FC + SPARSITY", nnz(model), convert_fc_sparsity(model)))
     print("LeNet-300-100 TFLite " + caption)
     print(table(entries, args.repeats, args.threads))

@@ -103,7 +103,7 @@ def sparse_entries(layer):
     )
 
 
-def export_call(layer, dct_constants="stored"):
+def export_call(layer, dct_constants="stored", quantization=None):
     """A replacement for `layer.call` built from TFLite-builtin ops and constants.
 
     Args:
@@ -111,14 +111,17 @@ def export_call(layer, dct_constants="stored"):
         dct_constants: `"stored"` or `"computed"` tables of a Dense layer's
             fast DCT (`tflite_ops.dct_offset_builtin`); convolutions always
             compute their `COS` table.
+        quantization: None, `"float16"` (left to the converter) or
+            `"dynamic_int8"` (the sparse values stored as int8 with one
+            scale per layer, `quantize_int8`).
 
     Returns:
         A function `inputs -> outputs` computing the same as `layer.call`
         (in float32) with the weights' current values frozen in.
     """
     if isinstance(layer, DCTSparseDense):
-        return _dense_export_call(layer, dct_constants)
-    return _conv_export_call(layer)
+        return _dense_export_call(layer, dct_constants, quantization)
+    return _conv_export_call(layer, quantization)
 
 
 def _frozen_alpha(layer):
@@ -170,10 +173,54 @@ def _positions_fn(rows, cols, num_cols):
     return positions
 
 
-def _dense_export_call(layer, dct_constants):
+def quantize_int8(values):
+    """Symmetric per-layer int8 quantization: `values ~= q * scale`.
+
+    Args:
+        values: float numpy array.
+
+    Returns:
+        `(q, scale)`: int8 numpy array with entries in [-127, 127] and a
+        float32 scale `max|values| / 127` (1 for all-zero values).
+
+    Example:
+
+    >>> q, scale = quantize_int8(np.array([0.5, -1.0], np.float32))
+    >>> q.tolist(), float(scale)
+    ([64, -127], 0.007874015718698502)
+    """
+    values = np.asarray(values, dtype=np.float32)
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    scale = np.float32(peak / 127.0 if peak > 0 else 1.0)
+    q = np.clip(np.round(values / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def _values_fn(values, quantization):
+    """A function `zero -> float32 values` for the export graph.
+
+    With `quantization="dynamic_int8"` the file stores the values as int8
+    plus one float32 scale; the interpreter gathers them with a run-time
+    index range (so the converter cannot fold them back to float32),
+    casts and scales them. Otherwise they are a float32 constant (stored
+    as float16 with `"float16"`, by the converter).
+    """
+    if quantization != "dynamic_int8":
+        return lambda zero: tf.constant(values)
+    q, scale = quantize_int8(values)
+
+    def dequantized(zero):
+        picked = tf.gather(tf.constant(q), tf.range(zero, zero + q.shape[0]))
+        return tf.cast(picked, tf.float32) * scale
+
+    return dequantized
+
+
+def _dense_export_call(layer, dct_constants, quantization=None):
     input_dim, units = layer.sparse_weight.matrix_shape
     values, rows, cols = sparse_entries(layer)
     positions = _positions_fn(rows, cols, units)
+    values_fn = _values_fn(values, quantization)
     alpha = _frozen_alpha(layer)
     bias = None
     if layer.bias is not None:
@@ -187,8 +234,9 @@ def _dense_export_call(layer, dct_constants):
         if x.shape.rank != 2:
             leading_shape = tf.shape(x)[:-1]
             x = tf.reshape(x, [-1, input_dim])
-        row_index, col_index = positions(_run_time_zero(x))
-        outputs = sparse_matmul_builtin(x, tf.constant(values), row_index, col_index, units)
+        zero = _run_time_zero(x)
+        row_index, col_index = positions(zero)
+        outputs = sparse_matmul_builtin(x, values_fn(zero), row_index, col_index, units)
         if alpha is not None:
             offset = dct_offset_builtin(x, units, dct_constants)
             outputs = outputs + tf.constant(alpha) * offset
@@ -214,7 +262,7 @@ def _run_time_zero(x):
     return tf.minimum(tf.shape(x)[0], 0)
 
 
-def _conv_export_call(layer):
+def _conv_export_call(layer, quantization=None):
     """Export call of a DCTpS conv: one conv with a kernel rebuilt at run time.
 
     The kernel `alpha * Kd + S` is built on every invocation from builtin ops:
@@ -229,6 +277,7 @@ def _conv_export_call(layer):
     kernel_shape = tuple(weight.kernel_shape)
     values, rows, cols = sparse_entries(layer)
     packed = pack_positions(rows, cols, cols_count)
+    values_fn = _values_fn(values, quantization)
     alpha = _frozen_alpha(layer)
     in_channels = layer._in_channels
 
@@ -237,12 +286,12 @@ def _conv_export_call(layer):
         if packed is not None:
             flat = tf.constant(packed) + zero
             sparse = tf.scatter_nd(
-                flat[:, tf.newaxis], tf.constant(values), [rows_count * cols_count + zero]
+                flat[:, tf.newaxis], values_fn(zero), [rows_count * cols_count + zero]
             )
         else:
             indices = tf.constant(np.stack([rows, cols], axis=1)) + zero
             sparse = tf.scatter_nd(
-                indices, tf.constant(values), tf.stack([rows_count + zero, cols_count])
+                indices, values_fn(zero), tf.stack([rows_count + zero, cols_count])
             )
         kernel = tf.reshape(sparse, kernel_shape)
         if alpha is not None:
@@ -284,7 +333,7 @@ def _check_layers(layers):
 
 
 @contextlib.contextmanager
-def _export_calls(layers, dct_constants="stored"):
+def _export_calls(layers, dct_constants="stored", quantization=None):
     """Temporarily replaces `call` of every exportable DCTpS layer in `layers`."""
     missing = object()
     saved = []
@@ -292,7 +341,7 @@ def _export_calls(layers, dct_constants="stored"):
         for layer in layers:
             if isinstance(layer, EXPORTABLE_LAYERS):
                 saved.append((layer, layer.__dict__.get("call", missing)))
-                replacement = export_call(layer, dct_constants)
+                replacement = export_call(layer, dct_constants, quantization)
                 layer.__dict__["call"] = replacement
         yield
     finally:
@@ -452,7 +501,7 @@ def convert_tflite(model, quantization=None, dct_constants="stored"):
         return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
 
     function = tf.function(forward, input_signature=specs, autograph=False)
-    with _export_calls(layers, dct_constants):
+    with _export_calls(layers, dct_constants, quantization):
         try:
             concrete = function.get_concrete_function()
         except Exception as error:
@@ -463,9 +512,10 @@ def convert_tflite(model, quantization=None, dct_constants="stored"):
     # them as resource variables (VAR_HANDLE / READ_VARIABLE with no values
     # in the file), as it does for a model of plain Dense layers.
     frozen = convert_variables_to_constants_v2(concrete)
-    # No trackable object: given `model`, the converter walks its attributes and
-    # materializes dense views (a 16384 x 4096 layer then needs 6 GB).
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    # An empty trackable object, not `model`: given the model, the converter
+    # walks its attributes and materializes dense views (a 16384 x 4096 layer
+    # then needs 6 GB); given none, it takes its deprecated conversion path.
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.Module())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     _configure_quantization(converter, quantization)
     try:
@@ -514,7 +564,8 @@ def export_tflite(model, path, quantization=None, dct_constants="stored"):
 
         size ~= sum over DCTpS layers of nnz * (b + 4) + overhead
 
-    with `b = 4` bytes per value (2 with `quantization="float16"`), 4 bytes for
+    with `b = 4` bytes per value (2 with `quantization="float16"`, 1 with
+    `"dynamic_int8"`), 4 bytes for
     the packed int32 position `row * m + col` of each entry (8 for a layer
     with `n * m >= 2**31`), and `overhead` the size of the same
     model with one entry per layer (biases, DCT constants, other layers,
@@ -529,11 +580,14 @@ def export_tflite(model, path, quantization=None, dct_constants="stored"):
             allowed) with defined inputs.
         path: Destination file path.
         quantization: `None` (float32), `"float16"` (float constants stored in
-            float16, `DEQUANTIZE`d at load) or `"dynamic_int8"` (the converter's
-            dynamic-range quantization: int8 weights for the ops with hybrid
-            kernels, such as the `FULLY_CONNECTED` of `keras.layers.Dense`;
-            it leaves `DCTSparseDense` layers in float32, because their
-            sparse values feed a `MUL`, which has no hybrid kernel).
+            float16, `DEQUANTIZE`d at load) or `"dynamic_int8"`: the sparse
+            values of every DCTpS layer are stored as int8 with one float32
+            scale per layer (`quantize_int8`, dequantized by the interpreter),
+            and the converter's dynamic-range quantization handles the other
+            layers (int8 weights for ops with hybrid kernels, such as the
+            `FULLY_CONNECTED` of `keras.layers.Dense`). Biases, `alpha` and
+            the DCT tables stay float32. `benchmarks/tflite_accuracy.py`
+            measures the test-accuracy change of each option.
         dct_constants: `"stored"` (default): the O(N) tables of each
             `DCTSparseDense`'s fast DCT (chirps, chirp-filter spectrum,
             twiddles; a few times `max(n, units)` float32 numbers) are in the

@@ -19,6 +19,7 @@ from keras_dctsparse import models
 from keras_dctsparse.export import TFLiteExportError
 from keras_dctsparse.export import convert_tflite
 from keras_dctsparse.export.tflite import pack_positions
+from keras_dctsparse.export.tflite import quantize_int8
 from keras_dctsparse.layers import DCTSparseLayer
 from keras_dctsparse.ops.tflite_ops import tflite_constant_bytes
 from keras_dctsparse.ops.tflite_ops import tflite_op_names
@@ -209,8 +210,8 @@ def test_nested_model_and_rank3_inputs():
 
 
 def test_dynamic_int8_quantizes_dense_layers():
-    # Dynamic-range quantization only has hybrid kernels for FULLY_CONNECTED
-    # (and convs): the Dense layers shrink, the DCTpS layer stays float32.
+    # The converter's dynamic-range quantization handles the Dense layers
+    # (hybrid FULLY_CONNECTED); our own int8 values handle the DCTpS layer.
     model = keras.Sequential(
         [
             keras.Input((784,)),
@@ -252,9 +253,28 @@ def test_quantization(quantization, bound):
     )
     assert change < bound
     assert len(data) <= len(reference)
-    if quantization == "float16":
-        # Half-size values; the int32 positions stay.
-        assert len(data) < 0.9 * len(reference)
+    # 2 (float16) or 3 (int8) bytes less per value; the int32 positions stay.
+    # (The int8 dequantization adds a few operators, about 200 bytes each.)
+    saved = nnz(model) * (2 if quantization == "float16" else 3)
+    assert tflite_constant_bytes(data) < tflite_constant_bytes(reference) - 0.9 * saved
+    assert tflite_constant_bytes(data) > nnz(model) * INDEX_BYTES  # positions stay int32
+
+
+def test_quantize_int8():
+    rng = np.random.default_rng(13)
+    values = rng.standard_normal(1000).astype(np.float32)
+    q, scale = quantize_int8(values)
+    assert q.dtype == np.int8 and np.abs(q).max() == 127
+    assert np.abs(q * scale - values).max() <= scale / 2 + 1e-7
+    q, scale = quantize_int8(np.zeros(3, np.float32))
+    assert q.tolist() == [0, 0, 0] and scale == 1.0
+
+
+def test_conv_dynamic_int8():
+    model = lenet5_convs(0.05)
+    data = convert_tflite(model, quantization="dynamic_int8")
+    assert_no_flex_ops(data)
+    assert_matches_keras(model, data, seed=14, tolerance=2e-2)
 
 
 def test_export_overwrites_existing_file(tmp_path):
