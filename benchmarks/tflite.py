@@ -13,7 +13,8 @@ LeNet-300-100 (784-300-100-10, relu, relu, softmax):
   `keras_dctsparse.export_tflite` (fast DCT + gather/segment-sum sparse part).
 - `DCTpS 0.01, dct_constants=computed`: the DCT's tables rebuilt by the
   interpreter on every call instead of stored.
-- `DCTpS 0.01, float16`: values and tables stored as float16.
+- `DCTpS 0.01, float16` / `dynamic_int8`: values (and, for float16, tables)
+  stored as float16 / the values as int8 with one scale per layer.
 - `DCTpS 0.01, S as FC + SPARSITY`: the same DCTpS 1% model with its sparse
   part exported the other way, as a `FULLY_CONNECTED` whose constant `n x m`
   kernel holds `S` and is stored with TFLite's sparse encoding (the DCT stays
@@ -225,9 +226,11 @@ def main():
         ("DCTpS 0.01, dct_constants=computed", nnz(model),
          convert_tflite(model, dct_constants="computed"))
     )
-    entries.append(
-        ("DCTpS 0.01, float16", nnz(model), convert_tflite(model, quantization="float16"))
-    )
+    for quantization in ("float16", "dynamic_int8"):
+        entries.append(
+            (f"DCTpS 0.01, {quantization}", nnz(model),
+             convert_tflite(model, quantization=quantization))
+        )
     entries.append(("DCTpS 0.01, S as FC + SPARSITY", nnz(model), convert_fc_sparsity(model)))
     print("LeNet-300-100 TFLite " + caption)
     print(table(entries, args.repeats, args.threads))
