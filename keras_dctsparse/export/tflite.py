@@ -65,6 +65,8 @@ from keras_dctsparse.ops.tflite_ops import tflite_op_names
 
 QUANTIZATIONS = (None, "float16", "dynamic_int8")
 EXPORTABLE_LAYERS = (DCTSparseDense, _DCTSparseConvBase)
+# Graph structure of the int8 dequantization (GATHER, RANGE, CAST, MUL) in bytes.
+INT8_MIN_SAVING_BYTES = 1024
 
 
 class TFLiteExportError(ValueError):
@@ -202,10 +204,12 @@ def _values_fn(values, quantization):
     With `quantization="dynamic_int8"` the file stores the values as int8
     plus one float32 scale; the interpreter gathers them with a run-time
     index range (so the converter cannot fold them back to float32),
-    casts and scales them. Otherwise they are a float32 constant (stored
+    casts and scales them. Those four operators cost about 1 KB of graph
+    structure, so a layer whose int8 values would save no more than
+    `INT8_MIN_SAVING_BYTES` (3 bytes per value) keeps float32 values. Otherwise they are a float32 constant (stored
     as float16 with `"float16"`, by the converter).
     """
-    if quantization != "dynamic_int8":
+    if quantization != "dynamic_int8" or 3 * values.size <= INT8_MIN_SAVING_BYTES:
         return lambda zero: tf.constant(values)
     q, scale = quantize_int8(values)
 
@@ -582,7 +586,9 @@ def export_tflite(model, path, quantization=None, dct_constants="stored"):
         quantization: `None` (float32), `"float16"` (float constants stored in
             float16, `DEQUANTIZE`d at load) or `"dynamic_int8"`: the sparse
             values of every DCTpS layer are stored as int8 with one float32
-            scale per layer (`quantize_int8`, dequantized by the interpreter),
+            scale per layer (`quantize_int8`, dequantized by the interpreter;
+            layers with at most 341 nonzeros keep float32, where the int8
+            operators would cost more than they save),
             and the converter's dynamic-range quantization handles the other
             layers (int8 weights for ops with hybrid kernels, such as the
             `FULLY_CONNECTED` of `keras.layers.Dense`). Biases, `alpha` and

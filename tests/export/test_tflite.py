@@ -18,6 +18,7 @@ from keras_dctsparse import export_tflite
 from keras_dctsparse import models
 from keras_dctsparse.export import TFLiteExportError
 from keras_dctsparse.export import convert_tflite
+from keras_dctsparse.export.tflite import INT8_MIN_SAVING_BYTES
 from keras_dctsparse.export.tflite import pack_positions
 from keras_dctsparse.export.tflite import quantize_int8
 from keras_dctsparse.layers import DCTSparseLayer
@@ -255,7 +256,13 @@ def test_quantization(quantization, bound):
     assert len(data) <= len(reference)
     # 2 (float16) or 3 (int8) bytes less per value; the int32 positions stay.
     # (The int8 dequantization adds a few operators, about 200 bytes each.)
-    saved = nnz(model) * (2 if quantization == "float16" else 3)
+    if quantization == "float16":
+        saved = 2 * nnz(model)
+    else:  # layers with few nonzeros keep float32 values
+        saved = sum(
+            3 * layer.nnz for layer in model.layers if 3 * layer.nnz > INT8_MIN_SAVING_BYTES
+        )
+        assert saved > 0
     assert tflite_constant_bytes(data) < tflite_constant_bytes(reference) - 0.9 * saved
     assert tflite_constant_bytes(data) > nnz(model) * INDEX_BYTES  # positions stay int32
 
@@ -484,3 +491,15 @@ def test_computed_dct_constants():
     assert len(big_computed) < len(big_stored) - 4 * 4 * 5000
     with pytest.raises(ValueError, match="dct_constants"):
         convert_tflite(model, dct_constants="lazy")
+
+
+def test_dynamic_int8_skips_layers_where_it_costs_more():
+    model = single_layer_model(300, 100, 300 / 30000)  # 300 nonzeros: 900 bytes saved
+    assert model.layers[0].nnz == 300
+    reference = convert_tflite(model)
+    int8 = convert_tflite(model, quantization="dynamic_int8")
+    assert tflite_constant_bytes(int8) == tflite_constant_bytes(reference)
+    bigger = single_layer_model(300, 100, 400 / 30000)
+    reference = convert_tflite(bigger)
+    int8 = convert_tflite(bigger, quantization="dynamic_int8")
+    assert tflite_constant_bytes(int8) < tflite_constant_bytes(reference) - 3 * 400 + 64
