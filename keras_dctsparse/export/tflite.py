@@ -60,6 +60,7 @@ from keras_dctsparse.layers.conv import _DCTSparseConvBase
 from keras_dctsparse.layers.dense import DCTSparseDense
 from keras_dctsparse.ops.tflite_ops import CONSTANTS
 from keras_dctsparse.ops.tflite_ops import dct_offset_builtin
+from keras_dctsparse.ops.tflite_ops import run_time_zero
 from keras_dctsparse.ops.tflite_ops import sparse_matmul_builtin
 from keras_dctsparse.ops.tflite_ops import tflite_op_names
 
@@ -238,7 +239,7 @@ def _dense_export_call(layer, dct_constants, quantization=None):
         if x.shape.rank != 2:
             leading_shape = tf.shape(x)[:-1]
             x = tf.reshape(x, [-1, input_dim])
-        zero = _run_time_zero(x)
+        zero = run_time_zero(x)
         row_index, col_index = positions(zero)
         outputs = sparse_matmul_builtin(x, values_fn(zero), row_index, col_index, units)
         if alpha is not None:
@@ -253,17 +254,6 @@ def _dense_export_call(layer, dct_constants, quantization=None):
         return tf.cast(outputs, output_dtype)
 
     return call
-
-
-def _run_time_zero(x):
-    """An int32 scalar that is 0 at run time but not a constant of the graph.
-
-    `min(batch_size, 0)` with the batch dimension dynamic: index ranges offset
-    by it cannot be constant-folded by the converter, so the `Kd` table, the
-    scattered `S` and the unpacked positions are computed by the interpreter
-    instead of being stored.
-    """
-    return tf.minimum(tf.shape(x)[0], 0)
 
 
 def _conv_export_call(layer, quantization=None):
@@ -286,7 +276,7 @@ def _conv_export_call(layer, quantization=None):
     in_channels = layer._in_channels
 
     def kernel_fn(x):
-        zero = _run_time_zero(x)
+        zero = run_time_zero(x)
         if packed is not None:
             flat = tf.constant(packed) + zero
             sparse = tf.scatter_nd(

@@ -170,7 +170,7 @@ def _spatial(x, kernel_size):
 # ----------------------------------------------------------------------------------------------
 
 
-def _cos_sin_half_turns(index, n, dtype):
+def cos_sin_half_turns(index, n, dtype):
     """``cos`` and ``sin`` of ``pi * index / (2n)`` with the index reduced mod ``4n`` first.
 
     The reduction is done in int64, so the float angle is always below ``2 pi`` and exact to
@@ -185,7 +185,7 @@ def _cos_sin_half_turns(index, n, dtype):
         ``(cos, sin)`` tensors of ``index``'s shape.
 
     Example:
-        >>> c, s = _cos_sin_half_turns(tf.constant([0, 1]), 1, tf.float32)  # angles 0, pi/2
+        >>> c, s = cos_sin_half_turns(tf.constant([0, 1]), 1, tf.float32)  # angles 0, pi/2
     """
     reduced = tf.math.floormod(tf.cast(index, tf.int64), 4 * n)
     angle = tf.cast(reduced, dtype) * tf.constant(math.pi / (2 * n), dtype)
@@ -238,7 +238,7 @@ def _dct_cos_sin(rows, cols, n, dtype, anchor=None):
         anchor = tf.cast(anchor, tf.int64)
         k = tf.range(anchor, anchor + rows)
         j = tf.range(anchor, anchor + cols)
-    return _cos_sin_half_turns(k[:, None] * (2 * j[None, :] + 1), n, dtype)
+    return cos_sin_half_turns(k[:, None] * (2 * j[None, :] + 1), n, dtype)
 
 
 def dct_block(rows, cols, dtype=tf.float32, anchor=None):
@@ -407,7 +407,7 @@ def _depthwise_taps(kernel_size, in_channels, filters, n, dtype):
     """
     t = tf.range(math.prod(kernel_size), dtype=tf.int64)[:, None]
     c = tf.range(filters, dtype=tf.int64)[None, :]
-    cos, sin = _cos_sin_half_turns(2 * in_channels * t * c, n, dtype)
+    cos, sin = cos_sin_half_turns(2 * in_channels * t * c, n, dtype)
     scale = dct_scale(filters, n, dtype)
     shape = (*kernel_size, filters, 1)
     return tf.reshape(cos * scale, shape), tf.reshape(-sin * scale, shape)
@@ -519,7 +519,7 @@ def _uv_fft(x, filters, n):
     """
     real_dtype = _table_dtype(x.dtype)
     spectrum = tf.signal.rfft(tf.cast(x, real_dtype), fft_length=[2 * n])[..., :filters]
-    cos, sin = _cos_sin_half_turns(tf.range(filters), n, real_dtype)
+    cos, sin = cos_sin_half_turns(tf.range(filters), n, real_dtype)
     phased = spectrum * tf.complex(cos, -sin)
     return tf.cast(tf.math.real(phased), x.dtype), tf.cast(-tf.math.imag(phased), x.dtype)
 

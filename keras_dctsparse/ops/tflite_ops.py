@@ -34,6 +34,8 @@ import functools
 import numpy as np
 import tensorflow as tf
 
+from keras_dctsparse.ops.conv_offset import cos_sin_half_turns
+
 
 def is_power_of_two(value):
     """Whether a positive integer is a power of two.
@@ -166,9 +168,8 @@ class _ComputedConstants:
 
     @staticmethod
     def _phase(numerators, denominator):
-        reduced = tf.math.floormod(numerators, 2 * denominator)
-        angle = tf.cast(reduced, tf.float32) * np.float32(np.pi / denominator)
-        return tf.cos(angle), tf.sin(angle)
+        """`(cos, sin)` of `pi * numerators / denominator`, reduced exactly first."""
+        return cos_sin_half_turns(2 * numerators, denominator, tf.float32)
 
     def chirp(self, length, count):
         j = self._range(length)
@@ -200,11 +201,34 @@ class _ComputedConstants:
         return scale * cos, scale * sin
 
 
+def run_time_zero(x):
+    """An int32 scalar that is 0 at run time but not a constant of the graph.
+
+    `min(batch_size, 0)` of `x`, whose first (batch) dimension is dynamic in
+    an exported graph: index ranges offset by it cannot be constant-folded
+    by the TFLite converter, so tables built from them (DCT tables, the conv
+    `Kd`, scattered `S`, unpacked positions) are computed by the interpreter
+    instead of being stored in the file.
+
+    Args:
+        x: A tensor of rank >= 1.
+
+    Returns:
+        A scalar int32 tensor equal to 0.
+
+    Example:
+
+    >>> int(run_time_zero(tf.ones((3, 2))))
+    0
+    """
+    return tf.minimum(tf.shape(x)[0], 0)
+
+
 def _constants_for(x, constants):
     if constants == "stored":
         return _StoredConstants()
     if constants == "computed":
-        return _ComputedConstants(tf.minimum(tf.shape(x)[0], 0))
+        return _ComputedConstants(run_time_zero(x))
     raise ValueError(
         f"Argument `constants` must be one of {CONSTANTS}; received constants={constants!r}."
     )

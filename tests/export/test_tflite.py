@@ -24,31 +24,13 @@ from keras_dctsparse.export.tflite import quantize_int8
 from keras_dctsparse.layers import DCTSparseLayer
 from keras_dctsparse.ops.tflite_ops import tflite_constant_bytes
 from keras_dctsparse.ops.tflite_ops import tflite_op_names
+from tflite_checks import assert_no_flex_ops
+from tflite_checks import relative_error
+from tflite_checks import run
 
 TOLERANCE = 1e-4
 LAYER_SIZES = ((784, 300), (300, 100), (100, 10), (1000, 1000), (4096, 4096))
 INDEX_BYTES = 4  # one packed int32 position (row * m + col) per entry
-
-
-def assert_no_flex_ops(tflite_bytes):
-    """Fails if the model has any custom op (Flex ops are custom ops)."""
-    names = tflite_op_names(tflite_bytes)
-    custom = [name for name in names if name.startswith("CUSTOM") or "Flex" in name]
-    assert not custom, f"Non-builtin ops in the model: {sorted(set(custom))}"
-
-
-def relative_error(actual, expected):
-    return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
-
-
-def run(interpreter, x):
-    """Resizes the interpreter's input to `x.shape`, runs it, returns the output."""
-    index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(index, x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(index, x)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
 def randomize(model, seed, scale=0.1, alpha=0.7):

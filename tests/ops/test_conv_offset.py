@@ -90,7 +90,7 @@ def test_angle_reduction_is_exact_for_large_n():
     k = np.array([1, n - 1, n - 2, 77_777], np.int64)
     j = np.array([n - 1, n - 1, 12_345, n - 5], np.int64)
     index = k * (2 * j + 1)  # up to 2e10, far beyond float32's exact integers
-    cos, sin = co._cos_sin_half_turns(tf.constant(index), n, tf.float32)
+    cos, sin = co.cos_sin_half_turns(tf.constant(index), n, tf.float32)
     angle = np.pi * ((index % (4 * n)) / (2 * n))
     np.testing.assert_allclose(cos, np.cos(angle), atol=2e-6)
     np.testing.assert_allclose(sin, np.sin(angle), atol=2e-6)

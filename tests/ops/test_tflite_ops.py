@@ -11,6 +11,9 @@ from ai_edge_litert.interpreter import Interpreter
 
 from keras_dctsparse.ops import tflite_ops
 from keras_dctsparse.ops.transforms import dct_offset
+from tflite_checks import assert_no_flex_ops
+from tflite_checks import relative_error
+from tflite_checks import run
 
 EAGER_LENGTHS = (1, 2, 3, 7, 10, 48, 100, 300, 784, 1000, 4096, 5000)
 TFLITE_LAYERS = ((784, 300), (300, 100), (100, 10), (1000, 1000), (4096, 4096), (10, 300))
@@ -34,10 +37,6 @@ def reference_dct(x, length, count):
     padded = np.zeros(x.shape[:-1] + (length,))
     padded[..., : x.shape[-1]] = x
     return scipy.fft.dct(padded, type=2, norm="ortho", axis=-1)[..., :count]
-
-
-def relative_error(actual, expected):
-    return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
 
 
 def dense_kernel(values, rows, cols, input_dim, units):
@@ -70,23 +69,6 @@ def convert(fn, input_dim, select_tf_ops=False):
 @functools.lru_cache(maxsize=None)
 def converted_offset(input_dim, units, constants="stored"):
     return convert(lambda x: tflite_ops.dct_offset_builtin(x, units, constants), input_dim)
-
-
-def run(interpreter, x):
-    """Resizes the interpreter's input to `x.shape`, runs it, returns the output."""
-    index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(index, x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(index, x)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-
-
-def assert_no_flex_ops(tflite_bytes):
-    """Fails if the model has any custom op (Flex ops are custom ops)."""
-    names = tflite_ops.tflite_op_names(tflite_bytes)
-    custom = [name for name in names if name.startswith("CUSTOM") or "Flex" in name]
-    assert not custom, f"Non-builtin ops in the model: {sorted(set(custom))}"
 
 
 # Eager TensorFlow accuracy.
