@@ -282,14 +282,14 @@ def conv_offset_kernel(
 ):
     """The frozen DCT offset kernel ``Kd`` in Keras Conv layout ``(*kernel_size, c_in_g, c_out)``.
 
-    With ``c_in_g = in_channels / groups``, ``c_out_g = filters / groups``,
-    ``P = prod(kernel_size) * c_in_g`` and ``N = max(P, c_out_g)``, every group gets the same
-    block: for the ``c``-th output channel of a group (``c < c_out_g``),
-    ``Kd[i, j, ch, c] = C_N[c, (i * k_w + j) * c_in_g + ch]`` (2-D; for other ranks the spatial
-    index is flattened row-major). Output channels are grouped as in Keras (group ``g`` owns
-    the contiguous block ``g * c_out_g ... (g + 1) * c_out_g - 1``), so ``Kd`` is this block
-    tiled ``groups`` times along the last axis. Interpretation of the authors' grouped
-    construction: ``N`` counts the group's own output channels, not all ``filters``.
+    With ``c_in_g = in_channels / groups``, ``P = prod(kernel_size) * c_in_g`` (the patch of
+    one group) and ``N = max(P, filters)``: ``Kd[i, j, ch, o] = C_N[o, (i * k_w + j) * c_in_g
+    + ch]`` (2-D; for other ranks the spatial index is flattened row-major). As a
+    ``(filters x P)`` matrix it is the top-left block of ``C_N``, so all its singular values
+    are 1. With ``groups > 1`` this is the authors' construction (``DCTconv2d`` in their
+    code): output channel ``o`` (in group ``o // (filters / groups)``, Keras's contiguous
+    grouping) applies row ``o`` of ``C_N`` to its own group's patch, and ``N`` counts ALL
+    output channels. It is not one ``max(P, filters / groups)`` block repeated per group.
 
     Args:
         kernel_size: Tuple of spatial kernel sizes, e.g. ``(3, 3)`` (Conv2D), ``(5,)``
@@ -310,11 +310,10 @@ def conv_offset_kernel(
     """
     kernel_size = _kernel_tuple(kernel_size)
     c_in_g = _divide(in_channels, groups, "in_channels")
-    c_out_g = _divide(filters, groups, "filters")
+    _divide(filters, groups, "filters")
     patch = math.prod(kernel_size) * c_in_g
-    block = tf.transpose(dct_block(c_out_g, patch, dtype, anchor))  # (P, c_out_g)
-    block = tf.reshape(block, (*kernel_size, c_in_g, c_out_g))
-    return tf.tile(block, (1,) * (len(kernel_size) + 1) + (groups,))
+    block = tf.transpose(dct_block(filters, patch, dtype, anchor))  # (P, c_out)
+    return tf.reshape(block, (*kernel_size, c_in_g, filters))
 
 
 def depthwise_offset_kernel(
@@ -322,10 +321,11 @@ def depthwise_offset_kernel(
 ):
     """The frozen DCT offset kernel in Keras DepthwiseConv layout ``(*kernel_size, c_in, dm)``.
 
-    Depthwise is the grouped construction with ``groups = c_in``: per input channel the patch
-    is the ``P = prod(kernel_size)`` window, and multiplier index ``m`` (output channel
-    ``ch * dm + m``) uses row ``m`` of ``C_N`` with ``N = max(P, depth_multiplier)``:
-    ``K[i, j, ch, m] = C_N[m, i * k_w + j]``, identical for every channel.
+    Depthwise is the grouped construction with ``groups = c_in`` (the authors' MobileNetV2
+    uses ``groups=planes``): the patch of output channel ``o = ch * dm + m`` is channel
+    ``ch``'s ``P = prod(kernel_size)`` window, and it applies row ``o`` of ``C_N`` with
+    ``N = max(P, c_in * dm)``: ``K[i, j, ch, m] = C_N[ch * dm + m, i * k_w + j]``. Every
+    output channel gets its own DCT row (not the same box filter ``C_P[0]`` everywhere).
 
     Args:
         kernel_size: Tuple of spatial kernel sizes, e.g. ``(3, 3)``.

@@ -67,8 +67,12 @@ def reference_output(layer, x):
     for g in range(groups):
         patches = im2col(x[..., g * c_in_g:(g + 1) * c_in_g], layer.kernel_size,
                          layer.strides, padding, layer.dilation_rate)
-        n = max(patches.shape[-1], c_out_g)
-        offset = scipy.fft.dct(patches, type=2, n=n, norm="ortho", axis=-1)[..., :c_out_g]
+        # The authors' grouped construction: N counts all output channels and output
+        # channel o applies row o of C_N to its group's patch.
+        n = max(patches.shape[-1], sparse.shape[-1])
+        offset = scipy.fft.dct(patches, type=2, n=n, norm="ortho", axis=-1)[
+            ..., g * c_out_g:(g + 1) * c_out_g
+        ]
         s_g = sparse[..., g * c_out_g:(g + 1) * c_out_g].reshape(-1, c_out_g)
         outputs.append(alpha * offset + patches @ s_g)
     y = np.concatenate(outputs, axis=-1)
@@ -118,8 +122,14 @@ CASES = {
                                             padding="same"), (2, 9, 9, 3)),
     "3x3_groups2": (DCTSparseConv2D, dict(filters=8, kernel_size=3, groups=2,
                                           padding="same"), (2, 6, 6, 4)),
+    "3x3_groups3_cout>P": (DCTSparseConv2D, dict(filters=30, kernel_size=3, groups=3),
+                           (2, 6, 6, 6)),
+    "3x3_groups_cin": (DCTSparseConv2D, dict(filters=8, kernel_size=3, groups=4,
+                                             padding="same"), (2, 6, 6, 4)),
     "depthwise_dm1": (DCTSparseDepthwiseConv2D, dict(kernel_size=3, padding="same"),
                       (2, 6, 6, 4)),
+    "depthwise_dm2": (DCTSparseDepthwiseConv2D, dict(kernel_size=3, depth_multiplier=2,
+                                                     padding="same"), (2, 6, 6, 5)),
     "depthwise_dm12_stride2": (DCTSparseDepthwiseConv2D,
                                dict(kernel_size=3, depth_multiplier=12, strides=2),
                                (2, 7, 7, 3)),

@@ -8,6 +8,7 @@ import scipy.fft
 import tensorflow as tf
 
 from keras_dctsparse.ops import conv_offset as co
+from numpy_reference import dct_block
 from numpy_reference import im2col
 
 RTOL = 1e-5
@@ -19,7 +20,8 @@ RTOL = 1e-5
 
 
 def reference_offset(x, kernel_size, filters, strides=1, padding="valid", dilation=1, groups=1):
-    """Float64 offset: per group, ortho DCT-II of each zero-padded patch, first c_out_g terms."""
+    """Float64 offset as the authors build it: output channel o (in group g) is coefficient o
+    of the ortho DCT-II of group g's patch zero-padded to N = max(P, filters)."""
     rank = x.ndim - 2
     as_tuple = lambda v: (v,) * rank if isinstance(v, int) else tuple(v)
     kernel_size, strides, dilation = map(as_tuple, (kernel_size, strides, dilation))
@@ -29,8 +31,9 @@ def reference_offset(x, kernel_size, filters, strides=1, padding="valid", dilati
     for g in range(groups):
         patches = im2col(x[..., g * c_in_g:(g + 1) * c_in_g], kernel_size, strides, padding,
                          dilation)
-        n = max(patches.shape[-1], c_out_g)
-        outputs.append(scipy.fft.dct(patches, type=2, n=n, norm="ortho", axis=-1)[..., :c_out_g])
+        n = max(patches.shape[-1], filters)
+        coefficients = scipy.fft.dct(patches, type=2, n=n, norm="ortho", axis=-1)
+        outputs.append(coefficients[..., g * c_out_g:(g + 1) * c_out_g])
     return np.concatenate(outputs, axis=-1)
 
 
@@ -108,30 +111,38 @@ def test_angle_reduction_is_exact_for_large_n():
 )
 def test_kernel_blocks_are_dct_with_unit_singular_values(kernel_size, in_channels, filters, groups):
     kernel = co.conv_offset_kernel(kernel_size, in_channels, filters, groups).numpy()
-    c_in_g, c_out_g = in_channels // groups, filters // groups
+    c_in_g = in_channels // groups
     patch = math.prod(kernel_size) * c_in_g
     assert kernel.shape == (*kernel_size, c_in_g, filters)
-    n = max(patch, c_out_g)
-    expected = scipy.fft.dct(np.eye(n), norm="ortho", axis=0)[:c_out_g, :patch]
-    for g in range(groups):
-        block = kernel[..., g * c_out_g:(g + 1) * c_out_g].reshape(patch, c_out_g).T
-        assert_close(block, expected, rtol=1e-6)
-        np.testing.assert_allclose(np.linalg.svd(block, compute_uv=False), 1.0, atol=1e-5)
+    # One (filters x P) top-left block of C_N, N = max(P, filters), over ALL output
+    # channels (the authors' grouped construction), not a block repeated per group.
+    block = kernel.reshape(patch, filters).T
+    expected = dct_block(filters, patch)
+    assert_close(block, expected, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.svd(block, compute_uv=False), 1.0, atol=1e-5)
+    if groups > 1:
+        first, second = (block[g * (filters // groups):(g + 1) * (filters // groups)]
+                         for g in range(2))
+        assert not np.allclose(first, second)
 
 
 @pytest.mark.parametrize(
-    "kernel_size,multiplier", [((3, 3), 1), ((3, 3), 4), ((3, 3), 12), ((2, 2), 6)]
+    "kernel_size,in_channels,multiplier",
+    [((3, 3), 3, 1), ((3, 3), 3, 4), ((3, 3), 3, 12), ((2, 2), 3, 6), ((3, 3), 16, 1),
+     ((3, 3), 5, 2)],
 )
-def test_depthwise_kernel_rows_are_dct(kernel_size, multiplier):
-    kernel = co.depthwise_offset_kernel(kernel_size, 3, multiplier).numpy()
+def test_depthwise_kernel_rows_are_dct(kernel_size, in_channels, multiplier):
+    kernel = co.depthwise_offset_kernel(kernel_size, in_channels, multiplier).numpy()
     patch = math.prod(kernel_size)
-    assert kernel.shape == (*kernel_size, 3, multiplier)
-    n = max(patch, multiplier)
-    expected = scipy.fft.dct(np.eye(n), norm="ortho", axis=0)[:multiplier, :patch]
-    for ch in range(3):
-        block = kernel[:, :, ch, :].reshape(patch, multiplier).T
-        assert_close(block, expected, rtol=1e-6)
-        np.testing.assert_allclose(np.linalg.svd(block, compute_uv=False), 1.0, atol=1e-5)
+    filters = in_channels * multiplier
+    assert kernel.shape == (*kernel_size, in_channels, multiplier)
+    rows = dct_block(filters, patch)  # row o = ch * dm + m of C_N, N = max(P, c_out)
+    for ch in range(in_channels):
+        for m in range(multiplier):
+            assert_close(kernel[:, :, ch, m].reshape(patch), rows[ch * multiplier + m], rtol=1e-6)
+    # Every output channel has its own filter (not one box filter for all).
+    filters_as_rows = kernel.reshape(patch, filters).T
+    assert len({tuple(np.round(r, 6)) for r in filters_as_rows}) == filters
 
 
 def test_kernel_argument_errors():
