@@ -345,7 +345,9 @@ class DCTSparseConv2D(_GroupedConv):
     semantics of `keras.layers.Conv2D`. `Kd` is the frozen DCT offset kernel (method.md
     section 2; regenerated in-graph, never stored), `S` a sparse kernel of shape
     `(kh, kw, c_in / groups, filters)` with `round(density * size)` trainable entries
-    (only those values and their int32 positions are weights), `alpha` a scalar.
+    (only those values and their int32 positions are weights), `alpha` a scalar. With
+    `groups > 1`, output channel `o` applies row `o` of `C_N` (`N = max(P, filters)`,
+    `P = kh * kw * c_in / groups`) to its own group's patch (the authors' construction).
 
     Args:
         filters: Positive integer, number of output channels.
@@ -390,8 +392,9 @@ class DCTSparseDepthwiseConv2D(_DCTSparseConvBase):
     __doc__ = """Depthwise 2-D convolution at the price of a sparse one (DCT plus sparse).
 
     `output = activation(depthwise_conv2d(x, alpha * Kd + S) + bias)`, with the arguments
-    of `keras.layers.DepthwiseConv2D`. Output channel `ch * depth_multiplier + m` uses
-    row `m` of `C_N`, `N = max(kh * kw, depth_multiplier)` on the window of channel `ch`
+    of `keras.layers.DepthwiseConv2D`. Output channel `o = ch * depth_multiplier + m` applies
+    row `o` of `C_N`, `N = max(kh * kw, c_in * depth_multiplier)`, to the window of channel
+    `ch`, as the authors build grouped offsets: every output channel has its own DCT filter
     (`keras_dctsparse.ops.conv_offset.depthwise_offset_kernel`). `S` has the Keras kernel
     shape `(kh, kw, c_in, depth_multiplier)`.
 
