@@ -17,6 +17,41 @@ def median_ms(function, repeats, warmup=2):
     return 1000.0 * float(np.median(times))
 
 
+def interleaved_ms(functions, repeats, warmup=2):
+    """Times several candidates interleaved (A, B, C, A, B, C, ...) in one process.
+
+    Interleaving spreads the noise of a shared machine over all candidates, so
+    their ratios are fairer than those of back-to-back `median_ms` calls.
+
+    Args:
+        functions: dict `name -> callable` (outputs are fetched to host).
+        repeats: Number of timed rounds; each round calls every candidate once.
+        warmup: Untimed calls of each candidate before the first round.
+
+    Returns:
+        dict `name -> (best_ms, median_ms)`.
+
+    Example:
+
+    >>> result = interleaved_ms({"a": lambda: None}, repeats=3)
+    >>> sorted(result)
+    ['a']
+    """
+    for function in functions.values():
+        for _ in range(warmup):
+            _fetch(function())
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            _fetch(function())
+            times[name].append(time.perf_counter() - start)
+    return {
+        name: (1000.0 * float(np.min(values)), 1000.0 * float(np.median(values)))
+        for name, values in times.items()
+    }
+
+
 def _fetch(result):
     if isinstance(result, (list, tuple)):
         for item in result:
