@@ -1,0 +1,354 @@
+"""A convolution by a sparse kernel whose cost follows its nonzeros (pure TF, no Keras state).
+
+``sparse_conv2d(x, values, rows, cols, ...)`` computes ``tf.nn.convolution(x, S)`` for the
+kernel ``S`` given in the ``SparseWeight`` layout: ``S`` viewed as a
+``(k_h * k_w * c_in_g, c_out)`` matrix with ``values[k]`` at ``(rows[k], cols[k])``, where
+``rows = (i * k_w + j) * c_in_g + ch`` (tap ``(i, j)``, input channel ``ch`` of the group of
+output channel ``cols``). It never builds the dense kernel.
+
+How: in the channel-major layout ``(channels, batch, h, w)`` every nonzero ``k`` adds
+``values[k]`` times one window of input plane ``ch_k`` (shifted by its tap) to output plane
+``c_k``. An XLA windowed gather (``xla.gather`` with slice size ``(1, batch, h_out, w_out)``
+and start ``(ch_k, i_k * d_h, j_k * d_w)``) fetches all those windows at once, then
+``unsorted_segment_sum`` adds them into the output planes: ``nnz * batch * h_out * w_out``
+multiply-adds, against ``k_h k_w c_in_g c_out * batch * h_out * w_out`` for the dense conv.
+The positions are run-time tensors (no per-tap partition baked into the graph), so the op
+stays correct when the positions are reloaded.
+
+The backward is its own formulation (``tf.custom_gradient``), not autodiff of the gather:
+
+* ``dx``: the same windowed gather on ``dy`` (zero-dilated by the stride, padded for a
+  "full" correlation) at the flipped tap of each nonzero, scaled by ``values[k]`` and
+  summed into input plane ``ch_k``: again ``nnz`` planes.
+* ``dvalues[k]``: the dot product of the forward window of plane ``ch_k`` with ``dy``'s
+  plane ``c_k``, one reduction per nonzero.
+
+The three kernels run as XLA clusters (``tf.function(jit_compile=True)``); the layout
+transposes around them run as TF ops (measured faster on CPU than inside the cluster).
+Strides, ``"same"``/``"valid"`` padding, dilation and groups are supported; 1-D convolutions
+are run as 2-D with a width of 1 (``sparse_conv``). The spatial sizes of ``x`` must be static.
+"""
+
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
+from tensorflow.compiler.xla import xla_data_pb2
+
+
+def _gather_dimensions():
+    """Dimension numbers of a windowed gather on ``(C, B, H, W)`` at ``(ch, top, left)``."""
+    numbers = xla_data_pb2.GatherDimensionNumbers()
+    numbers.offset_dims.extend([1, 2, 3])
+    numbers.collapsed_slice_dims.append(0)
+    numbers.start_index_map.extend([0, 2, 3])
+    numbers.index_vector_dim = 1
+    return numbers
+
+
+def _windows(planes, channels, tops, lefts, height, width):
+    """``planes[channels[k], :, tops[k]:tops[k] + height, lefts[k]:lefts[k] + width]``, stacked.
+
+    Args:
+        planes: ``(C, B, H, W)`` tensor.
+        channels, tops, lefts: int32 vectors of length ``nnz``.
+        height, width: Window size (Python ints or int32 scalars).
+
+    Returns:
+        ``(nnz, B, height, width)``.
+    """
+    starts = tf.stack([channels, tops, lefts], axis=1)
+    sizes = tf.stack([1, tf.shape(planes)[1], height, width])
+    return xla.gather(planes, starts, _gather_dimensions(), sizes, indices_are_sorted=False)
+
+
+def _same_pad(size, kernel, stride, dilation):
+    """TF's ``"SAME"`` padding ``(before, after)`` of one static dimension."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class _Geometry:
+    """Static geometry of one 2-D convolution (all Python ints; equal geometries hash equal,
+    so the XLA functions are traced once per geometry).
+
+    Args:
+        spatial: ``(H, W)`` of the input.
+        kernel_size, strides, dilation: 2-tuples.
+        padding: ``"SAME"`` or ``"VALID"``.
+    """
+
+    def __init__(self, spatial, kernel_size, strides, padding, dilation):
+        self.spatial = spatial
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.dilation = dilation
+        self.pads = []
+        self.out = []
+        for size, k, s, d in zip(spatial, kernel_size, strides, dilation):
+            before, after = _same_pad(size, k, s, d) if padding == "SAME" else (0, 0)
+            span = (k - 1) * d + 1
+            out = (size + before + after - span) // s + 1
+            if out < 1:
+                raise ValueError(
+                    f"The input's spatial size {spatial} is smaller than the dilated kernel "
+                    f"{kernel_size} (dilation {dilation}) with padding {padding!r}."
+                )
+            self.pads.append((before, after))
+            self.out.append(out)
+
+    def _key(self):
+        return (self.spatial, self.kernel_size, self.strides, self.dilation, tuple(self.pads))
+
+    def __eq__(self, other):
+        return isinstance(other, _Geometry) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def strided_span(self, axis):
+        """Window length that covers ``out`` outputs at the stride."""
+        return (self.out[axis] - 1) * self.strides[axis] + 1
+
+
+def _subsample(planes, strides):
+    if strides == (1, 1):
+        return planes
+    return planes[:, :, :: strides[0], :: strides[1]]
+
+
+def _forward(xc, values, channels, taps_h, taps_w, cols, filters, geometry):
+    """``(filters, B, H_out, W_out)`` = sum_k values[k] * window_k(x) into plane cols[k]."""
+    (pt, pb), (pl, pr) = geometry.pads
+    padded = tf.pad(xc, [[0, 0], [0, 0], [pt, pb], [pl, pr]])
+    windows = _windows(
+        padded,
+        channels,
+        taps_h * geometry.dilation[0],
+        taps_w * geometry.dilation[1],
+        geometry.strided_span(0),
+        geometry.strided_span(1),
+    )
+    windows = _subsample(windows, geometry.strides)
+    scaled = windows * values[:, None, None, None]
+    return tf.math.unsorted_segment_sum(scaled, cols, filters)
+
+
+def _input_grad(dyc, values, channels, taps_h, taps_w, cols, in_channels, geometry):
+    """``(C, B, H, W)``: the transposed convolution of ``dy`` by the sparse kernel."""
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.strides, geometry.dilation
+    if (sh, sw) != (1, 1):
+        # Zero-dilate dy by the stride: (C, B, Ho, Wo) -> (C, B, (Ho-1)*sh+1, (Wo-1)*sw+1).
+        shape = tf.shape(dyc)
+        ho, wo = geometry.out
+        expanded = tf.reshape(dyc, [shape[0], shape[1], ho, 1, wo, 1])
+        expanded = tf.pad(expanded, [[0, 0], [0, 0], [0, 0], [0, sh - 1], [0, 0], [0, sw - 1]])
+        dyc = tf.reshape(expanded, [shape[0], shape[1], ho * sh, wo * sw])
+        dyc = dyc[:, :, : (ho - 1) * sh + 1, : (wo - 1) * sw + 1]
+    pads = []
+    for axis, (k, d) in enumerate(((kh, dh), (kw, dw))):
+        before = geometry.pads[axis][0]
+        # Both are >= 0 for "valid"/"same" padding (before <= (k - 1) * d).
+        pads.append(((k - 1) * d - before,
+                     geometry.spatial[axis] + before - geometry.strided_span(axis)))
+    dyc = tf.pad(dyc, [[0, 0], [0, 0], list(pads[0]), list(pads[1])])
+    windows = _windows(
+        dyc,
+        cols,
+        (kh - 1 - taps_h) * dh,
+        (kw - 1 - taps_w) * dw,
+        geometry.spatial[0],
+        geometry.spatial[1],
+    )
+    return tf.math.unsorted_segment_sum(windows * values[:, None, None, None], channels,
+                                        in_channels)
+
+
+def _values_grad(xc, dyc, channels, taps_h, taps_w, cols, geometry):
+    """``(nnz,)``: per nonzero, the dot product of its input window with ``dy``'s plane."""
+    (pt, pb), (pl, pr) = geometry.pads
+    padded = tf.pad(xc, [[0, 0], [0, 0], [pt, pb], [pl, pr]])
+    windows = _windows(
+        padded,
+        channels,
+        taps_h * geometry.dilation[0],
+        taps_w * geometry.dilation[1],
+        geometry.strided_span(0),
+        geometry.strided_span(1),
+    )
+    windows = _subsample(windows, geometry.strides)
+    return tf.reduce_sum(windows * tf.gather(dyc, cols), axis=[1, 2, 3])
+
+
+_forward_xla = tf.function(_forward, jit_compile=True, autograph=False)
+_input_grad_xla = tf.function(_input_grad, jit_compile=True, autograph=False)
+_values_grad_xla = tf.function(_values_grad, jit_compile=True, autograph=False)
+
+
+def _as_pair(value, name):
+    values = (value,) * 2 if isinstance(value, int) else tuple(value)
+    if len(values) != 2 or not all(isinstance(v, int) and v > 0 for v in values):
+        raise ValueError(
+            f"`{name}` must be a positive int or a tuple of 2 positive ints; received "
+            f"{name}={value!r}."
+        )
+    return values
+
+
+def sparse_positions(rows, cols, kernel_size, in_channels, filters, groups=1):
+    """Splits ``SparseWeight`` positions into (input channel, tap row, tap column).
+
+    Args:
+        rows: int tensor, ``(i * k_w + j) * c_in_g + ch`` per nonzero.
+        cols: int tensor, the output channel per nonzero.
+        kernel_size: ``(k_h, k_w)``.
+        in_channels: Input channels of the whole convolution.
+        filters: Output channels.
+        groups: Groups (output channel ``c`` reads input channels of group
+            ``c // (filters / groups)``).
+
+    Returns:
+        ``(channels, taps_h, taps_w)`` int32 vectors: the input channel each nonzero reads
+        (in the whole input) and its tap.
+
+    Example:
+        >>> ch, i, j = sparse_positions(tf.constant([5]), tf.constant([0]), (3, 3), 2, 4)
+        >>> [int(ch[0]), int(i[0]), int(j[0])]
+        [1, 0, 2]
+    """
+    c_in_g = in_channels // groups
+    rows = tf.cast(rows, tf.int32)
+    cols = tf.cast(cols, tf.int32)
+    taps, channels = tf.math.floordiv(rows, c_in_g), tf.math.floormod(rows, c_in_g)
+    if groups > 1:
+        channels += tf.math.floordiv(cols, filters // groups) * c_in_g
+    return channels, tf.math.floordiv(taps, kernel_size[1]), tf.math.floormod(
+        taps, kernel_size[1]
+    )
+
+
+def sparse_conv2d(
+    x, values, rows, cols, kernel_size, filters, strides=1, padding="valid", dilation=1,
+    groups=1,
+):
+    """``tf.nn.convolution(x, S)`` for a sparse ``S`` in ``nnz`` multiply-adds per output pixel.
+
+    Args:
+        x: ``(batch, h, w, c_in)`` float32/float64, static ``h, w, c_in``.
+        values: ``(nnz,)`` values of ``S`` (``x.dtype``).
+        rows: ``(nnz,)`` int, row of each value in the ``(k_h k_w c_in_g, filters)`` matrix
+            view of the Keras kernel (``(i * k_w + j) * c_in_g + ch``).
+        cols: ``(nnz,)`` int, output channel of each value.
+        kernel_size: Int or 2-tuple.
+        filters: Output channels.
+        strides: Int or 2-tuple.
+        padding: ``"same"`` or ``"valid"`` (any case).
+        dilation: Int or 2-tuple.
+        groups: Number of groups (dividing ``c_in`` and ``filters``).
+
+    Returns:
+        ``(batch, h_out, w_out, filters)``, as ``tf.nn.convolution`` with the dense ``S``.
+        Differentiable in ``x`` and ``values`` (custom gradient, also ``nnz``-sized).
+
+    Example:
+        >>> y = sparse_conv2d(tf.ones((2, 8, 8, 4)), tf.ones((3,)), tf.constant([0, 9, 30]),
+        ...                   tf.constant([0, 1, 5]), 3, 6, padding="same")
+        >>> y.shape
+        TensorShape([2, 8, 8, 6])
+    """
+    kernel_size = _as_pair(kernel_size, "kernel_size")
+    strides = _as_pair(strides, "strides")
+    dilation = _as_pair(dilation, "dilation")
+    padding = str(padding).upper()
+    if padding not in ("SAME", "VALID"):
+        raise ValueError(f"`padding` must be 'same' or 'valid'; received padding={padding!r}.")
+    if x.shape.rank != 4 or None in x.shape[1:]:
+        raise ValueError(
+            "`x` must be (batch, h, w, channels) with static h, w and channels; received "
+            f"shape {x.shape}."
+        )
+    in_channels = int(x.shape[-1])
+    if in_channels % groups or filters % groups:
+        raise ValueError(
+            f"`groups` must divide the input channels and `filters`; received groups={groups}, "
+            f"input channels={in_channels}, filters={filters}."
+        )
+    geometry = _Geometry(tuple(int(d) for d in x.shape[1:3]), kernel_size, strides, padding,
+                         dilation)
+    channels, taps_h, taps_w = sparse_positions(rows, cols, kernel_size, in_channels,
+                                                filters, groups)
+    cols = tf.cast(cols, tf.int32)
+    values = tf.cast(values, x.dtype)
+
+    @tf.custom_gradient
+    def convolve(inputs, weights):
+        # stop_gradient: the XLA functions are never differentiated (XlaGather has no
+        # gradient); `grad` below is the backward.
+        inputs, weights = tf.stop_gradient(inputs), tf.stop_gradient(weights)
+        xc = tf.transpose(inputs, [3, 0, 1, 2])
+        yc = _forward_xla(xc, weights, channels, taps_h, taps_w, cols, filters, geometry)
+
+        def grad(dy):
+            dyc = tf.transpose(tf.stop_gradient(dy), [3, 0, 1, 2])
+            dxc = _input_grad_xla(dyc, weights, channels, taps_h, taps_w, cols, in_channels,
+                                  geometry)
+            dvalues = _values_grad_xla(xc, dyc, channels, taps_h, taps_w, cols, geometry)
+            return tf.transpose(dxc, [1, 2, 3, 0]), dvalues
+
+        return tf.transpose(yc, [1, 2, 3, 0]), grad
+
+    return convolve(x, values)
+
+
+def sparse_conv(
+    x, values, rows, cols, kernel_size, filters, strides=1, padding="valid", dilation=1,
+    groups=1,
+):
+    """``sparse_conv2d`` for 1-D (run as 2-D with a width of 1) or 2-D inputs.
+
+    Args:
+        x: ``(batch, *spatial, c_in)`` with 1 or 2 static spatial dimensions.
+        values, rows, cols: ``S`` in the ``SparseWeight`` layout (see ``sparse_conv2d``).
+        kernel_size, strides, dilation: Tuples with one entry per spatial dimension.
+        filters: Output channels.
+        padding: ``"same"`` or ``"valid"``.
+        groups: Number of groups.
+
+    Returns:
+        ``(batch, *out_spatial, filters)``.
+
+    Example:
+        >>> y = sparse_conv(tf.ones((2, 10, 3)), tf.ones((1,)), tf.constant([4]),
+        ...                 tf.constant([1]), (3,), 2)
+        >>> y.shape
+        TensorShape([2, 8, 2])
+    """
+    rank = x.shape.rank - 2
+    if rank == 2:
+        return sparse_conv2d(x, values, rows, cols, kernel_size, filters, strides, padding,
+                             dilation, groups)
+    if rank != 1:
+        raise ValueError(f"sparse_conv supports 1-D and 2-D convolutions; received rank {rank}.")
+    pair = lambda v: (tuple(v) if not isinstance(v, int) else (v,)) + (1,)  # noqa: E731
+    y = sparse_conv2d(x[:, :, None, :], values, rows, cols, pair(kernel_size), filters,
+                      pair(strides), padding, pair(dilation), groups)
+    return y[:, :, 0, :]
+
+
+def sparse_conv_macs(nnz, out_pixels):
+    """Multiply-adds of ``sparse_conv2d`` per example: one per nonzero and output pixel.
+
+    Args:
+        nnz: Nonzeros of ``S``.
+        out_pixels: Output pixels per example (``h_out * w_out``).
+
+    Returns:
+        ``nnz * out_pixels``.
+
+    Example:
+        >>> sparse_conv_macs(10, 64)
+        640
+    """
+    return int(nnz) * int(out_pixels)
+
+
+__all__ = ["sparse_conv", "sparse_conv2d", "sparse_positions", "sparse_conv_macs"]
