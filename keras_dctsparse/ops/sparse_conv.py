@@ -274,10 +274,12 @@ def sparse_conv2d(
         )
     geometry = _Geometry(tuple(int(d) for d in x.shape[1:3]), kernel_size, strides, padding,
                          dilation)
+    # Tensors, not variables: the custom gradient must not capture variables.
+    rows, cols = tf.convert_to_tensor(rows), tf.convert_to_tensor(cols)
     channels, taps_h, taps_w = sparse_positions(rows, cols, kernel_size, in_channels,
                                                 filters, groups)
     cols = tf.cast(cols, tf.int32)
-    values = tf.cast(values, x.dtype)
+    values = tf.cast(tf.convert_to_tensor(values), x.dtype)
 
     @tf.custom_gradient
     def convolve(inputs, weights):
