@@ -6,16 +6,23 @@ is the `c`-th orthonormal DCT-II coefficient of each flattened, channel-fastest 
 stored: it is regenerated in-graph from `tf.range`/`cos` on every call. `S` is the trainable
 sparse part (`SparseWeight`) with the shape of the Keras kernel, and `alpha` one scalar.
 
-How the two terms are applied (`offset_method`):
+How `S` is applied (`sparse_kernel`) and how the offset is applied (`offset_method`):
 
-- `"fused"` (what `"auto"` picks): one convolution with the temporary kernel
-  `alpha * Kd + S`. `S` is applied as a dense convolution of its scattered kernel anyway
-  (a temporary, not a weight), so folding the offset into that same kernel costs only
-  the `O(P * c_out)` table regeneration and no extra pass over the input; any separate
-  offset would be extra work on top of it (measured in `benchmarks/conv_layer.py`).
-- `"direct"`, `"matmul"`, `"fft"`: `alpha * conv_offset(x, method) + conv(x, S)`, the offset
-  computed separately by that variant of `keras_dctsparse.ops.conv_offset` (factored
-  variants need `groups=1`; depthwise layers support `"fused"`/`"direct"` only).
+- `sparse_kernel="dense"`: `S` is scattered into a temporary dense kernel (not a weight)
+  and applied by the layer's dense convolution. The offset then costs nothing extra with
+  `offset_method="fused"`: one convolution with `alpha * Kd + S` (only the `O(P * c_out)`
+  table regeneration is added). Right at high density, where `S` costs a dense conv anyway.
+- `sparse_kernel="sparse"`: `S` is applied by `keras_dctsparse.ops.sparse_conv` in
+  `nnz` multiply-adds per output pixel (XLA windowed gathers of channel planes, its own
+  backward), and the offset separately: `offset_method="auto"` then means
+  `conv_offset(method="auto")` (the factored `"matmul"` variant for ungrouped 3x3-like
+  kernels, else `"direct"`). Pays at low density: `alpha * conv_offset(x) + sparse_conv(x, S)`.
+- `sparse_kernel="auto"` (default): `choose_conv_plan` picks one of the two from a cost
+  model (kernel size, channels, groups, nnz, output pixels), when the layer is traced.
+- `offset_method="direct"`, `"matmul"`, `"fft"` force that variant of
+  `keras_dctsparse.ops.conv_offset` for a separately computed offset (factored variants
+  need `groups=1`; depthwise layers support `"fused"`/`"direct"` only and always apply
+  `S` densely: their dense conv is already cheap).
 
 All variants compute the same function to rounding. The transform runs in
 `layer.transform_dtype()` (float32 under mixed precision), the result is cast by `combine`.
@@ -23,6 +30,7 @@ Grouped convolutions are run as one convolution per group, then concatenated: Te
 native grouped convolution returns no kernel gradient on CPU (TF 2.21).
 """
 
+import math
 import numbers
 
 import keras
@@ -32,9 +40,105 @@ from keras.src.ops.operation_utils import compute_conv_output_shape
 from keras_dctsparse.layers import validation
 from keras_dctsparse.layers.base import DCTSparseLayer
 from keras_dctsparse.ops import conv_offset as conv_ops
+from keras_dctsparse.ops import sparse_conv as sparse_conv_ops
 
 OFFSET_METHODS = ("auto", "fused", "direct", "matmul", "fft")
+CONV_SPARSE_KERNELS = ("auto", "dense", "sparse")
 DATA_FORMATS = ("channels_last", "channels_first")
+
+# Cost model of `choose_conv_plan`, in units of one dense convolution of the same shape
+# (measured with benchmarks/conv_layer.py and the op benchmarks, 2-core CPU, TF 2.21):
+# the sparse conv costs about SPARSE_FIXED (layout transposes, XLA launches) plus
+# SPARSE_PER_DENSITY * density; the factored offset about FACTORED_OVERHEAD times its
+# share of the dense multiply-adds. The sparse path is chosen when its estimate is below
+# SPARSE_PATH_MAX (margin for the fused path's cheap scatter of S).
+SPARSE_FIXED = 0.15
+SPARSE_PER_DENSITY = 75.0
+FACTORED_OVERHEAD = 2.0
+SPARSE_PATH_MAX = 0.85
+# Below this many output pixels per call (batch * h_out * w_out) fixed costs dominate.
+SPARSE_MIN_PIXELS = 2048
+
+
+def choose_conv_plan(
+    kernel_size,
+    in_channels,
+    filters,
+    groups,
+    nnz,
+    out_pixels,
+    offset="dct",
+    offset_method="auto",
+    sparse_kernel="auto",
+    depthwise=False,
+):
+    """How a DCTpS conv applies `S` and the offset: `(s_path, offset_method)`.
+
+    `s_path` is `"dense"` (S scattered into a kernel and convolved densely) or `"sparse"`
+    (`ops.sparse_conv`, `nnz` multiply-adds per output pixel); `offset_method` the
+    resolved method (`"fused"` only with the dense path; `None` without offset). With
+    `sparse_kernel="auto"` the cheaper path by the module's cost model (in units of a
+    dense conv of the same shape):
+
+    - dense path: 1 (`"fused"`: one conv with `alpha * Kd + S`),
+    - sparse path: `SPARSE_FIXED + SPARSE_PER_DENSITY * density` for `S`, plus the
+      separate offset (`FACTORED_OVERHEAD` times the factored share of the multiply-adds
+      for `"matmul"`, 1 for `"direct"`, nothing without offset),
+
+    taking the sparse path when it is below `SPARSE_PATH_MAX`. Depthwise and grouped
+    convs, and calls with fewer than `SPARSE_MIN_PIXELS` output pixels (`None`: unknown,
+    treated as large), keep the dense path.
+
+    Args:
+        kernel_size: Tuple of spatial kernel sizes.
+        in_channels: Input channels of the layer.
+        filters: Output channels of the layer.
+        groups: Groups (depthwise: the input channels).
+        nnz: Nonzeros of `S`.
+        out_pixels: `batch * prod(out_spatial)` of the call, or None if unknown.
+        offset: `"dct"` or None.
+        offset_method: The layer's `offset_method`.
+        sparse_kernel: The layer's `sparse_kernel` (`"auto"`, `"dense"`, `"sparse"`).
+        depthwise: Whether the layer is depthwise.
+
+    Returns:
+        `(s_path, offset_method)`.
+
+    Example:
+
+    >>> choose_conv_plan((3, 3), 256, 256, 1, nnz=590, out_pixels=32 * 16 * 16)
+    ('sparse', 'matmul')
+    >>> choose_conv_plan((3, 3), 256, 256, 1, nnz=58982, out_pixels=32 * 16 * 16)
+    ('dense', 'fused')
+    """
+    taps = math.prod(kernel_size)
+    in_group = in_channels // groups
+    size = taps * in_group * filters
+    if sparse_kernel == "auto":
+        if offset_method == "fused" or depthwise or groups != 1 or (
+            out_pixels is not None and out_pixels < SPARSE_MIN_PIXELS
+        ):
+            sparse_kernel = "dense"
+        else:
+            cost = SPARSE_FIXED + SPARSE_PER_DENSITY * nnz / size
+            if offset == "dct":
+                method = offset_method
+                if method == "auto":
+                    method = conv_ops.auto_method_for(kernel_size, in_channels, filters, groups)
+                if method == "direct":
+                    cost += 1.0
+                else:
+                    cost += FACTORED_OVERHEAD * (
+                        2 * in_channels * filters + 2 * taps * filters
+                    ) / size
+            sparse_kernel = "sparse" if cost < SPARSE_PATH_MAX else "dense"
+    if offset != "dct":
+        return sparse_kernel, None
+    if offset_method == "auto":
+        if sparse_kernel == "dense":
+            return "dense", "fused"
+        return "sparse", conv_ops.auto_method_for(kernel_size, in_channels, filters, groups)
+    return sparse_kernel, offset_method
 
 
 def _int_tuple(name, value, rank):
@@ -65,6 +169,7 @@ class _DCTSparseConvBase(DCTSparseLayer):
     """
 
     rank = None
+    depthwise = False
     paddings = ("valid", "same")
     factored_methods = ("matmul", "fft")
 
@@ -79,8 +184,14 @@ class _DCTSparseConvBase(DCTSparseLayer):
         density=0.01,
         offset="dct",
         offset_method="auto",
+        sparse_kernel="auto",
         **kwargs,
     ):
+        # `sparse_kernel` means the conv path here ("auto", "dense", "sparse"), not the
+        # dense layers' matmul kernel: the base class gets its default.
+        self.conv_sparse_kernel = validation.check_choice(
+            "sparse_kernel", sparse_kernel, CONV_SPARSE_KERNELS
+        )
         super().__init__(density=density, offset=offset, **kwargs)
         rank = self.rank
         self.kernel_size = _int_tuple("kernel_size", kernel_size, rank)
@@ -94,6 +205,17 @@ class _DCTSparseConvBase(DCTSparseLayer):
         self.offset_method = validation.check_choice(
             "offset_method", offset_method, OFFSET_METHODS
         )
+        if self.conv_sparse_kernel == "sparse" and self.offset_method == "fused":
+            raise ValueError(
+                "offset_method='fused' folds the offset into a dense kernel and cannot be "
+                "combined with sparse_kernel='sparse'; use offset_method='auto', 'direct', "
+                "'matmul' or 'fft', or sparse_kernel='auto'/'dense'."
+            )
+        if self.conv_sparse_kernel == "sparse" and self.sparse_format == "masked":
+            raise ValueError(
+                "sparse_kernel='sparse' needs sparse_format='values' (a masked kernel is "
+                "dense); received sparse_format='masked'."
+            )
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ValueError(
                 "`strides > 1` is not supported together with `dilation_rate > 1`; received "
@@ -184,8 +306,56 @@ class _DCTSparseConvBase(DCTSparseLayer):
             kernel = kernel + alpha * self._offset_kernel(self._in_channels, dtype)
         return kernel
 
-    def _resolved_method(self):
-        return "fused" if self.offset_method == "auto" else self.offset_method
+    def _plan(self, x, padding):
+        """`(s_path, offset_method)` for the channels_last input `x` (`choose_conv_plan`)."""
+        sparse_kernel = self.conv_sparse_kernel
+        if sparse_kernel == "auto" and (
+            self.sparse_format == "masked" or None in x.shape[1:-1]
+        ):
+            # A masked kernel is dense; the sparse conv needs static spatial sizes.
+            sparse_kernel = "dense"
+        pixels = None
+        if None not in x.shape[:-1]:
+            out_shape = compute_conv_output_shape(
+                tuple(x.shape),
+                1,
+                self.kernel_size,
+                strides=self.strides,
+                padding=padding,
+                data_format="channels_last",
+                dilation_rate=self.dilation_rate,
+            )
+            pixels = math.prod(out_shape[:-1])
+        in_channels = self._in_channels
+        return choose_conv_plan(
+            self.kernel_size,
+            in_channels,
+            self._out_channels(in_channels),
+            in_channels if self.depthwise else self.groups,
+            self.sparse_weight.nnz,
+            pixels,
+            offset=self.offset,
+            offset_method=self.offset_method,
+            sparse_kernel=sparse_kernel,
+            depthwise=self.depthwise,
+        )
+
+    def _sparse_conv(self, x, padding):
+        """`conv(x, S)` by `ops.sparse_conv` (channels_last `x`), in nnz multiply-adds."""
+        weight = self.sparse_weight
+        rows, cols = weight._positions()
+        return sparse_conv_ops.sparse_conv(
+            x,
+            tf.cast(tf.convert_to_tensor(weight.values), x.dtype),
+            rows,
+            cols,
+            self.kernel_size,
+            self._out_channels(self._in_channels),
+            self.strides,
+            padding,
+            self.dilation_rate,
+            self.groups,
+        )
 
     def call(self, inputs):
         return self.forward(inputs)
@@ -212,15 +382,24 @@ class _DCTSparseConvBase(DCTSparseLayer):
             left = (self.kernel_size[0] - 1) * self.dilation_rate[0]
             x = tf.pad(x, [[0, 0], [left, 0], [0, 0]])
             padding = "valid"
-        method = self._resolved_method()
         if kernel_fn is not None:
             outputs = self.finish(self._convolve(x, kernel_fn(x), padding))
-        elif self.offset != "dct" or method == "fused":
-            # One conv with alpha * Kd + S (or S alone without the offset).
-            outputs = self.combine(None, self._convolve(x, self._effective_kernel(dtype), padding))
         else:
-            sparse = self._convolve(x, tf.cast(self.sparse_weight.dense_kernel(), dtype), padding)
-            outputs = self.combine(self._offset(x, padding, method), sparse)
+            s_path, method = self._plan(x, padding)
+            if s_path == "dense" and method in (None, "fused"):
+                # One conv with alpha * Kd + S (or S alone without the offset).
+                outputs = self.combine(
+                    None, self._convolve(x, self._effective_kernel(dtype), padding)
+                )
+            else:
+                if s_path == "sparse":
+                    sparse = self._sparse_conv(x, padding)
+                else:
+                    sparse = self._convolve(
+                        x, tf.cast(self.sparse_weight.dense_kernel(), dtype), padding
+                    )
+                offset = None if method is None else self._offset(x, padding, method)
+                outputs = self.combine(offset, sparse)
         if self.data_format == "channels_first":
             outputs = tf.transpose(outputs, [0, self.rank + 1, *range(1, self.rank + 1)])
         return outputs
@@ -267,6 +446,7 @@ class _DCTSparseConvBase(DCTSparseLayer):
                 "data_format": self.data_format,
                 "dilation_rate": self.dilation_rate,
                 "offset_method": self.offset_method,
+                "sparse_kernel": self.conv_sparse_kernel,
             }
         )
         return config
@@ -327,13 +507,19 @@ _ARGS_DOC = """
         dilation_rate: Int or tuple; `> 1` cannot be combined with `strides > 1`.
         density: Fraction of the kernel's entries that `S` keeps and trains, in (0, 1].
         offset: `"dct"` (default) or `None` for the plain random-sparse baseline.
-        offset_method: How the offset is applied: `"auto"` (= `"fused"`, one conv with
-            `alpha * Kd + S`), or `"direct"`, `"matmul"`, `"fft"` (offset computed
+        offset_method: How the offset is applied: `"auto"` (`"fused"` with the dense
+            `S` path: one conv with `alpha * Kd + S`; `conv_offset`'s own choice with the
+            sparse path), `"fused"`, or `"direct"`, `"matmul"`, `"fft"` (offset computed
             separately by `keras_dctsparse.ops.conv_offset`). Same result to rounding.
+        sparse_kernel: How `S` is applied: `"auto"` (cost model `choose_conv_plan`, at
+            trace time), `"dense"` (scattered into a temporary kernel, dense conv) or
+            `"sparse"` (`keras_dctsparse.ops.sparse_conv`, `nnz` multiply-adds per output
+            pixel; needs `sparse_format="values"`, static spatial input sizes, and an
+            offset method other than `"fused"`). Same result to rounding.
         **kwargs: The `DCTSparseLayer` arguments (`activation`, `use_bias`, `alpha`,
             `alpha_trainable`, `sparse_initializer`, `bias_initializer`, regularizers,
             constraints, `seed`, `sparse_format`) and base layer arguments (`name`,
-            `dtype`, ...). `sparse_kernel` is accepted but unused (S is applied as a conv).
+            `dtype`, ...).
 """
 
 
@@ -412,6 +598,7 @@ class DCTSparseDepthwiseConv2D(_DCTSparseConvBase):
     """
 
     rank = 2
+    depthwise = True
 
     def __init__(self, kernel_size, depth_multiplier=1, **kwargs):
         if "groups" in kwargs:
@@ -420,6 +607,12 @@ class DCTSparseDepthwiseConv2D(_DCTSparseConvBase):
                 f"depthwise: one group per channel); received groups={kwargs['groups']!r}."
             )
         depth_multiplier = validation.check_positive_int("depth_multiplier", depth_multiplier)
+        if kwargs.get("sparse_kernel") == "sparse":
+            raise ValueError(
+                "sparse_kernel='sparse' is not available for depthwise convolutions (their "
+                "dense conv costs k*k multiply-adds per output and does not pay to "
+                "sparsify); use sparse_kernel='auto' or 'dense'."
+            )
         super().__init__(kernel_size, **kwargs)
         self.depth_multiplier = depth_multiplier
 

@@ -635,8 +635,28 @@ def _auto_method(x, kernel_size, filters, groups):
         >>> _auto_method(tf.zeros((1, 8, 8, 64)), 3, 64, 1)
         'matmul'
     """
-    rank, kernel_size, in_channels = _spatial(x, kernel_size)
-    if groups != 1 or rank > 2:
+    _, kernel_size, in_channels = _spatial(x, kernel_size)
+    return auto_method_for(kernel_size, in_channels, filters, groups)
+
+
+def auto_method_for(kernel_size, in_channels, filters, groups=1):
+    """``_auto_method`` from the shapes alone (also used by the conv layers' cost model).
+
+    Args:
+        kernel_size: Tuple of spatial kernel sizes (its length is the rank).
+        in_channels: ``c_in``.
+        filters: ``c_out``.
+        groups: Number of groups.
+
+    Returns:
+        ``"direct"`` or ``"matmul"``.
+
+    Example:
+        >>> auto_method_for((3, 3), 64, 64)
+        'matmul'
+    """
+    kernel_size = tuple(kernel_size)
+    if groups != 1 or len(kernel_size) > 2:
         return "direct"
     taps = math.prod(kernel_size)
     # Factored multiply-adds per pixel vs dense; the depthwise/add overhead makes the

@@ -521,3 +521,189 @@ def test_same_semantics_as_keras_layers(mine, theirs, shape):
     np.testing.assert_allclose(layer(x), reference(x), atol=1e-6)
     np.testing.assert_array_equal(layer.kernel.numpy(), kernel)
     assert layer.compute_output_shape(x.shape) == reference.compute_output_shape(x.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# The sparse S path (ops.sparse_conv) and the cost-based choice between the paths.
+# ----------------------------------------------------------------------------------------------
+
+
+def _sparse_methods(cls, kwargs):
+    return [m for m in _methods(cls, kwargs) if m != "fused"]
+
+
+SPARSE_PARAMS = [
+    (name, method)
+    for name, (cls, kwargs, _) in CASES.items()
+    if cls is not DCTSparseDepthwiseConv2D
+    for method in _sparse_methods(cls, kwargs)
+]
+
+
+@pytest.mark.parametrize("name, method", SPARSE_PARAMS)
+def test_sparse_path_output_matches_reference(name, method):
+    cls, kwargs, shape = CASES[name]
+    layer = cls(**kwargs, density=0.3, offset_method=method, sparse_kernel="sparse", seed=3)
+    x = _x(shape)
+    layer.build(x.shape)
+    randomize(layer)
+    assert layer._plan(tf.constant(x), "valid")[0] == "sparse"
+    assert_close(layer(x), reference_output(layer, x))
+
+
+def col2im(cols, shape, kernel_size, strides, padding, dilation):
+    """Adjoint of `im2col` (float64): scatter-adds patch entries back to their pixels."""
+    index = np.arange(1, np.prod(shape) + 1, dtype=np.float64).reshape(shape)
+    sources = im2col(index, kernel_size, strides, padding, dilation).astype(np.int64)
+    out = np.zeros(np.prod(shape) + 1)
+    np.add.at(out, sources.ravel(), cols.ravel())
+    return out[1:].reshape(shape)
+
+
+GRADIENT_CASES = {
+    "3x3_same": (DCTSparseConv2D, dict(filters=6, kernel_size=3, padding="same"),
+                 (2, 6, 5, 4)),
+    "3x3_valid_stride2": (DCTSparseConv2D, dict(filters=7, kernel_size=3, strides=2),
+                          (2, 9, 8, 3)),
+    "3x2_unequal_strides": (DCTSparseConv2D, dict(filters=5, kernel_size=(3, 2),
+                                                  strides=(1, 2), padding="same"),
+                            (2, 7, 9, 3)),
+    "3x3_dilation2": (DCTSparseConv2D, dict(filters=8, kernel_size=3, dilation_rate=2,
+                                            padding="same"), (2, 9, 9, 3)),
+    "conv1d_k5_same": (DCTSparseConv1D, dict(filters=7, kernel_size=5, padding="same"),
+                       (2, 11, 3)),
+    "conv1d_causal": (DCTSparseConv1D, dict(filters=4, kernel_size=3, padding="causal",
+                                            dilation_rate=2), (2, 10, 3)),
+}
+PATHS = [("dense", "fused"), ("dense", "matmul"), ("sparse", "auto"), ("sparse", "direct"),
+         ("sparse", "matmul"), ("sparse", "fft")]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(p))
+@pytest.mark.parametrize("name", sorted(GRADIENT_CASES))
+def test_all_gradients_match_reference(name, path):
+    """dx, dvalues, dalpha, dbias of every path against im2col/col2im and scipy's DCT."""
+    cls, kwargs, shape = GRADIENT_CASES[name]
+    sparse_kernel, method = path
+    layer = cls(**kwargs, density=0.3, offset_method=method, sparse_kernel=sparse_kernel,
+                seed=2)
+    x = tf.constant(_x(shape))
+    layer.build(x.shape)
+    randomize(layer)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        dy = tf.constant(_x(y.shape, seed=7))
+        loss = tf.reduce_sum(y * dy)
+    grads = tape.gradient(loss, [x] + layer.trainable_weights)
+    by_name = {w.path.split("/")[-1]: g for w, g in zip(layer.trainable_weights, grads[1:])}
+    # Reference: y = patches @ (alpha * Kd + S) + bias, patches = im2col(x).
+    xn = x.numpy().astype(np.float64)
+    padding = layer.padding
+    if padding == "causal":
+        left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
+        xn = np.pad(xn, [(0, 0), (left, 0), (0, 0)])
+        padding = "valid"
+    args = (layer.kernel_size, layer.strides, padding, layer.dilation_rate)
+    patches = im2col(xn, *args)
+    p, c_out = patches.shape[-1], y.shape[-1]
+    dct = scipy.fft.dct(np.eye(max(p, c_out)), type=2, norm="ortho", axis=0)[:c_out, :p].T
+    sparse = numpy_sparse(layer).reshape(p, c_out)
+    alpha = float(layer.alpha.numpy())
+    dyn = dy.numpy().astype(np.float64)
+    dx = col2im(dyn @ (alpha * dct + sparse).T, xn.shape, *args)
+    if layer.padding == "causal":
+        dx = dx[:, left:]
+    flat_patches, flat_dy = patches.reshape(-1, p), dyn.reshape(-1, c_out)
+    rows, cols = layer.sparse_weight.indices.numpy()
+    assert_close(grads[0], dx)
+    assert_close(by_name["sparse_values"], (flat_patches.T @ flat_dy)[rows, cols])
+    assert_close(by_name["alpha"], np.sum((flat_patches @ dct) * flat_dy))
+    assert_close(by_name["bias"], flat_dy.sum(0))
+
+
+def test_choose_conv_plan_cost_model():
+    from keras_dctsparse.layers.conv import choose_conv_plan
+
+    big = 32 * 16 * 16
+    size = 9 * 256 * 256
+    # Low density, 3x3, 256 channels: sparse S + factored offset.
+    assert choose_conv_plan((3, 3), 256, 256, 1, round(0.001 * size), big) == ("sparse",
+                                                                                "matmul")
+    # 1% and above: one fused conv (the separate offset does not pay).
+    for density in (1.0, 0.1, 0.01):
+        assert choose_conv_plan((3, 3), 256, 256, 1, round(density * size), big) == (
+            "dense", "fused")
+    # Without offset the sparse conv alone pays at 0.5% but not at 10%.
+    assert choose_conv_plan((3, 3), 256, 256, 1, round(0.005 * size), big, offset=None) == (
+        "sparse", None)
+    assert choose_conv_plan((3, 3), 256, 256, 1, round(0.1 * size), big, offset=None) == (
+        "dense", None)
+    # Small calls, grouped, depthwise and an explicit "fused" keep the dense path.
+    nnz = round(0.001 * size)
+    assert choose_conv_plan((3, 3), 256, 256, 1, nnz, 64)[0] == "dense"
+    assert choose_conv_plan((3, 3), 256, 256, 2, nnz // 2, big)[0] == "dense"
+    assert choose_conv_plan((3, 3), 256, 256, 256, 2, big, depthwise=True)[0] == "dense"
+    assert choose_conv_plan((3, 3), 256, 256, 1, nnz, big, offset_method="fused") == (
+        "dense", "fused")
+    # Forced paths are kept; "auto" offset resolves per path.
+    assert choose_conv_plan((3, 3), 256, 256, 1, size, big, sparse_kernel="sparse") == (
+        "sparse", "matmul")
+    assert choose_conv_plan((3, 3), 256, 256, 1, nnz, big, sparse_kernel="dense") == (
+        "dense", "fused")
+    assert choose_conv_plan((3, 3), 256, 256, 1, nnz, big, offset_method="direct") == (
+        "dense", "direct")  # A direct offset costs a dense conv on its own.
+    assert choose_conv_plan((5,), 8, 8, 1, nnz, big, sparse_kernel="sparse") == (
+        "sparse", "direct")
+
+
+@pytest.mark.parametrize("density, expected", [(0.001, "sparse"), (0.05, "dense")])
+def test_auto_switch_both_sides_match_reference(density, expected):
+    layer = DCTSparseConv2D(256, 3, padding="same", density=density, seed=5)
+    x = _x((8, 16, 16, 256))
+    layer.build(x.shape)
+    randomize(layer)
+    assert layer._plan(tf.constant(x), "same")[0] == expected
+    assert_close(layer(x), reference_output(layer, x), rtol=1e-4)
+
+
+def test_sparse_kernel_argument():
+    layer = DCTSparseConv2D(4, 3, sparse_kernel="SPARSE")
+    assert layer.get_config()["sparse_kernel"] == "sparse"
+    clone = DCTSparseConv2D.from_config(layer.get_config())
+    assert clone.conv_sparse_kernel == "sparse"
+    for make, match in [
+        (lambda: DCTSparseConv2D(4, 3, sparse_kernel="csr"), "sparse_kernel='csr'"),
+        (lambda: DCTSparseConv2D(4, 3, sparse_kernel="sparse", offset_method="fused"),
+         "offset_method='fused'"),
+        (lambda: DCTSparseConv2D(4, 3, sparse_kernel="sparse", sparse_format="masked"),
+         "sparse_format='values'"),
+        (lambda: DCTSparseDepthwiseConv2D(3, sparse_kernel="sparse"), "depthwise"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            make()
+
+
+def test_sparse_path_trains_and_saves(tmp_path):
+    x = _x((16, 8, 8, 3))
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        DCTSparseConv2D(8, 3, padding="same", activation="relu", density=0.2, seed=1,
+                        sparse_kernel="sparse"),
+        DCTSparseConv2D(6, 3, strides=2, density=0.2, seed=2, sparse_kernel="sparse",
+                        offset=None),
+        keras.layers.GlobalAveragePooling2D(),
+    ])
+    model.compile(keras.optimizers.Adam(0.05), "mse")
+    model.fit(x, _x((16, 6), seed=3), epochs=2, verbose=0)
+    assert np.abs(numpy_sparse(model.layers[0])).max() > 0.01
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.layers[0].conv_sparse_kernel == "sparse"
+    np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    first, second = model.layers[:2]
+    h = np.maximum(reference_output(first, x), 0.0)  # relu
+    assert_close(first(x), h, rtol=1e-4)
+    assert_close(second(h.astype(np.float32)), reference_output(second, h), rtol=1e-4)
