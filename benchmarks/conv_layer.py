@@ -1,66 +1,74 @@
-"""DCTSparseConv2D against keras Conv2D and the masked format: forward and train step.
+"""DCTSparseConv2D against keras Conv2D: forward and train step, paths and densities.
 
-VGG-like 3x3 "same" convolutions (64..512 channels on 32x32 and 8x8 maps). Prints Markdown
-tables of median milliseconds and ratios (`x Conv2D`: time of the layer divided by the time
-of `keras.layers.Conv2D` of the same shape, measured in the same run; below 1 is faster).
-The train step is forward + backward + an SGD apply of the layer's trainable weights.
+3x3 "same" convolutions, VGG-like shapes (64..512 channels, 8..32 maps), batches 32 and
+128, densities 1, 0.1, 0.01, 0.001. For every (shape, batch, density) the candidates are
+timed interleaved (A, B, C, A, B, C, ...; `common.interleaved_ms`) and reported as the
+median (and best) milliseconds and the ratio to `keras.layers.Conv2D` of the same shape
+measured in the same group (`x Conv2D`, below 1 is faster).
 
-Layers timed:
+Forward is `layer(x)`. The train step is forward + backward for the input (every conv
+but the first of a network needs it) and the trainable weights + an SGD apply.
 
-- `Conv2D`: `keras.layers.Conv2D` (dense kernel).
-- `auto`: `DCTSparseConv2D` at the given density, default `offset_method="auto"` (one conv
-  with the temporary kernel `alpha * Kd + S`).
-- `matmul`: the same with the offset computed separately by the factored `matmul` variant
-  of `keras_dctsparse.ops.conv_offset` plus `conv(x, S)` (shows why `auto` fuses).
-- `masked`: `DCTSparseConv2D(sparse_format="masked")` (dense kernel times a fixed mask).
+Candidates:
+
+- `Conv2D`: `keras.layers.Conv2D` (dense kernel, the baseline).
+- `auto`: `DCTSparseConv2D` defaults (`sparse_kernel="auto"`: `choose_conv_plan` picks
+  the fused dense path or the sparse path; the `path` column says which).
+- `fused`: `sparse_kernel="dense"`: one conv with `alpha * Kd + S`.
+- `sparse`: `sparse_kernel="sparse"`: `ops.sparse_conv` for S plus the factored offset
+  (densities <= 1% only).
+- `masked`: `sparse_format="masked"` (dense kernel times a fixed mask, the usual
+  emulation of sparsity).
 
 Run:
-    python benchmarks/conv_layer.py               # batch 16 (about 1-2 minutes on 2 cores)
-    python benchmarks/conv_layer.py --batch 128   # the full setting
+    python benchmarks/conv_layer.py --quick     # a few minutes on 2 cores
+    python benchmarks/conv_layer.py             # all shapes, batches 32 and 128 (long)
+
+`conv_layer_rows(...)` returns the rows (dicts) for other scripts (benchmarks/price.py).
 """
 
 import argparse
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from common import interleaved_ms  # noqa: E402
 from common import markdown_table  # noqa: E402
-from common import median_ms  # noqa: E402
 from keras_dctsparse import DCTSparseConv2D  # noqa: E402
 
 # (map size, input channels, output channels)
-SHAPES = [(32, 64, 64), (32, 128, 128), (8, 256, 256), (8, 512, 512)]
-KINDS = ["auto", "matmul", "masked"]
+SHAPES = [(32, 64, 64), (32, 128, 128), (16, 128, 128), (16, 256, 256), (8, 256, 256),
+          (8, 512, 512)]
+QUICK_SHAPES = [(16, 128, 128), (8, 256, 256)]
+DENSITIES = [1.0, 0.1, 0.01, 0.001]
+BATCHES = [32, 128]
 
 
-def make_layer(kind, filters, density):
+def _candidates(density):
+    kinds = ["Conv2D", "auto", "fused", "masked"]
+    if density <= 0.01:
+        kinds.insert(3, "sparse")
+    return kinds
+
+
+def _make_layer(kind, filters, density):
     if kind == "Conv2D":
         return keras.layers.Conv2D(filters, 3, padding="same")
-    if kind == "masked":
-        return DCTSparseConv2D(filters, 3, padding="same", density=density,
-                               sparse_format="masked")
-    return DCTSparseConv2D(filters, 3, padding="same", density=density, offset_method=kind)
+    options = {"fused": dict(sparse_kernel="dense"), "sparse": dict(sparse_kernel="sparse"),
+               "masked": dict(sparse_format="masked"), "auto": {}}[kind]
+    return DCTSparseConv2D(filters, 3, padding="same", density=density, seed=0, **options)
 
 
-def timings(kind, size, c_in, c_out, density, batch, repeats):
-    """(forward ms, train step ms) of one layer."""
-    layer = make_layer(kind, c_out, density)
-    layer.build((None, size, size, c_in))
-    if kind != "Conv2D":
-        # Nonzero values, as after training.
-        weight = layer.sparse_weight
-        variable = weight.values if weight.values is not None else weight.masked_kernel
-        variable.assign(np.random.default_rng(0).standard_normal(variable.shape) * 0.01)
-        weight.enforce_mask()
+def _step_functions(layer, x, dy):
+    """(forward, train step) tf.functions of one built layer."""
     optimizer = keras.optimizers.SGD(1e-6)
     optimizer.build(layer.trainable_weights)
-    rng = np.random.default_rng(1)
-    x = tf.constant(rng.standard_normal((batch, size, size, c_in)), tf.float32)
-    dy = tf.constant(rng.standard_normal((batch, size, size, c_out)), tf.float32)
 
     @tf.function
     def forward():
@@ -69,40 +77,108 @@ def timings(kind, size, c_in, c_out, density, batch, repeats):
     @tf.function
     def train_step():
         with tf.GradientTape() as tape:
+            tape.watch(x)
             loss = tf.reduce_sum(layer(x) * dy)
-        grads = tape.gradient(loss, layer.trainable_weights)
-        optimizer.apply(grads, layer.trainable_weights)
-        return loss
+        grads = tape.gradient(loss, [x] + layer.trainable_weights)
+        optimizer.apply(grads[1:], layer.trainable_weights)
+        return grads[0]
 
-    return median_ms(forward, repeats), median_ms(train_step, repeats)
+    return forward, train_step
 
 
-HEADER = ["shape", "density", "layer", "forward ms", "x Conv2D", "train step ms", "x Conv2D"]
+def _path(layer, x):
+    if not hasattr(layer, "_plan"):
+        return "-"
+    s_path, method = layer._plan(x, "same")
+    return f"{s_path}/{method}"
+
+
+def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats=7,
+                    log=print):
+    """Times every candidate; returns one dict per (shape, batch, density, candidate).
+
+    Args:
+        shapes: `(map size, c_in, c_out)` tuples.
+        densities: Densities of S.
+        batches: Batch sizes.
+        repeats: Interleaved rounds per group (median and best are reported).
+        log: Called with a Markdown table after each group (None: silent).
+
+    Returns:
+        A list of dicts with keys `shape`, `batch`, `density`, `layer`, `path`,
+        `forward_ms`, `forward_best_ms`, `forward_ratio`, `train_ms`, `train_best_ms`,
+        `train_ratio` (ratios of medians to `Conv2D` in the same group).
+    """
+    rows = []
+    rng = np.random.default_rng(1)
+    for size, c_in, c_out in shapes:
+        for batch in batches:
+            x = tf.constant(rng.standard_normal((batch, size, size, c_in)), tf.float32)
+            dy = tf.constant(rng.standard_normal((batch, size, size, c_out)), tf.float32)
+            for density in densities:
+                functions, paths = {}, {}
+                for kind in _candidates(density):
+                    layer = _make_layer(kind, c_out, density)
+                    layer.build(x.shape)
+                    if kind != "Conv2D":
+                        weight = layer.sparse_weight
+                        variable = (weight.values if weight.values is not None
+                                    else weight.masked_kernel)
+                        variable.assign(rng.standard_normal(variable.shape) * 0.01)
+                        weight.enforce_mask()
+                    forward, train_step = _step_functions(layer, x, dy)
+                    functions[kind + "/forward"] = forward
+                    functions[kind + "/train"] = train_step
+                    paths[kind] = _path(layer, x)
+                times = interleaved_ms(functions, repeats)
+                base_fwd = times["Conv2D/forward"][1]
+                base_train = times["Conv2D/train"][1]
+                group = []
+                for kind in paths:
+                    fwd, train = times[kind + "/forward"], times[kind + "/train"]
+                    group.append({
+                        "shape": f"{size}x{size}x{c_in}->{c_out}", "batch": batch,
+                        "density": density, "layer": kind, "path": paths[kind],
+                        "forward_ms": fwd[1], "forward_best_ms": fwd[0],
+                        "forward_ratio": fwd[1] / base_fwd,
+                        "train_ms": train[1], "train_best_ms": train[0],
+                        "train_ratio": train[1] / base_train,
+                    })
+                rows += group
+                if log is not None:
+                    log(markdown_table(HEADER, [_cells(row) for row in group]))
+    return rows
+
+
+HEADER = ["shape", "batch", "density", "layer", "path", "forward ms (best)", "x Conv2D",
+          "train step ms (best)", "x Conv2D"]
+
+
+def _cells(row):
+    return [row["shape"], row["batch"], f"{row['density']:g}", row["layer"], row["path"],
+            f"{row['forward_ms']:.2f} ({row['forward_best_ms']:.2f})",
+            f"{row['forward_ratio']:.2f}",
+            f"{row['train_ms']:.2f} ({row['train_best_ms']:.2f})",
+            f"{row['train_ratio']:.2f}"]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--density", type=float, default=0.01)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--quick", action="store_true",
+                        help="two shapes, batch 32, densities 0.01 and 0.001")
+    parser.add_argument("--batch", type=int, nargs="*", default=None)
+    parser.add_argument("--density", type=float, nargs="*", default=None)
+    parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args()
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    batches = args.batch or ([32] if args.quick else BATCHES)
+    densities = args.density or ([0.01, 0.001] if args.quick else DENSITIES)
+    repeats = args.repeats or (5 if args.quick else 7)
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
-          f"batch {args.batch}, median of {args.repeats} runs, ms", flush=True)
-    rows = []
-    for size, c_in, c_out in SHAPES:
-        shape = f"{size}x{size}x{c_in}->{c_out}"
-        dense_fwd, dense_train = timings("Conv2D", size, c_in, c_out, 1.0, args.batch,
-                                         args.repeats)
-        rows.append([shape, "-", "Conv2D", f"{dense_fwd:.2f}", "1.00",
-                     f"{dense_train:.2f}", "1.00"])
-        for kind in KINDS:
-            fwd, train = timings(kind, size, c_in, c_out, args.density, args.batch,
-                                 args.repeats)
-            rows.append([shape, f"{args.density:g}", kind, f"{fwd:.2f}",
-                         f"{fwd / dense_fwd:.2f}", f"{train:.2f}",
-                         f"{train / dense_train:.2f}"])
-        print(markdown_table(HEADER, rows[-len(KINDS) - 1:]), flush=True)
-    print("\n" + markdown_table(HEADER, rows))
+          f"interleaved, {repeats} rounds, median (best) ms", flush=True)
+    rows = conv_layer_rows(shapes, densities, batches, repeats,
+                           log=lambda table: print(table + "\n", flush=True))
+    print(markdown_table(HEADER, [_cells(row) for row in rows]))
 
 
 if __name__ == "__main__":
