@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras_dctsparse.layers import validation
 from keras_dctsparse.layers.sparse_weight import SparseWeight
 from keras_dctsparse.ops.sparse_matmul import SPARSE_KERNELS
+from keras_dctsparse.ops.sparse_matmul import XLA_KERNELS
 
 
 class DCTSparseLayer(keras.layers.Layer):
@@ -41,8 +42,12 @@ class DCTSparseLayer(keras.layers.Layer):
         sparse_format: `"values"` (nnz values at fixed positions; storage and
             optimizer state scale with nnz) or `"masked"` (a dense kernel with
             a fixed 0/1 mask; use with the `EnforceSparsity` callback).
-        sparse_kernel: The sparse matmul kernel, one of `"auto"`, `"csr"`,
-            `"gather"` (see `keras_dctsparse.ops.sparse_matmul`).
+        sparse_kernel: The sparse matmul kernel, one of `"auto"` (cheapest by
+            `keras_dctsparse.ops.kernel_choice`, chosen when the call is
+            traced), `"csr"`, `"gather"` or `"materialized"` (dense matmul
+            with `S` scattered into an `n x m` tensor in every step; refused
+            above `kernel_choice.MAX_MATERIALIZED_ELEMENTS` = 2**24 entries).
+            See `keras_dctsparse.ops.sparse_matmul`.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
     """
 
@@ -90,8 +95,9 @@ class DCTSparseLayer(keras.layers.Layer):
         )
         # The CSR kernels have no XLA implementation: a model using them must not
         # be compiled whole by XLA (Keras checks this for jit_compile="auto").
+        # "auto" never picks CSR inside an XLA compilation.
         self.supports_jit = (
-            self.sparse_format == "masked" or self.sparse_kernel_name == "gather"
+            self.sparse_format == "masked" or self.sparse_kernel_name in XLA_KERNELS
         )
         self.sparse_weight = None
         self._alpha = None

@@ -47,8 +47,14 @@ class DCTSparseDense(DCTSparseLayer):
         sparse_format: `"values"` (default): `S` is stored as its `nnz` values
             and int32 positions, so weights, optimizer state and saved files
             scale with `nnz`. `"masked"`: a dense kernel times a fixed mask.
-        sparse_kernel: How `S x` is computed: `"auto"` (default), `"csr"` or
-            `"gather"`. See `keras_dctsparse.ops.sparse_matmul`.
+        sparse_kernel: How `alpha * D x + S x` is computed: `"auto"` (default:
+            the cheapest by the cost rule `keras_dctsparse.ops.kernel_choice.
+            choose_kernel` for the shape, nnz, batch and dtype, decided when
+            the call is traced), `"csr"`, `"gather"` or `"materialized"` (a
+            dense matmul with `S` scattered into an `n x units` tensor in
+            every step, never stored; refused when `n * units` exceeds
+            `kernel_choice.MAX_MATERIALIZED_ELEMENTS` = 2**24, and never
+            chosen by `"auto"` there). See `keras_dctsparse.ops.sparse_matmul`.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Input shape:
@@ -75,6 +81,8 @@ class DCTSparseDense(DCTSparseLayer):
 
     def build(self, input_shape):
         input_dim = validation.check_last_dim(self.name, input_shape)
+        if self.sparse_format == "values" and self.sparse_kernel_name == "materialized":
+            validation.check_materialized_size(self.name, input_dim, self.units)
         self.build_sparse_part((input_dim, self.units), bias_size=self.units)
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
 

@@ -3,6 +3,8 @@
 import math
 import numbers
 
+from keras_dctsparse.ops import kernel_choice
+
 OFFSETS = ("dct", None)
 SPARSE_FORMATS = ("values", "masked")
 
@@ -81,3 +83,14 @@ def check_last_dim(layer_name, input_shape):
             f"defined; received input_shape={tuple(input_shape)}."
         )
     return int(last)
+
+
+def check_materialized_size(layer_name, input_dim, units):
+    """Raises ValueError if a `(input_dim, units)` kernel is too large to materialize."""
+    if not kernel_choice.materialized_allowed(input_dim, units):
+        raise ValueError(
+            f"Layer '{layer_name}': sparse_kernel='materialized' would build a "
+            f"{input_dim} x {units} kernel ({input_dim * units} entries) in every "
+            f"step, above the limit of {kernel_choice.MAX_MATERIALIZED_ELEMENTS}; "
+            "use sparse_kernel='auto', 'csr' or 'gather'."
+        )

@@ -3,35 +3,47 @@
 `S` is given in Keras kernel orientation `(n, m)` by `values[k]` at
 `(rows[k], cols[k])`, with the positions sorted column-major (by column, then
 row). Every kernel computes `y[b, c] = sum_{k: cols[k] = c} x[b, rows[k]] * values[k]`
-and has a hand-written gradient that reaches `x` and `values` only.
+and has a hand-written gradient that reaches `x`, `values` (and `alpha`).
 
 Kernels (measured in `benchmarks/dense_layer.py`):
 
 - `"csr"`: TensorFlow's CSR sparse-matrix kernels (`SparseMatrixMatMul`). The
   column-major positions are exactly the CSR order of `S^T`, so one CSR matrix
   serves the forward (`S^T x`) and the input gradient (`S dy`, with
-  `transpose_a`). Fastest for large batches. No XLA kernel exists for it.
+  `transpose_a`). Fastest for large batches at low density. No XLA kernel.
 - `"gather"`: gather + multiply + segment sum, compiled with XLA as an inner
   `tf.function(jit_compile=True)` (Keras leaves model-level XLA off on CPU).
-  Fastest for small batches; XLA-compatible everywhere.
-- `"auto"`: `"gather"` when the number of rows is at most
-  `AUTO_GATHER_MAX_ROWS`, else `"csr"` (decided statically when the row count is
-  known, else with a `tf.cond`).
+  Fastest for tiny batches at low density; XLA-compatible everywhere.
+- `"materialized"`: the values are scattered into a dense `(m, n)` tensor
+  `S^T` (column-major positions are its row-major order; at density 1 it is a
+  reshape), plus `alpha` times the DCT block when that block is small enough
+  to be constant-folded (`kernel_choice.block_is_folded`; it is generated
+  in-graph from cosines, never stored or saved), then dense matmuls. The value
+  gradient is a gather of `dy^T x` at the positions (or the sampled product at
+  low density). Fastest for small layers and high densities. It allocates
+  `n * m` elements per step, so it is refused above
+  `kernel_choice.MAX_MATERIALIZED_ELEMENTS` (2**24). XLA-compatible.
+- `"auto"`: the cheapest by `kernel_choice.choose_kernel` for the shape,
+  nnz, batch (`ASSUMED_BATCH` when unknown) and dtype, chosen when the call is
+  traced (no `tf.cond`); `"csr"` is never chosen inside an XLA compilation.
 
-The value gradient `dvalues[k] = sum_b x[b, rows[k]] * dy[b, cols[k]]` (a
-sampled dense-dense product) is the same for all kernels and runs under XLA.
+The sampled value gradient `dvalues[k] = sum_b x[b, rows[k]] * dy[b, cols[k]]`
+runs under XLA.
 """
 
 import tensorflow as tf
 from tensorflow.python.ops.linalg.sparse import sparse_csr_matrix_ops
 
+from tensorflow.python.ops import control_flow_util
+
+from keras_dctsparse.ops import kernel_choice
+from keras_dctsparse.ops.conv_offset import dct_block
 from keras_dctsparse.ops.transforms import dct_offset
 
-SPARSE_KERNELS = ("auto", "csr", "gather")
+SPARSE_KERNELS = ("auto",) + kernel_choice.KERNELS
 
-# Row count at or below which "auto" picks the gather kernel. Chosen from the
-# measurements in benchmarks/dense_layer.py (batch 1 vs batch 256).
-AUTO_GATHER_MAX_ROWS = 16
+# Kernels with an XLA implementation (a layer using only these can be compiled whole).
+XLA_KERNELS = ("auto", "gather", "materialized")
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
@@ -99,17 +111,6 @@ def _csr_matmul(x, values, rows, cols, units):
     return matmul(x, values)
 
 
-def _resolve_kernel(kernel, batch):
-    if kernel not in SPARSE_KERNELS:
-        raise ValueError(
-            f"Argument `kernel` must be one of {SPARSE_KERNELS}; received "
-            f"kernel={kernel!r}."
-        )
-    if kernel != "auto" or batch is None:
-        return kernel
-    return "gather" if batch <= AUTO_GATHER_MAX_ROWS else "csr"
-
-
 @tf.function(jit_compile=True)
 def _fused_offset_gather(x, alpha, values, rows, cols, units):
     # One XLA cluster for the whole small-batch layer: per-op dispatch costs
@@ -124,13 +125,132 @@ def _offset_csr(x, alpha, values, rows, cols, units):
     return alpha * dct_offset(x, units) + _csr_matmul(x, values, rows, cols, units)
 
 
+def _transposed_dense(values, rows, cols, units, input_dim):
+    """`S^T` as a dense `(units, input_dim)` tensor and the flat index of each value in it.
+
+    Column-major positions are the row-major order of `S^T`: at full density
+    `S^T` is a reshape of the values (the index is then None).
+    """
+    if values.shape[0] == units * input_dim:
+        return tf.reshape(values, (units, input_dim)), None
+    flat = cols * input_dim + rows
+    matrix = tf.raw_ops.SparseToDense(
+        sparse_indices=flat,
+        output_shape=[units * input_dim],
+        sparse_values=values,
+        default_value=tf.zeros((), values.dtype),
+        validate_indices=False,
+    )
+    return tf.reshape(matrix, (units, input_dim)), flat
+
+
+def _at_positions(d_transposed, flat):
+    """`d_transposed` (shape `(units, n)`) read at the positions, as an `(nnz,)` vector."""
+    entries = tf.reshape(d_transposed, [-1])
+    return entries if flat is None else tf.gather(entries, flat)
+
+
+def _materialized_matmul(x, values, rows, cols, units, alpha=None):
+    """`x @ (S + alpha * D^T)` with `S` (and a folded DCT block) made dense; see module docstring.
+
+    With `alpha` given, the DCT block is part of the dense kernel when
+    `block_is_folded`, else `alpha * D x` is added by the fast transform.
+    """
+    input_dim = x.shape[1]
+    _check_materialized(input_dim, units)
+    nnz = values.shape[0]
+    sampled = kernel_choice.use_sampled_value_gradient(input_dim, units, nnz)
+    with_block = alpha is not None and kernel_choice.block_is_folded(
+        input_dim, units, x.dtype.name
+    )
+
+    @tf.custom_gradient
+    def product(x, values, *scale):
+        transposed, flat = _transposed_dense(values, rows, cols, units, input_dim)
+        if with_block:
+            block = dct_block(units, input_dim, x.dtype)
+            transposed = transposed + scale[0] * block
+        y = tf.matmul(x, transposed, transpose_b=True)
+
+        def grad(dy):
+            dx = tf.matmul(dy, transposed)
+            if sampled:
+                dvalues = _sampled_dot(x, dy, rows, cols)
+            else:
+                d_transposed = tf.matmul(dy, x, transpose_a=True)
+                dvalues = _at_positions(d_transposed, flat)
+            if not with_block:
+                return dx, dvalues
+            if sampled:
+                dalpha = tf.reduce_sum(dy * tf.matmul(x, block, transpose_b=True))
+            else:
+                dalpha = tf.reduce_sum(d_transposed * block)
+            return dx, dvalues, dalpha
+
+        return y, grad
+
+    if with_block:
+        return product(x, values, alpha)
+    y = product(x, values)
+    if alpha is not None:
+        y = y + alpha * dct_offset(x, units)
+    return y
+
+
+def _check_materialized(input_dim, units):
+    if not kernel_choice.materialized_allowed(input_dim, units):
+        raise ValueError(
+            f"sparse_kernel='materialized' would allocate {input_dim} x {units} = "
+            f"{input_dim * units} elements, above MAX_MATERIALIZED_ELEMENTS="
+            f"{kernel_choice.MAX_MATERIALIZED_ELEMENTS}; use 'auto', 'csr' or "
+            "'gather' for this layer."
+        )
+
+
+def resolve_kernel(kernel, input_dim, units, nnz, batch=None, dtype="float32"):
+    """The concrete kernel a call runs: `kernel` itself, or the choice for `"auto"`.
+
+    Args:
+        kernel: One of `SPARSE_KERNELS`.
+        input_dim: Number of inputs `n`.
+        units: Number of outputs `m`.
+        nnz: Number of nonzeros.
+        batch: Static number of rows of the input, or None.
+        dtype: Float dtype of the computation.
+
+    Returns:
+        One of `kernel_choice.KERNELS`. Inside an XLA compilation, `"auto"`
+        never returns `"csr"`.
+
+    Raises:
+        ValueError: for an unknown `kernel`.
+
+    Example:
+
+    >>> resolve_kernel("auto", 256, 256, 65536, batch=32)
+    'materialized'
+    """
+    if kernel not in SPARSE_KERNELS:
+        raise ValueError(
+            f"Argument `kernel` must be one of {SPARSE_KERNELS}; received "
+            f"kernel={kernel!r}."
+        )
+    if kernel != "auto":
+        return kernel
+    xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    return kernel_choice.choose_kernel(
+        input_dim, units, nnz, batch=batch, dtype=dtype, xla=xla
+    )
+
+
 def offset_sparse_matmul(x, alpha, values, rows, cols, units, kernel="auto"):
     """Computes `alpha * D x + x @ S`: the DCT offset plus the sparse part.
 
     Same arguments as `sparse_matmul`, plus `alpha`, a scalar tensor of the
     dtype of `x`. With the gather kernel the transform and the sparse product
-    run as one XLA cluster (fastest for small batches); with the CSR kernel
-    the transform is `tf.signal.dct` next to the CSR product.
+    run as one XLA cluster; with the CSR kernel the transform is
+    `tf.signal.dct` next to the CSR product; the materialized kernel adds the
+    DCT block to the dense kernel when the block can be constant-folded.
 
     Returns:
         Tensor of shape `(batch, units)`.
@@ -142,18 +262,17 @@ def offset_sparse_matmul(x, alpha, values, rows, cols, units, kernel="auto"):
     >>> [round(v, 4) for v in y.numpy()[0].tolist()]
     [2.0, 0.0, 0.0, 0.0]
     """
-    chosen = _resolve_kernel(kernel, x.shape[0])
+    values = tf.convert_to_tensor(values, x.dtype)
+    chosen = resolve_kernel(
+        kernel, x.shape[1], units, values.shape[0], x.shape[0], x.dtype.name
+    )
     rows = tf.convert_to_tensor(rows, tf.int32)
     cols = tf.convert_to_tensor(cols, tf.int32)
     if chosen == "gather":
         return _fused_offset_gather(x, alpha, values, rows, cols, units)
     if chosen == "csr":
         return _offset_csr(x, alpha, values, rows, cols, units)
-    return tf.cond(
-        tf.shape(x)[0] <= AUTO_GATHER_MAX_ROWS,
-        lambda: _fused_offset_gather(x, alpha, values, rows, cols, units),
-        lambda: _offset_csr(x, alpha, values, rows, cols, units),
-    )
+    return _materialized_matmul(x, values, rows, cols, units, alpha=alpha)
 
 
 def sparse_matmul(x, values, rows, cols, units, kernel="auto"):
@@ -172,7 +291,8 @@ def sparse_matmul(x, values, rows, cols, units, kernel="auto"):
         Tensor of shape `(batch, units)`.
 
     Raises:
-        ValueError: for an unknown `kernel`.
+        ValueError: for an unknown `kernel`, or `"materialized"` above
+            `kernel_choice.MAX_MATERIALIZED_ELEMENTS`.
 
     Example:
 
@@ -181,13 +301,14 @@ def sparse_matmul(x, values, rows, cols, units, kernel="auto"):
     >>> y.numpy().tolist()
     [[2.0, 0.0], [2.0, 0.0]]
     """
-    chosen = _resolve_kernel(kernel, x.shape[0])
+    values = tf.convert_to_tensor(values, x.dtype)
+    chosen = resolve_kernel(
+        kernel, x.shape[1], units, values.shape[0], x.shape[0], x.dtype.name
+    )
+    rows = tf.convert_to_tensor(rows, tf.int32)
+    cols = tf.convert_to_tensor(cols, tf.int32)
     if chosen == "csr":
         return _csr_matmul(x, values, rows, cols, units)
     if chosen == "gather":
         return _gather_matmul(x, values, rows, cols, units)
-    return tf.cond(
-        tf.shape(x)[0] <= AUTO_GATHER_MAX_ROWS,
-        lambda: _gather_matmul(x, values, rows, cols, units),
-        lambda: _csr_matmul(x, values, rows, cols, units),
-    )
+    return _materialized_matmul(x, values, rows, cols, units)

@@ -57,8 +57,11 @@ def test_output_matches_scipy_reference(n, m, sparse_format):
 
 
 @pytest.mark.parametrize("shape", [(5, 3, 12), (2, 3, 4, 12), (12,)])
-def test_higher_rank_inputs(shape):
-    layer = DCTSparseDense(8, density=0.5, sparse_initializer="random_normal")
+@pytest.mark.parametrize("sparse_kernel", ["auto", "csr", "gather", "materialized"])
+def test_higher_rank_inputs(shape, sparse_kernel):
+    layer = DCTSparseDense(
+        8, density=0.5, sparse_initializer="random_normal", sparse_kernel=sparse_kernel
+    )
     if len(shape) == 1:
         with pytest.raises(ValueError, match="min_ndim=2"):
             layer(np.ones(shape, np.float32))
@@ -78,7 +81,7 @@ def test_zero_initialized_layer_is_the_pure_dct():
     assert float(layer.alpha.numpy()) == 1.0
 
 
-@pytest.mark.parametrize("sparse_kernel", ["auto", "csr", "gather"])
+@pytest.mark.parametrize("sparse_kernel", ["auto", "csr", "gather", "materialized"])
 @pytest.mark.parametrize("sparse_format", ["values", "masked"])
 def test_matches_reference_after_training(sparse_kernel, sparse_format):
     rng = np.random.default_rng()
@@ -217,27 +220,33 @@ def test_alpha_not_trainable():
     assert float(layer.alpha.numpy()) == 3.0
 
 
-def make_model(sparse_format="values"):
+def make_model(sparse_format="values", sparse_kernel="auto"):
     return keras.Sequential(
         [
             keras.Input((64,)),
             DCTSparseDense(48, density=0.1, activation="relu", seed=1,
-                           sparse_format=sparse_format),
-            DCTSparseDense(10, density=0.2, seed=2, sparse_format=sparse_format),
+                           sparse_format=sparse_format, sparse_kernel=sparse_kernel),
+            DCTSparseDense(10, density=0.2, seed=2, sparse_format=sparse_format,
+                           sparse_kernel=sparse_kernel),
         ]
     )
 
 
-@pytest.mark.parametrize("sparse_format", ["values", "masked"])
-def test_keras_file_round_trip(tmp_path, sparse_format):
+@pytest.mark.parametrize(
+    "sparse_format, sparse_kernel",
+    [("values", "auto"), ("values", "csr"), ("values", "gather"),
+     ("values", "materialized"), ("masked", "auto")],
+)
+def test_keras_file_round_trip(tmp_path, sparse_format, sparse_kernel):
     rng = np.random.default_rng()
     x = rng.standard_normal((32, 64)).astype(np.float32)
-    model = make_model(sparse_format)
+    model = make_model(sparse_format, sparse_kernel)
     model.compile("adam", "mse")
     model.fit(x, rng.standard_normal((32, 10)), epochs=2, verbose=0)
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
+    assert loaded.layers[0].sparse_kernel_name == sparse_kernel
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
     for original, restored in zip(model.layers, loaded.layers):
         np.testing.assert_array_equal(
@@ -245,9 +254,10 @@ def test_keras_file_round_trip(tmp_path, sparse_format):
         )
 
 
-def test_savedmodel_export_serves_same_outputs(tmp_path):
+@pytest.mark.parametrize("sparse_kernel", ["auto", "csr", "gather", "materialized"])
+def test_savedmodel_export_serves_same_outputs(tmp_path, sparse_kernel):
     x = np.random.default_rng().standard_normal((9, 64)).astype(np.float32)
-    model = make_model()
+    model = make_model(sparse_kernel=sparse_kernel)
     model.layers[0].sparse_weight.values.assign(
         np.random.default_rng().standard_normal(model.layers[0].nnz)
     )
@@ -255,6 +265,31 @@ def test_savedmodel_export_serves_same_outputs(tmp_path):
     restored = tf.saved_model.load(str(tmp_path / "export"))
     served = restored.serve(x).numpy()
     assert_close(served, model.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("sparse_kernel", ["materialized", "csr"])
+def test_export_does_not_store_the_dct_block(tmp_path, sparse_kernel):
+    # 1024 x 1024 float32 is 4 MiB: the materialized kernel generates the DCT
+    # block in-graph (folded at run time), it must not be saved as a constant.
+    model = keras.Sequential(
+        [keras.Input((1024,)),
+         DCTSparseDense(1024, density=0.001, sparse_kernel=sparse_kernel)]
+    )
+    x = np.random.default_rng().standard_normal((4, 1024)).astype(np.float32)
+    model.layers[0].sparse_weight.values.assign(
+        np.random.default_rng().standard_normal(model.layers[0].nnz)
+    )
+    model.export(str(tmp_path / "export"), verbose=False)
+    total = sum(f.stat().st_size for f in (tmp_path / "export").rglob("*") if f.is_file())
+    assert total < 1_000_000, total
+    restored = tf.saved_model.load(str(tmp_path / "export"))
+    assert_close(restored.serve(x).numpy(), reference_output(model.layers[0], x), rtol=1e-4)
+
+
+def test_materialized_refused_for_huge_layers():
+    layer = DCTSparseDense(100_000, density=1e-6, sparse_kernel="materialized")
+    with pytest.raises(ValueError, match="sparse_kernel='materialized'"):
+        layer.build((None, 100_000))
 
 
 def test_keras_file_size_scales_with_nnz(tmp_path):
@@ -266,17 +301,22 @@ def test_keras_file_size_scales_with_nnz(tmp_path):
     assert ratio < 0.01, ratio
 
 
-@pytest.mark.parametrize("sparse_kernel", ["gather", "auto"])
-def test_fit_with_and_without_xla(sparse_kernel):
+@pytest.mark.parametrize(
+    "sparse_kernel,density",
+    [("gather", 0.3), ("materialized", 0.3), ("csr", 0.3), ("auto", 0.3), ("auto", 0.01)],
+)
+def test_fit_with_and_without_xla(sparse_kernel, density):
+    # "auto" is XLA-safe: inside an XLA compilation it never picks CSR (at
+    # density 0.01 with 200x60 it would pick CSR outside XLA at batch 256).
     rng = np.random.default_rng()
-    x = rng.standard_normal((32, 20)).astype(np.float32)
+    x = rng.standard_normal((256, 200)).astype(np.float32)
     model = keras.Sequential(
-        [keras.Input((20,)), DCTSparseDense(6, density=0.3, sparse_kernel=sparse_kernel)]
+        [keras.Input((200,)), DCTSparseDense(60, density=density, sparse_kernel=sparse_kernel)]
     )
-    jit = sparse_kernel == "gather"
+    jit = sparse_kernel != "csr"
     assert model.layers[0].supports_jit == jit
     model.compile("adam", "mse", jit_compile=jit if jit else "auto")
-    history = model.fit(x, rng.standard_normal((32, 6)), epochs=2, verbose=0)
+    history = model.fit(x, rng.standard_normal((256, 60)), batch_size=256, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
 
 
@@ -305,12 +345,49 @@ def test_mixed_precision(policy):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_float64_layer():
-    layer = DCTSparseDense(5, density=0.5, dtype="float64", sparse_initializer="random_normal")
+@pytest.mark.parametrize("sparse_kernel", ["auto", "csr", "gather", "materialized"])
+@pytest.mark.parametrize("density", [0.02, 0.5, 1.0])
+def test_float64_layer(sparse_kernel, density):
+    layer = DCTSparseDense(
+        5, density=density, dtype="float64", sparse_initializer="random_normal",
+        sparse_kernel=sparse_kernel,
+    )
     x = np.random.default_rng().standard_normal((3, 11))
     y = layer(x)
     assert y.dtype == "float64"
     np.testing.assert_allclose(y.numpy(), reference_output(layer, x), atol=1e-12)
+
+
+@pytest.mark.parametrize("sparse_kernel", ["auto", "csr", "gather", "materialized"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch_shape", [(6,), (2, 3)])
+def test_layer_gradients_match_numpy(sparse_kernel, dtype, batch_shape):
+    # Gradients of x, values, alpha and bias against the dense numpy kernel,
+    # rank 2 and rank 3 inputs.
+    n, m = 14, 9
+    layer = DCTSparseDense(
+        m, density=0.3, dtype=dtype, alpha=0.8, sparse_initializer="random_normal",
+        bias_initializer="random_normal", sparse_kernel=sparse_kernel,
+    )
+    layer.build((None, n))
+    rng = np.random.default_rng()
+    x = rng.standard_normal(batch_shape + (n,))
+    dy = rng.standard_normal(batch_shape + (m,))
+    x_tensor = tf.constant(x, dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x_tensor)
+        loss = tf.reduce_sum(layer(x_tensor) * tf.constant(dy, dtype))
+    weights = [layer.sparse_weight.values, layer.alpha, layer.bias]
+    dx, dvalues, dalpha, dbias = tape.gradient(loss, [x_tensor] + weights)
+    offset = dct_block(m, n)
+    kernel = numpy_sparse(layer) + float(layer.alpha.numpy()) * offset.T
+    flat_x, flat_dy = x.reshape(-1, n), dy.reshape(-1, m)
+    rows, cols = layer.sparse_weight.indices.numpy()
+    tolerance = 1e-5 if dtype == "float32" else 1e-12
+    assert_close(dx.numpy(), dy @ kernel.T, rtol=tolerance)
+    assert_close(dvalues.numpy(), (flat_x.T @ flat_dy)[rows, cols], rtol=tolerance)
+    assert_close(dalpha.numpy(), np.sum((flat_x @ offset.T) * flat_dy), rtol=tolerance)
+    assert_close(dbias.numpy(), flat_dy.sum(axis=0), rtol=tolerance)
 
 
 MIRRORED_SETUP = """

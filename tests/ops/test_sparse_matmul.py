@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_dctsparse.ops import kernel_choice
 from keras_dctsparse.ops import sparse_matmul as sm
 from keras_dctsparse.ops.support import sample_support
+from numpy_reference import dct_block
 
 
 def random_problem(n, m, nnz, batch):
@@ -100,3 +102,143 @@ def test_offset_sparse_matmul_matches_numpy_forward_and_backward(kernel, batch):
     np.testing.assert_allclose(dx, dy @ kernel_matrix.T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dvalues, (x.T @ dy)[rows, cols], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dalpha, np.sum((x @ offset.T) * dy), rtol=1e-4)
+
+
+# Cases that reach every branch of the materialized kernel and both sides of
+# the cost rule: (n, m, nnz, batch).
+BRANCH_CASES = [
+    (33, 50, 200, 3),  # small: folded DCT block, dense value gradient
+    (20, 12, 240, 2),  # full density: S^T is a reshape of the values
+    (1700, 1600, 300, 2),  # block too large to fold: fast DCT; sampled value gradient
+    (40, 30, 10, 1),  # sampled value gradient with the folded block
+]
+
+
+def offset_problem(n, m, nnz, batch, dtype, kernel, dynamic_batch=False):
+    rows, cols, values, dense, x, dy = random_problem(n, m, nnz, batch)
+    offset = dct_block(m, n)  # D, (m x n)
+    alpha = 0.6
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None if dynamic_batch else batch, n], dtype),
+            tf.TensorSpec([nnz], dtype),
+            tf.TensorSpec([], dtype),
+        ]
+    )
+    def forward_backward(x, values, alpha):
+        with tf.GradientTape() as tape:
+            tape.watch([x, values, alpha])
+            y = sm.offset_sparse_matmul(x, alpha, values, rows, cols, m, kernel=kernel)
+            loss = tf.reduce_sum(y * dy)
+        return (y,) + tuple(tape.gradient(loss, [x, values, alpha]))
+
+    actual = [
+        t.numpy()
+        for t in forward_backward(
+            tf.constant(x, dtype), tf.constant(values, dtype), tf.constant(alpha, dtype)
+        )
+    ]
+    kernel_matrix = dense + alpha * offset.T
+    expected = [
+        x @ kernel_matrix,
+        dy @ kernel_matrix.T,
+        (x.T @ dy)[rows, cols],
+        np.sum((x @ offset.T) * dy),
+    ]
+    return actual, expected
+
+
+@pytest.mark.parametrize("kernel", sm.SPARSE_KERNELS)
+@pytest.mark.parametrize("case", BRANCH_CASES)
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_every_kernel_branch_matches_numpy(kernel, case, dtype):
+    actual, expected = offset_problem(*case, dtype, kernel)
+    tolerance = 2e-5 if dtype == tf.float32 else 1e-11
+    for got, want in zip(actual, expected):
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * scale)
+
+
+@pytest.mark.parametrize(
+    "case, batch_side",
+    [
+        # (n, m, nnz): auto picks different kernels at batch 1 and batch 256.
+        ((300, 200, 60, 1), "small"),
+        ((300, 200, 60, 256), "large"),
+        ((256, 256, 655, 1), "small"),
+        ((256, 256, 655, 256), "large"),
+        ((256, 256, 65536, 256), "large"),
+    ],
+)
+def test_auto_matches_numpy_on_both_sides_of_its_thresholds(case, batch_side):
+    n, m, nnz, batch = case
+    chosen = sm.resolve_kernel("auto", n, m, nnz, batch)
+    actual, expected = offset_problem(n, m, nnz, batch, tf.float32, "auto")
+    for got, want in zip(actual, expected):
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * scale, err_msg=chosen)
+
+
+def test_auto_switches_kernels_across_shapes_and_batches():
+    chosen = {
+        sm.resolve_kernel("auto", n, m, nnz, batch)
+        for n, m, nnz, batch in [
+            (300, 200, 60, 1),
+            (300, 200, 60, 256),
+            (4096, 4096, 16777, 256),
+            (256, 256, 65536, 32),
+        ]
+    }
+    assert chosen == {"csr", "gather", "materialized"}
+
+
+def test_auto_never_picks_csr_under_xla():
+    n, m, nnz = 4096, 4096, 16777
+    assert sm.resolve_kernel("auto", n, m, nnz, 256) == "csr"
+    seen = []
+
+    @tf.function(jit_compile=True)
+    def compiled(x):
+        seen.append(sm.resolve_kernel("auto", n, m, nnz, 256))
+        return x
+
+    compiled(tf.ones(1))
+    assert seen and "csr" not in seen
+
+
+def test_auto_with_unknown_batch_is_one_static_choice():
+    # Batch None at trace time: the choice for ASSUMED_BATCH, no tf.cond.
+    n, m, nnz = 64, 48, 300
+    actual, expected = offset_problem(n, m, nnz, 5, tf.float32, "auto", dynamic_batch=True)
+    np.testing.assert_allclose(actual[0], expected[0], rtol=1e-5, atol=1e-5)
+    assert sm.resolve_kernel("auto", n, m, nnz, None) == sm.resolve_kernel(
+        "auto", n, m, nnz, kernel_choice.ASSUMED_BATCH
+    )
+
+
+def test_materialized_refuses_huge_kernels():
+    with pytest.raises(ValueError, match="MAX_MATERIALIZED_ELEMENTS"):
+        sm.sparse_matmul(
+            tf.ones((1, 100_000)), tf.ones(1), [0], [0], 100_000, kernel="materialized"
+        )
+
+
+@pytest.mark.parametrize("kernel", sm.SPARSE_KERNELS)
+def test_sparse_matmul_without_offset_float64(kernel):
+    rows, cols, values, dense, x, dy = random_problem(40, 30, 1200, 4)
+
+    @tf.function
+    def forward_backward(x, values):
+        with tf.GradientTape() as tape:
+            tape.watch([x, values])
+            y = sm.sparse_matmul(x, values, rows, cols, 30, kernel=kernel)
+            loss = tf.reduce_sum(y * dy)
+        return (y,) + tuple(tape.gradient(loss, [x, values]))
+
+    y, dx, dvalues = [
+        t.numpy() for t in forward_backward(tf.constant(x), tf.constant(values))
+    ]
+    np.testing.assert_allclose(y, x @ dense, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dx, dy @ dense.T, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dvalues, (x.T @ dy)[rows, cols], rtol=1e-11, atol=1e-11)

@@ -1,0 +1,180 @@
+"""Which kernel computes `alpha * D x + x @ S` for a dense layer: a pure cost rule.
+
+Three kernels exist (see `keras_dctsparse.ops.sparse_matmul`):
+
+- `"csr"`: TensorFlow's CSR sparse-matrix product plus the fast DCT. Work
+  proportional to `batch * nnz`, but a fixed price per step (the CSR matrix is
+  rebuilt from the positions in every step) and no XLA kernel.
+- `"gather"`: gather + multiply + segment sum under XLA, fused with the DCT.
+  Cheapest when `batch * nnz` is small (batch 1, tiny layers); its gathers
+  cost several times a dense multiply-add per element.
+- `"materialized"`: scatter the values into a dense `(m, n)` tensor (a reshape
+  at density 1), add `alpha` times the DCT block when that block is small
+  enough for the graph optimizer to fold into a constant (see
+  `block_is_folded`), then dense matmuls. Work proportional to `batch * n * m`
+  at dense-matmul speed. Only allowed while `n * m <= MAX_MATERIALIZED_ELEMENTS`.
+
+`choose_kernel` estimates the time of one training step (forward, input
+gradient and value gradient) of each kernel with the linear model in
+`estimated_step_costs` and takes the cheapest. Its constants were fitted to
+`benchmarks/dense_layer.py` on a 2-core x86 CPU (TF 2.21, oneDNN); the rule is
+a heuristic, and every kernel is exact, so a poor choice only costs time. Users
+can force a kernel with `sparse_kernel=`.
+
+The choice is made once, when a layer's call is traced (no per-step Python
+cost). When the batch size is unknown at trace time (`model.fit` on a
+`tf.data` pipeline), `ASSUMED_BATCH` is used: one static choice, no `tf.cond`.
+"""
+
+import math
+
+KERNELS = ("csr", "gather", "materialized")
+
+# Largest n * m the materialized kernel may build: 2**24 elements (64 MiB in
+# float32), a few such tensors live during a training step.
+MAX_MATERIALIZED_ELEMENTS = 1 << 24
+
+# Grappler folds constants of at most this many bytes: a DCT block this small
+# generated in-graph costs nothing after the first run of a tf.function (it is
+# never part of a saved graph, which keeps the generating ops).
+FOLDED_BLOCK_MAX_BYTES = 10 * 1024 * 1024
+
+# Batch size assumed when it is unknown at trace time (Keras's default).
+ASSUMED_BATCH = 32
+
+# Value gradient of the materialized kernel: the sampled product
+# `sum_b x[b, rows[k]] * dy[b, cols[k]]` (2 gathers per nonzero and example)
+# instead of the dense `dy^T x` (one multiply-add per entry and example) when
+# the density is below this.
+SAMPLED_GRADIENT_MAX_DENSITY = 1.0 / 32
+
+# Cost model constants, microseconds (fitted, see module docstring).
+_US_PER_MAC = 0.5e-5  # dense matmul, per multiply-add (oneDNN sgemm, 2 cores)
+_US_PER_MATVEC_MAC = 0.4e-3  # dense matmul at batch 1 (memory bound), per entry
+_US_PER_DENSE_ENTRY = 0.6e-3  # scatter into / gather from a dense (m, n) tensor
+_US_PER_CSR_PRODUCT = 0.6e-3  # CSR product, per nonzero and example
+_US_PER_CSR_BUILD = 8e-3  # building the CSR matrix, per nonzero, per step
+_US_PER_GATHER = 1.2e-3  # gather kernel, per nonzero and example
+_US_PER_FFT_POINT = 1.5e-3  # fast DCT, per point and example (times log2 N)
+_US_FIXED = {"csr": 120.0, "gather": 60.0, "materialized": 25.0}
+
+
+def _dtype_size(dtype):
+    return 8 if str(dtype).endswith("float64") else 4
+
+
+def block_is_folded(input_dim, units, dtype="float32"):
+    """Whether the `(units, input_dim)` DCT block is small enough to be constant-folded.
+
+    Args:
+        input_dim: Number of inputs `n`.
+        units: Number of outputs `m`.
+        dtype: Float dtype of the block.
+
+    Returns:
+        True when `n * m * itemsize <= FOLDED_BLOCK_MAX_BYTES`.
+
+    Example:
+
+    >>> block_is_folded(784, 300), block_is_folded(4096, 4096)
+    (True, False)
+    """
+    return int(input_dim) * int(units) * _dtype_size(dtype) <= FOLDED_BLOCK_MAX_BYTES
+
+
+def materialized_allowed(input_dim, units):
+    """Whether a `(input_dim, units)` layer may be materialized (`n * m` bound).
+
+    Example:
+
+    >>> materialized_allowed(4096, 4096), materialized_allowed(100_000, 100_000)
+    (True, False)
+    """
+    return int(input_dim) * int(units) <= MAX_MATERIALIZED_ELEMENTS
+
+
+def use_sampled_value_gradient(input_dim, units, nnz):
+    """Whether the materialized kernel's value gradient is the sampled product.
+
+    Example:
+
+    >>> use_sampled_value_gradient(1000, 1000, 1000), use_sampled_value_gradient(10, 10, 50)
+    (True, False)
+    """
+    return nnz < SAMPLED_GRADIENT_MAX_DENSITY * int(input_dim) * int(units)
+
+
+def estimated_step_costs(input_dim, units, nnz, batch, dtype="float32"):
+    """Estimated microseconds of one training step (forward + all gradients) per kernel.
+
+    Args:
+        input_dim: Number of inputs `n`.
+        units: Number of outputs `m`.
+        nnz: Number of nonzeros of `S`.
+        batch: Number of rows of the input (Python int >= 1).
+        dtype: `"float32"` or `"float64"` (float64 roughly doubles the work).
+
+    Returns:
+        dict `kernel -> microseconds` for the kernels of `KERNELS` that are
+        allowed (`"materialized"` is absent when `n * m` exceeds
+        `MAX_MATERIALIZED_ELEMENTS`).
+
+    Example:
+
+    >>> costs = estimated_step_costs(256, 256, 655, batch=1)
+    >>> sorted(costs)
+    ['csr', 'gather', 'materialized']
+    """
+    n, m, nnz, batch = int(input_dim), int(units), int(nnz), max(1, int(batch))
+    size = n * m
+    length = max(n, m)
+    scale = 2.0 if _dtype_size(dtype) == 8 else 1.0
+    fft = 2 * batch * length * max(1.0, math.log2(length)) * _US_PER_FFT_POINT
+    costs = {
+        "csr": _US_FIXED["csr"]
+        + scale * (nnz * (2 * _US_PER_CSR_BUILD + 3 * batch * _US_PER_CSR_PRODUCT) + fft),
+        "gather": _US_FIXED["gather"] + scale * (3 * batch * nnz * _US_PER_GATHER + fft),
+    }
+    if materialized_allowed(n, m):
+        mac = max(_US_PER_MAC * batch, _US_PER_MATVEC_MAC) * size
+        if use_sampled_value_gradient(n, m, nnz):
+            value_gradient = 2 * batch * nnz * _US_PER_GATHER
+        else:
+            value_gradient = mac + nnz * _US_PER_DENSE_ENTRY
+        build = (size + nnz) * _US_PER_DENSE_ENTRY  # zeros + scatter
+        offset = size * _US_PER_DENSE_ENTRY if block_is_folded(n, m, dtype) else fft
+        costs["materialized"] = _US_FIXED["materialized"] + scale * (
+            build + 2 * mac + value_gradient + offset
+        )
+    return costs
+
+
+def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False):
+    """The cheapest kernel for a dense DCTpS layer, by `estimated_step_costs`.
+
+    Args:
+        input_dim: Number of inputs `n`.
+        units: Number of outputs `m`.
+        nnz: Number of nonzeros of `S`.
+        batch: Rows of the input, or None when unknown at trace time
+            (`ASSUMED_BATCH` is used then).
+        dtype: Float dtype the kernel runs in.
+        xla: True when the call is being compiled by XLA: `"csr"` (which has
+            no XLA kernel) is then never chosen.
+
+    Returns:
+        One of `KERNELS`.
+
+    Example:
+
+    >>> choose_kernel(4096, 4096, 167772, batch=256)
+    'csr'
+    >>> choose_kernel(256, 256, 65536, batch=32)
+    'materialized'
+    """
+    costs = estimated_step_costs(
+        input_dim, units, nnz, ASSUMED_BATCH if batch is None else batch, dtype
+    )
+    if xla:
+        costs.pop("csr")
+    return min(costs, key=costs.get)

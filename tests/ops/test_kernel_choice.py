@@ -1,0 +1,68 @@
+import pytest
+
+from keras_dctsparse.ops import kernel_choice as kc
+
+
+def test_materialized_bound_is_on_n_times_m():
+    assert kc.materialized_allowed(4096, 4096)
+    assert not kc.materialized_allowed(4097, 4096)
+    assert not kc.materialized_allowed(100_000, 100_000)
+
+
+@pytest.mark.parametrize("batch", [1, 32, 256, None])
+def test_huge_layers_never_materialize(batch):
+    costs = kc.estimated_step_costs(100_000, 100_000, 10_000, batch or 1)
+    assert "materialized" not in costs
+    assert kc.choose_kernel(100_000, 100_000, 10_000, batch) in ("csr", "gather")
+
+
+def test_block_folding_bound_counts_bytes():
+    # 10 MiB: 1600 x 1600 float32 fits, float64 does not.
+    assert kc.block_is_folded(1600, 1600, "float32")
+    assert not kc.block_is_folded(1600, 1600, "float64")
+    assert not kc.block_is_folded(2048, 2048, "float32")
+
+
+def test_sampled_value_gradient_only_at_low_density():
+    assert kc.use_sampled_value_gradient(1000, 1000, 1000)
+    assert not kc.use_sampled_value_gradient(1000, 1000, 100_000)
+
+
+def test_costs_grow_with_batch_and_nnz():
+    for kernel in kc.KERNELS:
+        small = kc.estimated_step_costs(1024, 1024, 10_000, 1)[kernel]
+        assert kc.estimated_step_costs(1024, 1024, 10_000, 256)[kernel] > small
+        assert kc.estimated_step_costs(1024, 1024, 100_000, 1)[kernel] > small
+
+
+def test_float64_costs_more():
+    for kernel in kc.KERNELS:
+        assert (
+            kc.estimated_step_costs(512, 512, 5000, 32, "float64")[kernel]
+            > kc.estimated_step_costs(512, 512, 5000, 32, "float32")[kernel]
+        )
+
+
+def test_choice_is_the_cheapest_estimate():
+    for shape in [(256, 256, 655, 1), (1024, 1024, 10_000, 32), (4096, 4096, 16_777, 256)]:
+        costs = kc.estimated_step_costs(*shape)
+        assert kc.choose_kernel(*shape) == min(costs, key=costs.get)
+
+
+def test_expected_regimes():
+    # Full density: a dense matmul beats any sparse kernel.
+    assert kc.choose_kernel(1024, 1024, 1024 * 1024, 32) == "materialized"
+    # Large batch, low density: CSR.
+    assert kc.choose_kernel(4096, 4096, 16_777, 256) == "csr"
+    # Batch 1, low density: gather.
+    assert kc.choose_kernel(4096, 4096, 16_777, 1) == "gather"
+
+
+def test_xla_excludes_csr():
+    assert kc.choose_kernel(4096, 4096, 16_777, 256, xla=True) != "csr"
+
+
+def test_unknown_batch_uses_assumed_batch():
+    assert kc.choose_kernel(2000, 1000, 20_000, None) == kc.choose_kernel(
+        2000, 1000, 20_000, kc.ASSUMED_BATCH
+    )
