@@ -21,7 +21,7 @@ The backward is its own formulation (``tf.custom_gradient``), not autodiff of th
   "full" correlation) at the flipped tap of each nonzero, scaled by ``values[k]`` and
   summed into input plane ``ch_k``: again ``nnz`` planes.
 * ``dvalues[k]``: the dot product of the forward window of plane ``ch_k`` with ``dy``'s
-  plane ``c_k``, one reduction per nonzero.
+  plane ``c_k`` (rows reduced in the cluster, the rest outside).
 
 The three kernels run as XLA clusters (``tf.function(jit_compile=True)``); the layout
 transposes around them run as TF ops (measured faster on CPU than inside the cluster).
@@ -164,7 +164,10 @@ def _input_grad(dyc, values, channels, taps_h, taps_w, cols, in_channels, geomet
 
 
 def _values_grad(xc, dyc, channels, taps_h, taps_w, cols, geometry):
-    """``(nnz,)``: per nonzero, the dot product of its input window with ``dy``'s plane."""
+    """``(nnz, B, H_out)``: per nonzero, its input window times ``dy``'s plane, summed over
+    the width only (the caller sums the rest). Reducing each row in the cluster and the
+    ``(nnz, B, H_out)`` rest outside measured 3x faster on CPU than one full reduction
+    per nonzero inside XLA (which runs it on one thread)."""
     (pt, pb), (pl, pr) = geometry.pads
     padded = tf.pad(xc, [[0, 0], [0, 0], [pt, pb], [pl, pr]])
     windows = _windows(
@@ -176,7 +179,7 @@ def _values_grad(xc, dyc, channels, taps_h, taps_w, cols, geometry):
         geometry.strided_span(1),
     )
     windows = _subsample(windows, geometry.strides)
-    return tf.reduce_sum(windows * tf.gather(dyc, cols), axis=[1, 2, 3])
+    return tf.reduce_sum(windows * tf.gather(dyc, cols), axis=3)
 
 
 _forward_xla = tf.function(_forward, jit_compile=True, autograph=False)
@@ -293,7 +296,10 @@ def sparse_conv2d(
             dyc = tf.transpose(tf.stop_gradient(dy), [3, 0, 1, 2])
             dxc = _input_grad_xla(dyc, weights, channels, taps_h, taps_w, cols, in_channels,
                                   geometry)
-            dvalues = _values_grad_xla(xc, dyc, channels, taps_h, taps_w, cols, geometry)
+            dvalues = tf.reduce_sum(
+                _values_grad_xla(xc, dyc, channels, taps_h, taps_w, cols, geometry),
+                axis=[1, 2],
+            )
             return tf.transpose(dxc, [1, 2, 3, 0]), dvalues
 
         return tf.transpose(yc, [1, 2, 3, 0]), grad
