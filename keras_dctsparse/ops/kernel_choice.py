@@ -48,15 +48,17 @@ ASSUMED_BATCH = 32
 # the density is below this.
 SAMPLED_GRADIENT_MAX_DENSITY = 1.0 / 32
 
-# Cost model constants, microseconds (fitted, see module docstring).
+# Cost model constants, microseconds (fitted, see module docstring). Only the
+# differences between kernels matter: the Dense-like overhead of a step is common.
 _US_PER_MAC = 0.5e-5  # dense matmul, per multiply-add (oneDNN sgemm, 2 cores)
 _US_PER_MATVEC_MAC = 0.4e-3  # dense matmul at batch 1 (memory bound), per entry
-_US_PER_DENSE_ENTRY = 0.6e-3  # scatter into / gather from a dense (m, n) tensor
-_US_PER_CSR_PRODUCT = 0.6e-3  # CSR product, per nonzero and example
+_US_PER_DENSE_ENTRY = 0.9e-3  # scatter into / gather from / add to a dense (m, n) tensor
+_US_PER_CSR_PRODUCT = 0.25e-3  # CSR product, per nonzero and example
 _US_PER_CSR_BUILD = 8e-3  # building the CSR matrix, per nonzero, per step
-_US_PER_GATHER = 1.2e-3  # gather kernel, per nonzero and example
-_US_PER_FFT_POINT = 1.5e-3  # fast DCT, per point and example (times log2 N)
-_US_FIXED = {"csr": 120.0, "gather": 60.0, "materialized": 25.0}
+_US_PER_CSR_ROW = 2e-3  # CSR path: transposes of x and dy, per example and n + m
+_US_PER_GATHER = 2.5e-3  # gather kernel, per nonzero and example
+_US_PER_FFT_POINT = 0.2e-3  # fast DCT, per point and example (times log2 N)
+_US_FIXED = {"csr": 350.0, "gather": 200.0, "materialized": 0.0}
 
 
 def _dtype_size(dtype):
@@ -132,7 +134,11 @@ def estimated_step_costs(input_dim, units, nnz, batch, dtype="float32"):
     fft = 2 * batch * length * max(1.0, math.log2(length)) * _US_PER_FFT_POINT
     costs = {
         "csr": _US_FIXED["csr"]
-        + scale * (nnz * (2 * _US_PER_CSR_BUILD + 3 * batch * _US_PER_CSR_PRODUCT) + fft),
+        + scale * (
+            nnz * (2 * _US_PER_CSR_BUILD + 3 * batch * _US_PER_CSR_PRODUCT)
+            + 2 * batch * (n + m) * _US_PER_CSR_ROW
+            + fft
+        ),
         "gather": _US_FIXED["gather"] + scale * (3 * batch * nnz * _US_PER_GATHER + fft),
     }
     if materialized_allowed(n, m):

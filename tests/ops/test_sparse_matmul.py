@@ -184,7 +184,7 @@ def test_auto_switches_kernels_across_shapes_and_batches():
     chosen = {
         sm.resolve_kernel("auto", n, m, nnz, batch)
         for n, m, nnz, batch in [
-            (300, 200, 60, 1),
+            (4096, 4096, 16777, 1),
             (300, 200, 60, 256),
             (4096, 4096, 16777, 256),
             (256, 256, 65536, 32),
