@@ -11,13 +11,22 @@ Usage (also ``python -m keras_dctsparse ...``)::
 
 ``--density 1 --offset none`` is the dense baseline. Training can be
 interrupted and resumed: rerunning the same ``train`` command with the same
-``--out`` continues from ``OUT/backup`` (Keras ``BackupAndRestore``).
+``--out`` continues from ``OUT/backup`` (Keras ``BackupAndRestore``; with
+``--distribute multi-worker``, from ``OUT/checkpoints``). The run's arguments
+are stored in ``OUT/run_config.json``; a rerun with other arguments stops
+with an error naming them.
+
+TensorFlow is imported only after the arguments are parsed, with its
+start-up logging silenced unless ``TF_CPP_MIN_LOG_LEVEL`` is set.
 
 Exit status: 0 on success, 2 for bad arguments or an unavailable dataset,
 1 for other errors (for example a model that cannot be exported).
 """
 
 from __future__ import annotations
+
+import contextlib
+import errno
 
 import argparse
 import csv
@@ -38,6 +47,15 @@ OFFSETS = ("dct", "none")
 OPTIMIZERS = ("adam", "sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+DISTRIBUTE = ("none", "multi-worker")
+
+# The `train` arguments that define a run (stored in OUT/run_config.json and
+# compared on resume). --out, --data-dir, --download and --verbose do not.
+RUN_CONFIG_KEYS = (
+    "model", "dataset", "density", "offset", "seed", "distribution", "epochs",
+    "optimizer", "lr", "schedule", "validation_split", "augment", "train_limit",
+    "batch_size", "distribute",
+)
 
 # Test-only hook: extra Keras callbacks appended to every `train` run.
 _EXTRA_CALLBACKS: list = []
@@ -187,8 +205,22 @@ def _add_train_args(parser, sweep=False):
         help="use only the first N training examples",
     )
     parser.add_argument(
-        "--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras fit verbosity"
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch "
+        "(default: 1 on a terminal, 2 when the output is redirected)",
     )
+    if not sweep:
+        parser.add_argument(
+            "--distribute",
+            choices=DISTRIBUTE,
+            default="none",
+            help="multi-worker: train with tf.distribute.MultiWorkerMirroredStrategy "
+            "(workers from TF_CONFIG; run the same command on every worker); the "
+            "chief writes OUT, worker i its metrics.csv to OUT/worker-i",
+        )
     parser.add_argument("--out", required=True, help="output folder")
 
 
@@ -204,8 +236,9 @@ def build_parser():
         "train",
         help="train one model",
         description="Train one model. Writes OUT/results.json, metrics.csv, "
-        "sparsity_report.md, model.keras, saved_model/ and logs/ (TensorBoard). "
-        "Rerunning an interrupted run resumes from OUT/backup.",
+        "sparsity_report.md, model.keras, saved_model/, run_config.json and logs/ "
+        "(TensorBoard: tensorboard --logdir OUT/logs). Rerunning an interrupted run "
+        "with the same arguments resumes it; other arguments are refused.",
     )
     _add_train_args(train)
 
@@ -217,6 +250,12 @@ def build_parser():
     export.add_argument("--model-path", required=True, help="a .keras file")
     export.add_argument("--format", required=True, choices=("savedmodel", "tflite"))
     export.add_argument("--output", required=True, help="destination path")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output that is not a previous export "
+        "(a previous SavedModel / TFLite export is replaced without it)",
+    )
     export.add_argument(
         "--quantization",
         choices=("none", "float16", "dynamic_int8"),
@@ -273,6 +312,8 @@ def _load_data(args):
         ) from None
     except FileNotFoundError as error:
         raise CLIError(f"{error} (check --data-dir)", status=2) from None
+    except ValueError as error:  # corrupt or malformed dataset files
+        raise CLIError(f"cannot read the {args.dataset} data: {error}", status=2) from None
 
 
 def _optimizer(name, lr, schedule="constant", total_steps=None):
@@ -302,41 +343,23 @@ def _outputs_probabilities(model):
 
 
 def _atomic_save_keras(model, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".model.", suffix=".keras", dir=directory)
-    os.close(handle)
-    try:
-        model.save(temporary, overwrite=True)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    from keras_dctsparse import atomic
+
+    atomic.write_file(path, lambda temporary: model.save(temporary, overwrite=True), ".keras")
 
 
-def _export_savedmodel(model, path):
-    path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(prefix=".savedmodel.", dir=parent)
-    try:
-        shutil.rmtree(temporary)
-        model.export(temporary, verbose=False)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            shutil.rmtree(temporary, ignore_errors=True)
+def _export_savedmodel(model, path, overwrite=False, check=True):
+    from keras_dctsparse import atomic
+
+    if check:
+        atomic.check_target(path, atomic.is_savedmodel, "a SavedModel", overwrite)
+    atomic.replace_directory(path, lambda temporary: model.export(temporary, verbose=False))
 
 
 def _write_text(path, text):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
+    from keras_dctsparse import atomic
+
+    atomic.write_text(path, text)
 
 
 def _load_model(path):
@@ -355,76 +378,273 @@ def _load_model(path):
 # ---------------------------------------------------------------- commands
 
 
-def train(args):
-    """Runs `train`; returns the dict written to results.json."""
+_RUN_CONFIG = "run_config.json"
+
+
+def _prepare_out(path, name="--out"):
+    """Creates the output folder `path`; clear errors for files and permissions."""
+    out = os.path.abspath(path)
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise CLIError(f"{name} {path!r} is an existing file, not a folder", status=2)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise CLIError(
+            f"cannot create {name} {path!r}: {error.strerror or error}", status=2
+        ) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CLIError(f"{name} {path!r} is not writable", status=2)
+    return out
+
+
+def run_config(args):
+    """The arguments that define a `train` run (see `RUN_CONFIG_KEYS`)."""
+    return {key: getattr(args, key, None) for key in RUN_CONFIG_KEYS}
+
+
+def _flag(key):
+    return "--" + key.replace("_", "-")
+
+
+def check_run_config(out, config):
+    """Compares `config` with the one stored in `out`; returns the stored state.
+
+    Args:
+        out: The run folder.
+        config: `run_config(args)` of this invocation.
+
+    Returns:
+        The stored state dict (`config`, `elapsed_s`, `finished`), or None when
+        `out` holds no run yet.
+
+    Raises:
+        CLIError: If the stored run used other arguments (naming each of them
+            with its stored and given value), or the file is unreadable.
+    """
+    path = os.path.join(out, _RUN_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as file:
+            state = json.load(file)
+        stored = dict(state["config"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CLIError(
+            f"cannot read {path} ({error}); use a new --out (or delete {out}) to start afresh",
+            status=2,
+        ) from None
+    differing = [
+        f"{_flag(key)} {stored[key]!r} (stored) vs {config[key]!r} (given)"
+        for key in RUN_CONFIG_KEYS
+        if key in stored and stored[key] != config.get(key)
+    ]
+    if differing:
+        raise CLIError(
+            f"{out} holds a run with other arguments: {'; '.join(differing)}. Rerun with "
+            "the stored arguments to resume it, or use a new --out (or delete "
+            f"{out}) to start afresh",
+            status=2,
+        )
+    return state
+
+
+def _write_run_state(out, config, elapsed_s, finished=False):
+    state = {"config": config, "elapsed_s": elapsed_s, "finished": finished}
+    _write_text(os.path.join(out, _RUN_CONFIG), json.dumps(state, indent=2) + "\n")
+
+
+def _elapsed_callback(out, config, started, elapsed_before):
+    """A callback storing the run's total wall time after every epoch."""
     import keras
 
-    from keras_dctsparse import data
-    from keras_dctsparse.callbacks import EnforceSparsity
-    from keras_dctsparse.report import sparsity_report
+    class StoreElapsed(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            _write_run_state(out, config, elapsed_before + time.time() - started)
 
-    start = time.time()
-    keras.utils.set_random_seed(args.seed)
-    dataset = _load_data(args)
-    x_train, y_train = dataset.x_train, dataset.y_train
-    if args.train_limit is not None:
-        x_train, y_train = x_train[: args.train_limit], y_train[: args.train_limit]
+    return StoreElapsed()
+
+
+def _build_model(args, dataset):
+    import tensorflow as tf
 
     models = importlib.import_module("keras_dctsparse.models")
-    model = models.build_model(
-        args.model,
-        input_shape=dataset.input_shape,
-        num_classes=dataset.num_classes,
-        density=args.density,
-        distribution=args.distribution,
-        offset=None if args.offset == "none" else args.offset,
-        seed=args.seed,
-    )
-    steps_per_epoch = -(-len(x_train) // args.batch_size)
-    model.compile(
-        optimizer=_optimizer(
-            args.optimizer, args.lr, args.schedule, steps_per_epoch * args.epochs
-        ),
+    try:
+        return models.build_model(
+            args.model,
+            input_shape=dataset.input_shape,
+            num_classes=dataset.num_classes,
+            density=args.density,
+            distribution=args.distribution,
+            offset=None if args.offset == "none" else args.offset,
+            seed=args.seed,
+        )
+    except (ValueError, tf.errors.InvalidArgumentError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CLIError(
+            f"--model {args.model} cannot be built for --dataset {args.dataset} (input "
+            f"shape {tuple(dataset.input_shape)}): {first}",
+            status=2,
+        ) from None
+
+
+def _compile(model, args, total_steps):
+    """Compiles `model` with the run's optimizer, schedule, loss and metrics."""
+    import keras
+
+    compile_args = dict(
+        optimizer=_optimizer(args.optimizer, args.lr, args.schedule, total_steps),
         loss=keras.losses.SparseCategoricalCrossentropy(
             from_logits=not _outputs_probabilities(model)
         ),
         metrics=["accuracy"],
     )
+    model.compile(**compile_args)
+    return model
 
-    out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
-    backup_dir = os.path.join(out, "backup")
-    resuming = os.path.isdir(backup_dir)
+
+def _tensorboard_callback(logs_dir, verbose, **kwargs):
+    import keras
+
+    if importlib.util.find_spec("tensorboard") is None:
+        if verbose:
+            print(
+                "note: tensorboard is not installed, skipping the TensorBoard logs "
+                "(pip install 'keras_dctsparse[cli]' or pip install tensorboard)"
+            )
+        return []
+    return [keras.callbacks.TensorBoard(logs_dir, **kwargs)]
+
+
+def _multi_worker_strategy():
+    import tensorflow as tf
+
+    if not os.environ.get("TF_CONFIG"):
+        raise CLIError(
+            "--distribute multi-worker needs TF_CONFIG (the cluster and this worker's "
+            "task); see the README's multi-worker section",
+            status=2,
+        )
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except (ValueError, RuntimeError) as error:
+        raise CLIError(f"cannot start MultiWorkerMirroredStrategy: {error}", status=2) from None
+
+
+def train(args):
+    """Runs `train`; returns the dict written to results.json (None on non-chief workers)."""
+    started = time.time()
+    strategy = _multi_worker_strategy() if getattr(args, "distribute", "none") == "multi-worker" else None
+
+    import keras
+
+    from keras_dctsparse import data
+    from keras_dctsparse.callbacks import EnforceSparsity
+    from keras_dctsparse.training import cluster_task, worker_directory
+
+    is_chief = strategy is None or cluster_task(strategy)[2]
+    base_out = _prepare_out(args.out)
+    out = base_out if strategy is None else _prepare_out(worker_directory(base_out, strategy))
+    config = run_config(args)
+    state = check_run_config(out, config)
+
+    keras.utils.set_random_seed(args.seed)
+    dataset = _load_data(args)
+    x_train, y_train = dataset.x_train, dataset.y_train
+    if args.train_limit is not None:
+        x_train, y_train = x_train[: args.train_limit], y_train[: args.train_limit]
+    steps_per_epoch = -(-len(x_train) // args.batch_size)
+
+    def build():
+        return _compile(_build_model(args, dataset), args, steps_per_epoch * args.epochs)
+
+    backup_dir = os.path.join(out, "backup" if strategy is None else "checkpoints")
+    resuming = os.path.isdir(backup_dir) and bool(os.listdir(backup_dir))
+    elapsed_before = float(state.get("elapsed_s", 0.0)) if (state and resuming) else 0.0
+    _write_run_state(out, config, elapsed_before)
     callbacks = [
         EnforceSparsity(),
-        keras.callbacks.BackupAndRestore(backup_dir),
-        keras.callbacks.CSVLogger(os.path.join(out, "metrics.csv"), append=resuming),
+        _elapsed_callback(out, config, started, elapsed_before),
         *_EXTRA_CALLBACKS,
     ]
-    if importlib.util.find_spec("tensorboard") is not None:
-        callbacks.insert(3, keras.callbacks.TensorBoard(os.path.join(out, "logs")))
-    elif args.verbose:
-        print("note: tensorboard is not installed, skipping OUT/logs (pip install tensorboard)")
+    logs_dir = os.path.join(out, "logs")
     train_data = data.make_train_dataset(
         x_train, y_train, args.batch_size, augment=args.augment, seed=args.seed
     )
     validation = None
     if dataset.x_val is not None:
         validation = data.make_eval_dataset(dataset.x_val, dataset.y_val, args.batch_size)
-    if resuming and args.verbose:
-        print(f"Resuming from {backup_dir}")
-    model.fit(
-        train_data,
-        epochs=args.epochs,
-        validation_data=validation,
-        callbacks=callbacks,
-        verbose=args.verbose,
-    )
+
+    if strategy is None:
+        model = build()
+        callbacks += _tensorboard_callback(logs_dir, args.verbose)
+        if resuming and args.verbose:
+            print(f"Resuming from {backup_dir}")
+        callbacks[1:1] = [
+            keras.callbacks.BackupAndRestore(backup_dir),
+            keras.callbacks.CSVLogger(os.path.join(out, "metrics.csv"), append=resuming),
+        ]
+        model.fit(
+            train_data,
+            epochs=args.epochs,
+            validation_data=validation,
+            callbacks=callbacks,
+            verbose=args.verbose,
+            shuffle=False,  # the dataset shuffles itself
+        )
+    else:
+        from keras_dctsparse.training import fit_multi_worker
+
+        if is_chief:
+            callbacks += _tensorboard_callback(logs_dir, args.verbose, write_graph=False)
+        result = fit_multi_worker(
+            strategy,
+            build,
+            train_data,
+            args.epochs,
+            backup_dir,
+            metrics={"accuracy": keras.metrics.sparse_categorical_accuracy},
+            validation_data=validation,
+            callbacks=callbacks,
+            csv_path=os.path.join(out, "metrics.csv"),
+            verbose=args.verbose,
+        )
+        resuming = result.initial_epoch > 0
+        if not is_chief:
+            _write_run_state(out, config, elapsed_before + time.time() - started, finished=True)
+            shutil.rmtree(backup_dir, ignore_errors=True)
+            if args.verbose:
+                print(f"worker done: metrics in {os.path.join(out, 'metrics.csv')}")
+            return None
+        model = _plain_copy(result.model, build)
+
+    return _finish_run(args, model, dataset, out, config, started, elapsed_before, resuming,
+                       backup_dir if strategy is not None else None)
+
+
+def _plain_copy(distributed_model, build):
+    """The trained model rebuilt outside the strategy (weights and optimizer state)."""
+    model = build()
+    model.set_weights(distributed_model.get_weights())
+    model.optimizer.build(model.trainable_variables)
+    source = distributed_model.optimizer.variables
+    if len(source) == len(model.optimizer.variables):
+        for target, value in zip(model.optimizer.variables, source):
+            target.assign(value.numpy())
+    return model
+
+
+def _finish_run(args, model, dataset, out, config, started, elapsed_before, resuming,
+                checkpoints=None):
+    """Evaluates on the test set and writes the outputs of a finished run."""
+    from keras_dctsparse import data
+    from keras_dctsparse.report import sparsity_report
 
     test = data.make_eval_dataset(dataset.x_test, dataset.y_test, args.batch_size)
     metrics = model.evaluate(test, verbose=0, return_dict=True)
     report = sparsity_report(model)
-    wall = time.time() - start
+    wall = elapsed_before + time.time() - started
+    used = {k: v for k, v in vars(args).items() if k not in ("func", "command_line")}
+    used.update(config)
     results = {
         "test_accuracy": float(metrics["accuracy"]),
         "test_loss": float(metrics["loss"]),
@@ -432,17 +652,23 @@ def train(args):
         "total_dense_params": int(report.total.dense_params),
         "wall_time_s": wall,
         "resumed": resuming,
-        "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "args": used,
     }
     _write_text(os.path.join(out, "sparsity_report.md"), report.to_table() + "\n")
     _atomic_save_keras(model, os.path.join(out, "model.keras"))
-    _export_savedmodel(model, os.path.join(out, "saved_model"))
+    _export_savedmodel(model, os.path.join(out, "saved_model"), check=False)
     _write_text(os.path.join(out, "results.json"), json.dumps(results, indent=2) + "\n")
+    _write_run_state(out, config, wall, finished=True)
+    if checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     print(
         f"test accuracy: {results['test_accuracy']:.4f}  test loss: "
         f"{results['test_loss']:.4f}  nnz: {results['total_nnz']}  "
         f"wall time: {wall:.1f}s  -> {out}"
     )
+    logs_dir = os.path.join(out, "logs")
+    if os.path.isdir(logs_dir):
+        print(f"TensorBoard: tensorboard --logdir {shlex.quote(logs_dir)}")
     return results
 
 
@@ -451,6 +677,13 @@ def evaluate(args):
 
     model = _load_model(args.model_path)
     dataset = _load_data(args)
+    expected = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    if expected is not None and tuple(dataset.input_shape) != expected:
+        raise CLIError(
+            f"--model-path {args.model_path!r} takes inputs of shape {expected}, but "
+            f"--dataset {args.dataset} has shape {tuple(dataset.input_shape)}",
+            status=2,
+        )
     if not getattr(model, "compiled", False) or model.loss is None:
         import keras
 
@@ -467,22 +700,45 @@ def evaluate(args):
     return accuracy
 
 
-def export(args):
-    from keras_dctsparse.export.tflite import export_tflite
+def _check_export_target(args):
+    from keras_dctsparse import atomic
 
-    model = _load_model(args.model_path)
+    output = args.output
+    if args.format == "tflite" and os.path.isdir(output):
+        raise CLIError(
+            f"--output {output!r} is a folder; TFLite export writes one file "
+            f"(for example {os.path.join(output, 'model.tflite')!r})",
+            status=2,
+        )
+    ours, kind = (
+        (atomic.is_savedmodel, "a SavedModel") if args.format == "savedmodel"
+        else (atomic.is_tflite, "a TFLite file")
+    )
+    try:
+        atomic.check_target(output, ours, kind, getattr(args, "overwrite", False))
+    except atomic.OutputExistsError as error:
+        raise CLIError(f"--output {error}", status=2) from None
+
+
+def export(args):
     if args.format == "savedmodel" and (
         args.quantization != "none" or args.dct_constants != "stored"
     ):
         raise CLIError(
             "--quantization and --dct-constants apply to --format tflite only", status=2
         )
+    _check_export_target(args)
+    from keras_dctsparse.export.tflite import export_tflite
+
+    model = _load_model(args.model_path)
     try:
         if args.format == "savedmodel":
-            _export_savedmodel(model, args.output)
+            _export_savedmodel(model, args.output, check=False)
         else:
             parent = os.path.dirname(os.path.abspath(args.output))
             os.makedirs(parent, exist_ok=True)
+            if os.path.lexists(args.output) and not os.path.isfile(args.output):
+                raise CLIError(f"--output {args.output!r} is not a file", status=2)
             quantization = None if args.quantization == "none" else args.quantization
             export_tflite(
                 model,
@@ -522,23 +778,24 @@ def _label(density, offset):
 def sweep(args):
     import keras
 
-    out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
+    out = _prepare_out(args.out)
     rows = []
     for density, offset, seed in _sweep_grid(args.densities, args.offsets, args.seeds):
         run_dir = os.path.join(out, _run_name(density, offset, seed))
         result_path = os.path.join(run_dir, "results.json")
+        run_args = argparse.Namespace(**vars(args))
+        for name in ("densities", "offsets", "seeds"):
+            delattr(run_args, name)
+        run_args.density, run_args.offset, run_args.seed = density, offset, seed
+        run_args.out, run_args.distribute = run_dir, "none"
+        if os.path.isdir(run_dir):
+            check_run_config(run_dir, run_config(run_args))
         if os.path.exists(result_path):
             with open(result_path) as file:
                 result = json.load(file)
             print(f"[sweep] {run_dir}: done already")
         else:
             print(f"[sweep] density={density:g} offset={offset} seed={seed}")
-            run_args = argparse.Namespace(**vars(args))
-            for name in ("densities", "offsets", "seeds"):
-                delattr(run_args, name)
-            run_args.density, run_args.offset, run_args.seed = density, offset, seed
-            run_args.out = run_dir
             keras.backend.clear_session()
             result = train(run_args)
         rows.append((density, offset, seed, result))
@@ -697,9 +954,47 @@ def _plot(out, summary, model_name=""):
 # ---------------------------------------------------------------- entry point
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Sends file descriptor 2 to a temporary file; replays it if an error escapes."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _import_tensorflow():
+    """Imports TensorFlow and Keras with the start-up logging silenced.
+
+    TensorFlow 2.21 prints its start-up lines (oneDNN, CUDA, CPU features)
+    through absl before `TF_CPP_MIN_LOG_LEVEL` applies, so they are captured
+    while TensorFlow loads and finds its devices. Set `TF_CPP_MIN_LOG_LEVEL`
+    yourself (for example to 0) to see them.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        import keras  # noqa: F401
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    with _quiet_stderr():
+        import keras  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+
+
 def main(argv=None):
     """Runs the CLI with `argv` (default `sys.argv[1:]`); returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -708,12 +1003,21 @@ def main(argv=None):
     args.command_line = "dctsparse " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
+    if getattr(args, "verbose", 0) is None:
+        # Progress bars only on a terminal: redirected logs get one line per epoch.
+        args.verbose = 1 if sys.stdout.isatty() else 2
     command = {"train": train, "evaluate": evaluate, "export": export, "sweep": sweep}
     try:
+        _import_tensorflow()
         command[args.command](args)
     except CLIError as error:
         print(f"dctsparse {args.command}: error: {error}", file=sys.stderr)
         return error.status
+    except OSError as error:  # a full disk, a permission, a vanished file
+        where = f" ({error.filename})" if error.filename else ""
+        message = error.strerror or errno.errorcode.get(error.errno, "") or str(error)
+        print(f"dctsparse {args.command}: error: {message}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             f"dctsparse {args.command}: interrupted; rerun the same command to resume",
