@@ -5,7 +5,18 @@ import numbers
 
 from keras_dctsparse.ops import kernel_choice
 
-OFFSETS = ("dct", None)
+
+class Choices(tuple):
+    """Allowed values of an argument, plus `aliases` accepted for some of them."""
+
+    def __new__(cls, values, aliases=None):
+        choices = super().__new__(cls, values)
+        choices.aliases = dict(aliases or {})
+        return choices
+
+
+# "none" is the command line's spelling of offset=None.
+OFFSETS = Choices(("dct", None), aliases={"none": None})
 SPARSE_FORMATS = ("values", "masked")
 
 
@@ -37,6 +48,9 @@ def check_choice(name, value, allowed):
     """Returns `value` if it is one of `allowed`, else raises ValueError."""
     if isinstance(value, str) or value is None:
         normalized = value.lower() if isinstance(value, str) else value
+        aliases = getattr(allowed, "aliases", {})
+        if normalized in aliases:
+            return aliases[normalized]
         if normalized in allowed:
             return normalized
     raise ValueError(
