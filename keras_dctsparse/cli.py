@@ -560,7 +560,6 @@ def train(args):
     backup_dir = os.path.join(out, "backup" if strategy is None else "checkpoints")
     resuming = os.path.isdir(backup_dir) and bool(os.listdir(backup_dir))
     elapsed_before = float(state.get("elapsed_s", 0.0)) if (state and resuming) else 0.0
-    _write_run_state(out, config, elapsed_before)
     callbacks = [
         EnforceSparsity(),
         _elapsed_callback(out, config, started, elapsed_before),

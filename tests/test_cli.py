@@ -1,10 +1,15 @@
 """Tests for the `dctsparse` command line (keras_dctsparse.cli)."""
 
 import csv
-import importlib.util
+import errno
+import gzip
 import json
 import os
+import shutil
+import stat
+import subprocess
 import sys
+import time
 import types
 
 import keras
@@ -81,8 +86,11 @@ def test_train_writes_outputs(trained):
     for name in ("results.json", "metrics.csv", "sparsity_report.md", "model.keras"):
         assert (trained / name).is_file(), name
     assert (trained / "saved_model" / "saved_model.pb").is_file()
-    if importlib.util.find_spec("tensorboard") is not None:
-        assert (trained / "logs").is_dir()
+    assert (trained / "logs").is_dir()  # tensorboard is a dependency of the command line
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.keras", "results.json", "metrics.csv", "run_config.json"):
+        assert stat.S_IMODE((trained / name).stat().st_mode) == 0o666 & ~umask, name
     assert not (trained / "backup").exists()  # removed after a finished run
     results = json.loads((trained / "results.json").read_text())
     assert results["test_accuracy"] > 0.3
@@ -284,3 +292,324 @@ def test_python_dash_m_help():
     text = " ".join(proc.stdout.split())  # argparse re-wraps the description
     assert "pip install matplotlib" in text and "--densities" in text
     assert "density 1 is the dense baseline" in text
+
+
+# ------------------------------------------------ faults a user meets (issue 12)
+
+
+def _snapshot(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as file:
+                files[os.path.relpath(path, folder)] = file.read()
+    return files
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    """A copy of the trained run folder that a test may try to damage."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def test_export_refuses_to_replace_a_run_folder(run_copy, capsys):
+    before = _snapshot(run_copy)
+    argv = ["export", "--model-path", str(run_copy / "model.keras"), "--format", "savedmodel",
+            "--output", str(run_copy)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dctsparse export: error: --output") and "--overwrite" in err
+    assert _snapshot(run_copy) == before
+
+
+def test_export_replaces_a_previous_export_and_overwrite_replaces_anything(trained, tmp_path):
+    model_path = str(trained / "model.keras")
+    target = tmp_path / "sm"
+    base = ["export", "--model-path", model_path, "--format", "savedmodel", "--output", str(target)]
+    assert cli.main(base) == 0
+    first = _snapshot(target)
+    assert cli.main(base) == 0  # a previous SavedModel export: replaced without --overwrite
+    assert _snapshot(target).keys() == first.keys()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    argv = ["export", "--model-path", model_path, "--format", "savedmodel", "--output", str(other)]
+    assert cli.main(argv) == 2 and (other / "notes.txt").read_text() == "mine"
+    assert cli.main(argv + ["--overwrite"]) == 0
+    assert (other / "saved_model.pb").is_file() and not (other / "notes.txt").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporaries left
+
+
+def test_export_tflite_onto_a_folder_or_foreign_file(trained, tmp_path, capsys):
+    model_path = str(trained / "model.keras")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("keep")
+    argv = ["export", "--model-path", model_path, "--format", "tflite", "--output", str(folder)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dctsparse export: error: --output") and "model.tflite" in err
+    assert _snapshot(folder) == {"keep.txt": b"keep"}
+    foreign = tmp_path / "notes.tflite"
+    foreign.write_text("not a model")
+    argv = ["export", "--model-path", model_path, "--format", "tflite", "--output", str(foreign)]
+    assert cli.main(argv) == 2 and foreign.read_text() == "not a model"
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        (["--density", "0.05"], ["--density 0.1 (stored) vs 0.05 (given)"]),
+        (["--seed", "3", "--lr", "0.01"], ["--seed 0 (stored) vs 3 (given)", "--lr 0.001"]),
+    ],
+)
+def test_resume_with_other_arguments_is_refused(tmp_path, monkeypatch, capsys, change, named):
+    out = tmp_path / "run"
+    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [_Interrupt()])
+    assert cli.main(_train_argv(out, epochs=4)) == 130
+    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [])
+    capsys.readouterr()
+    before = _snapshot(out)
+    argv = _train_argv(out, epochs=4)
+    for flag, value in zip(change[::2], change[1::2]):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dctsparse train: error: ") and "start afresh" in err
+    for text in named:
+        assert text in err
+    assert _snapshot(out) == before
+    # The stored arguments resume, and results.json records the values used.
+    assert cli.main(_train_argv(out, epochs=4)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["args"]["density"] == 0.1 and results["args"]["seed"] == 0
+
+
+def test_out_is_an_existing_file(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("precious")
+    assert cli.main(_train_argv(out)) == 2
+    assert "is an existing file" in capsys.readouterr().err and out.read_text() == "precious"
+
+
+def test_out_under_a_read_only_folder(tmp_path, monkeypatch, capsys):
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    if os.geteuid() == 0:  # root ignores permissions: fail the creation as the kernel would
+        def makedirs(path, *args, **kwargs):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+        monkeypatch.setattr(cli.os, "makedirs", makedirs)
+    else:
+        parent.chmod(0o500)
+    try:
+        assert cli.main(_train_argv(parent / "run")) == 2
+    finally:
+        parent.chmod(0o700)
+    err = capsys.readouterr().err
+    assert err.startswith("dctsparse train: error: cannot create --out") and "Permission denied" in err
+    assert os.listdir(parent) == []
+
+
+def test_corrupt_gzip_in_data_dir(tmp_path, capsys):
+    data_dir = tmp_path / "mnist"
+    data_dir.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (data_dir / f"{name}.gz").write_bytes(gzip.compress(b"\0" * 64)[:20])
+    argv = ["train", "--model", "lenet300100", "--dataset", "mnist", "--data-dir", str(data_dir),
+            "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dctsparse train: error: cannot read the mnist data") and "gzip" in err
+    assert "Traceback" not in err
+
+
+def test_evaluate_on_another_input_shape(tmp_path, capsys):
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                              DCTSparseDense(10, density=0.1, activation="softmax")])
+    path = tmp_path / "m.keras"
+    model.save(path)
+    argv = ["evaluate", "--model-path", str(path), "--dataset", "digits"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "(28, 28, 1)" in err and "(8, 8, 1)" in err and err.startswith("dctsparse evaluate: error:")
+
+
+def test_conv_model_larger_than_input(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--model", "lenet5", "--dataset", "digits", "--epochs", "1", "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dctsparse train: error: --model lenet5 cannot be built") and "(8, 8, 1)" in err
+    assert os.listdir(out) == []  # nothing stored: another --model may use this --out
+
+
+def test_api_accepts_offset_none_like_the_cli():
+    layer = DCTSparseDense(4, density=0.5, offset="none")
+    assert layer.offset is None
+    config = layer.get_config()
+    assert config["offset"] is None
+    assert DCTSparseDense.from_config(config).offset is None
+    with pytest.raises(ValueError, match="offset"):
+        DCTSparseDense(4, offset="fft")
+
+
+def test_help_and_argument_errors_do_not_import_tensorflow():
+    for argv in (["--help"], ["train", "--model", "nope"]):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "keras_dctsparse", *argv],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode == (0 if argv == ["--help"] else 2)
+        imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+        assert "keras_dctsparse.cli" in imported
+        assert "tensorflow" not in imported and "keras" not in imported
+
+
+def test_redirected_run_prints_only_our_lines(tmp_path):
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_dctsparse", "train", "--model", "lenet300100",
+         "--dataset", "digits", "--density", "0.1", "--epochs", "2", "--batch-size", "64",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no TensorFlow logging, no Keras shuffle warning
+    assert "\x1b" not in proc.stdout and "\r" not in proc.stdout and "\b" not in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "Epoch 1/2" and lines[2] == "Epoch 2/2"  # verbose=2: one line per epoch
+    assert f"TensorBoard: tensorboard --logdir {out / 'logs'}" in lines
+
+
+def test_resumed_wall_time_counts_all_parts(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [_Interrupt()])
+    assert cli.main(_train_argv(out, epochs=4)) == 130
+    first_part = json.loads((out / "run_config.json").read_text())["elapsed_s"]
+    assert first_part > 0
+    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [])
+    started = time.time()
+    assert cli.main(_train_argv(out, epochs=4)) == 0
+    second_part = time.time() - started
+    wall = json.loads((out / "results.json").read_text())["wall_time_s"]
+    assert first_part < wall <= first_part + second_part
+
+
+# ------------------------------------------------ fault injection: a full disk mid-write
+
+
+def _enospc(path=None):
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
+def _half_writing_fdopen(real_fdopen):
+    """os.fdopen whose files write half of the first write, then fail with ENOSPC."""
+
+    class HalfWriter:
+        def __init__(self, file):
+            self._file = file
+
+        def write(self, data):
+            self._file.write(data[: max(1, len(data) // 2)])
+            self._file.flush()
+            raise _enospc(getattr(self._file, "name", None))
+
+        def __getattr__(self, name):
+            return getattr(self._file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._file.close()
+
+    def fdopen(*args, **kwargs):
+        return HalfWriter(real_fdopen(*args, **kwargs))
+
+    return fdopen
+
+
+def _leftovers(folder):
+    return [p for p in os.listdir(folder) if p.startswith(".")]
+
+
+def test_full_disk_while_saving_keras_keeps_previous(run_copy, monkeypatch):
+    path = run_copy / "model.keras"
+    before = path.read_bytes()
+
+    def save(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as file:
+            file.write(before[: len(before) // 2])
+        raise _enospc(filepath)
+
+    monkeypatch.setattr(keras.Model, "save", save)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(OSError, match="No space left"):
+        cli._atomic_save_keras(model, str(path))
+    assert path.read_bytes() == before and not _leftovers(run_copy)
+
+
+def test_full_disk_while_exporting_savedmodel_keeps_previous(run_copy, monkeypatch):
+    target = run_copy / "saved_model"
+    before = _snapshot(target)
+
+    def export(self, filepath, *args, **kwargs):
+        os.makedirs(filepath)
+        with open(os.path.join(filepath, "saved_model.pb"), "wb") as file:
+            file.write(b"\x08\x01partial")
+        raise _enospc(filepath)
+
+    monkeypatch.setattr(keras.Model, "export", export)
+    model = keras.saving.load_model(run_copy / "model.keras")
+    with pytest.raises(OSError, match="No space left"):
+        cli._export_savedmodel(model, str(target))
+    assert _snapshot(target) == before and not _leftovers(run_copy)
+
+
+def test_full_disk_while_writing_tflite_keeps_previous(trained, tmp_path, monkeypatch):
+    output = tmp_path / "m.tflite"
+    argv = ["export", "--model-path", str(trained / "model.keras"), "--format", "tflite",
+            "--output", str(output)]
+    assert cli.main(argv) == 0
+    before = output.read_bytes()
+    monkeypatch.setattr(os, "fdopen", _half_writing_fdopen(os.fdopen))
+    assert cli.main(argv + ["--quantization", "float16"]) == 1
+    assert output.read_bytes() == before and not _leftovers(tmp_path)
+
+
+def test_full_disk_while_writing_results_keeps_previous(run_copy, monkeypatch):
+    path = run_copy / "results.json"
+    before = path.read_bytes()
+    monkeypatch.setattr(os, "fdopen", _half_writing_fdopen(os.fdopen))
+    with pytest.raises(OSError, match="No space left"):
+        cli._write_text(str(path), json.dumps({"test_accuracy": 0.0}))
+    assert path.read_bytes() == before and not _leftovers(run_copy)
+
+
+def test_full_disk_during_train_outputs_is_one_error_line(run_copy, monkeypatch, capsys):
+    before = _snapshot(run_copy)
+
+    def export(self, filepath, *args, **kwargs):
+        os.makedirs(filepath)
+        raise _enospc(filepath)
+
+    monkeypatch.setattr(keras.Model, "export", export)
+    argv = _train_argv(run_copy, "--lr", "0.01")  # the stored arguments of `trained`
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dctsparse train: error: No space left on device")
+    after = _snapshot(run_copy)
+    for name in ("results.json", *[k for k in before if k.startswith("saved_model")]):
+        assert after[name] == before[name], name
+    assert not _leftovers(run_copy)
