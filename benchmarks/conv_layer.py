@@ -23,8 +23,10 @@ Candidates:
 Run:
     python benchmarks/conv_layer.py --quick     # a few minutes on 2 cores
     python benchmarks/conv_layer.py             # all shapes, batches 32 and 128 (long)
+    python benchmarks/conv_layer.py --vgg19     # zoo VGG19 train step, dense vs 1% / 0.1%
 
-`conv_layer_rows(...)` returns the rows (dicts) for other scripts (benchmarks/price.py).
+`conv_layer_rows(...)` and `vgg19_rows(...)` return the rows (dicts) for other scripts
+(benchmarks/price.py).
 """
 
 import argparse
@@ -150,6 +152,41 @@ def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats
     return rows
 
 
+def vgg19_rows(batch=128, densities=(0.01, 0.001), repeats=5, log=print):
+    """Train step (`train_on_batch`) of the zoo VGG19 (32x32x3, ERK densities, SGD) against
+    the dense zoo VGG19, interleaved; one dict per model with the path of every conv."""
+    from keras_dctsparse.models import build_model
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.standard_normal((batch, 32, 32, 3)), tf.float32)
+    y = tf.constant(rng.integers(0, 10, batch))
+    functions, paths = {}, {}
+    for density in (1.0, *densities):
+        name = "dense" if density == 1.0 else f"DCTpS {density:g}"
+        kwargs = dict(density=1.0, offset=None) if density == 1.0 else dict(
+            density=density, seed=0)
+        model = build_model("vgg19", **kwargs)
+        model.compile(keras.optimizers.SGD(1e-3), "sparse_categorical_crossentropy")
+        functions[name] = lambda model=model: model.train_on_batch(x, y)
+        paths[name] = " ".join(
+            _path(layer, tf.zeros((batch, *layer.input.shape[1:]))).split("/")[0][0]
+            for layer in model.layers if hasattr(layer, "_plan")
+        ) or "-"
+    times = interleaved_ms(functions, repeats)
+    rows = [{"model": name, "batch": batch, "paths": paths[name],
+             "train_ms": times[name][1], "train_best_ms": times[name][0],
+             "train_ratio": times[name][1] / times["dense"][1],
+             "train_best_ratio": times[name][0] / times["dense"][0]} for name in functions]
+    if log is not None:
+        log(markdown_table(
+            ["VGG19", "batch", "conv paths (d=dense, s=sparse)", "train step ms (best)",
+             "x dense (median)", "x dense (best)"],
+            [[r["model"], r["batch"], r["paths"],
+              f"{r['train_ms']:.0f} ({r['train_best_ms']:.0f})",
+              f"{r['train_ratio']:.2f}", f"{r['train_best_ratio']:.2f}"] for r in rows]))
+    return rows
+
+
 HEADER = ["shape", "batch", "density", "layer", "path", "forward ms (best)", "x Conv2D",
           "train step ms (best)", "x Conv2D"]
 
@@ -169,7 +206,12 @@ def main():
     parser.add_argument("--batch", type=int, nargs="*", default=None)
     parser.add_argument("--density", type=float, nargs="*", default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--vgg19", action="store_true",
+                        help="only the zoo VGG19 train step (batch 128 unless --batch)")
     args = parser.parse_args()
+    if args.vgg19:
+        vgg19_rows(batch=(args.batch or [128])[0], repeats=args.repeats or 5)
+        return
     shapes = QUICK_SHAPES if args.quick else SHAPES
     batches = args.batch or ([32] if args.quick else BATCHES)
     densities = args.density or ([0.01, 0.001] if args.quick else DENSITIES)
