@@ -368,7 +368,9 @@ def test_mixed_precision(policy):
     try:
         for layer in (DCTSparseConv2D(8, 3, density=0.3, padding="same", seed=1),
                       DCTSparseConv2D(8, 3, density=0.3, padding="same", seed=1,
-                                      offset_method="matmul")):
+                                      offset_method="matmul"),
+                      DCTSparseConv2D(8, 3, density=0.3, padding="same", seed=1,
+                                      sparse_kernel="sparse")):
             layer.build(x.shape)
             for target, source in zip(layer.weights, reference.weights):
                 target.assign(source)
@@ -385,9 +387,10 @@ def test_mixed_precision(policy):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_float64_layer():
+@pytest.mark.parametrize("sparse_kernel", ["dense", "sparse"])
+def test_float64_layer(sparse_kernel):
     layer = DCTSparseConv2D(5, 3, density=0.5, dtype="float64", offset_method="matmul",
-                            sparse_initializer="random_normal")
+                            sparse_initializer="random_normal", sparse_kernel=sparse_kernel)
     x = np.random.default_rng().standard_normal((2, 6, 6, 3))
     y = layer(x)
     assert y.dtype == "float64"
@@ -408,6 +411,7 @@ def build():
                         sparse_initializer="random_normal"),
         DCTSparseDepthwiseConv2D(3, strides=2, density=0.3, seed=2),
         DCTSparseConv2D(4, 3, density=0.2, seed=3, offset_method="matmul"),
+        DCTSparseConv2D(4, 3, padding="same", density=0.3, seed=4, sparse_kernel="sparse"),
         keras.layers.GlobalAveragePooling2D()])
     model.compile(keras.optimizers.SGD(0.02, momentum=0.9), "mse")
     return model
