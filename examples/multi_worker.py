@@ -63,10 +63,10 @@ def worker(args):
 
     keras.utils.set_random_seed(0)
     digits = load_digits()
-    x = (digits.data / 16.0).astype("float32")[: args.train_limit]
-    y = digits.target.astype("int32")[: args.train_limit]
+    x, y = (digits.data / 16.0).astype("float32"), digits.target.astype("int32")
+    n_train = min(1400, args.train_limit or 1400)  # the last 397 digits are the test set
     # The same global batches on every worker (same seed); each is split over the workers.
-    train = make_train_dataset(x[:1400], y[:1400], batch_size=64, seed=0)
+    train = make_train_dataset(x[:n_train], y[:n_train], batch_size=64, seed=0)
 
     def build():
         model = keras.Sequential(
@@ -101,7 +101,7 @@ def worker(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--train-limit", type=int, default=None, help="use the first N digits")
+    parser.add_argument("--train-limit", type=int, default=None, help="train on the first N digits (at most 1400)")
     parser.add_argument("--out", default="runs/multi_worker")
     args = parser.parse_args()
     if "TF_CONFIG" in os.environ:
