@@ -58,7 +58,11 @@ def _started_as_command_line():
     return False
 
 
+def _import_public_api():
+    """Imports every public name (and so registers the layers with Keras)."""
+    for name in _PUBLIC:
+        __getattr__(name)
+
+
 if not _started_as_command_line():
-    for _name in _PUBLIC:
-        __getattr__(_name)
-    del _name
+    _import_public_api()

@@ -365,7 +365,9 @@ def _write_text(path, text):
 def _load_model(path):
     import keras
 
-    import keras_dctsparse  # noqa: F401  (registers the layers)
+    import keras_dctsparse
+
+    keras_dctsparse._import_public_api()  # registers the layers with Keras
 
     if not os.path.exists(path):
         raise CLIError(f"--model-path {path!r} does not exist", status=2)
@@ -981,14 +983,16 @@ def _import_tensorflow():
     while TensorFlow loads and finds its devices. Set `TF_CPP_MIN_LOG_LEVEL`
     yourself (for example to 0) to see them.
     """
+    import keras_dctsparse
+
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
-        import keras  # noqa: F401
+        keras_dctsparse._import_public_api()
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     with _quiet_stderr():
-        import keras  # noqa: F401
         import tensorflow as tf
 
+        keras_dctsparse._import_public_api()  # also registers the layers for loading
         tf.config.list_physical_devices()
 
 

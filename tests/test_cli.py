@@ -475,6 +475,20 @@ def test_help_and_argument_errors_do_not_import_tensorflow():
         assert "tensorflow" not in imported and "keras" not in imported
 
 
+def test_command_line_process_loads_saved_models(trained):
+    # `python -m keras_dctsparse` imports the layers only after parsing.
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_dctsparse", "evaluate", "--model-path",
+         str(trained / "model.keras"), "--dataset", "digits"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    accuracy = float(proc.stdout.split()[-1])
+    assert accuracy == pytest.approx(
+        json.loads((trained / "results.json").read_text())["test_accuracy"], abs=1e-4
+    )
+
+
 def test_redirected_run_prints_only_our_lines(tmp_path):
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
