@@ -29,7 +29,6 @@ import contextlib
 import errno
 
 import argparse
-import csv
 import importlib
 import importlib.util
 import json
@@ -41,6 +40,8 @@ import sys
 import tempfile
 import time
 
+from keras_dctsparse import runs
+
 MODELS = ("lenet300100", "lenet5", "vgg19", "resnet18", "resnet50", "mobilenetv2")
 DISTRIBUTIONS = ("uniform", "epl", "epf", "erk")
 OFFSETS = ("dct", "none")
@@ -48,14 +49,6 @@ OPTIMIZERS = ("adam", "sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 DISTRIBUTE = ("none", "multi-worker")
-
-# The `train` arguments that define a run (stored in OUT/run_config.json and
-# compared on resume). --out, --data-dir, --download and --verbose do not.
-RUN_CONFIG_KEYS = (
-    "model", "dataset", "density", "offset", "seed", "distribution", "epochs",
-    "optimizer", "lr", "schedule", "validation_split", "augment", "train_limit",
-    "batch_size", "distribute",
-)
 
 # Test-only hook: extra Keras callbacks appended to every `train` run.
 _EXTRA_CALLBACKS: list = []
@@ -380,7 +373,11 @@ def _load_model(path):
 # ---------------------------------------------------------------- commands
 
 
-_RUN_CONFIG = "run_config.json"
+def _check_run_config(out, config):
+    try:
+        return runs.check_run_config(out, config)
+    except runs.RunConfigError as error:
+        raise CLIError(str(error), status=2) from None
 
 
 def _prepare_out(path, name="--out"):
@@ -397,73 +394,6 @@ def _prepare_out(path, name="--out"):
     if not os.access(out, os.W_OK | os.X_OK):
         raise CLIError(f"{name} {path!r} is not writable", status=2)
     return out
-
-
-def run_config(args):
-    """The arguments that define a `train` run (see `RUN_CONFIG_KEYS`)."""
-    return {key: getattr(args, key, None) for key in RUN_CONFIG_KEYS}
-
-
-def _flag(key):
-    return "--" + key.replace("_", "-")
-
-
-def check_run_config(out, config):
-    """Compares `config` with the one stored in `out`; returns the stored state.
-
-    Args:
-        out: The run folder.
-        config: `run_config(args)` of this invocation.
-
-    Returns:
-        The stored state dict (`config`, `elapsed_s`, `finished`), or None when
-        `out` holds no run yet.
-
-    Raises:
-        CLIError: If the stored run used other arguments (naming each of them
-            with its stored and given value), or the file is unreadable.
-    """
-    path = os.path.join(out, _RUN_CONFIG)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as file:
-            state = json.load(file)
-        stored = dict(state["config"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise CLIError(
-            f"cannot read {path} ({error}); use a new --out (or delete {out}) to start afresh",
-            status=2,
-        ) from None
-    differing = [
-        f"{_flag(key)} {stored[key]!r} (stored) vs {config[key]!r} (given)"
-        for key in RUN_CONFIG_KEYS
-        if key in stored and stored[key] != config.get(key)
-    ]
-    if differing:
-        raise CLIError(
-            f"{out} holds a run with other arguments: {'; '.join(differing)}. Rerun with "
-            "the stored arguments to resume it, or use a new --out (or delete "
-            f"{out}) to start afresh",
-            status=2,
-        )
-    return state
-
-
-def _write_run_state(out, config, elapsed_s, finished=False):
-    state = {"config": config, "elapsed_s": elapsed_s, "finished": finished}
-    _write_text(os.path.join(out, _RUN_CONFIG), json.dumps(state, indent=2) + "\n")
-
-
-def _elapsed_callback(out, config, started, elapsed_before):
-    """A callback storing the run's total wall time after every epoch."""
-    import keras
-
-    class StoreElapsed(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            _write_run_state(out, config, elapsed_before + time.time() - started)
-
-    return StoreElapsed()
 
 
 def _build_model(args, dataset):
@@ -546,8 +476,8 @@ def train(args):
     is_chief = strategy is None or cluster_task(strategy)[2]
     base_out = _prepare_out(args.out)
     out = base_out if strategy is None else _prepare_out(worker_directory(base_out, strategy))
-    config = run_config(args)
-    state = check_run_config(out, config)
+    config = runs.run_config(args)
+    state = _check_run_config(out, config)
 
     keras.utils.set_random_seed(args.seed)
     dataset = _load_data(args)
@@ -564,7 +494,7 @@ def train(args):
     elapsed_before = float(state.get("elapsed_s", 0.0)) if (state and resuming) else 0.0
     callbacks = [
         EnforceSparsity(),
-        _elapsed_callback(out, config, started, elapsed_before),
+        runs.elapsed_callback(out, config, started, elapsed_before),
         *_EXTRA_CALLBACKS,
     ]
     logs_dir = os.path.join(out, "logs")
@@ -611,7 +541,7 @@ def train(args):
         )
         resuming = result.initial_epoch > 0
         if not is_chief:
-            _write_run_state(out, config, elapsed_before + time.time() - started, finished=True)
+            runs.write_run_state(out, config, elapsed_before + time.time() - started, finished=True)
             shutil.rmtree(backup_dir, ignore_errors=True)
             if args.verbose:
                 print(f"worker done: metrics in {os.path.join(out, 'metrics.csv')}")
@@ -659,7 +589,7 @@ def _finish_run(args, model, dataset, out, config, started, elapsed_before, resu
     _atomic_save_keras(model, os.path.join(out, "model.keras"))
     _export_savedmodel(model, os.path.join(out, "saved_model"), check=False)
     _write_text(os.path.join(out, "results.json"), json.dumps(results, indent=2) + "\n")
-    _write_run_state(out, config, wall, finished=True)
+    runs.write_run_state(out, config, wall, finished=True)
     if checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     print(
@@ -770,14 +700,10 @@ def _sweep_grid(densities, offsets, seeds):
     return grid
 
 
-def _label(density, offset):
-    if density == 1.0:
-        return "dense"
-    return "DCTpS" if offset == "dct" else "plain sparse"
-
-
 def sweep(args):
     import keras
+
+    from keras_dctsparse import sweep_tables
 
     out = _prepare_out(args.out)
     rows = []
@@ -790,7 +716,7 @@ def sweep(args):
         run_args.density, run_args.offset, run_args.seed = density, offset, seed
         run_args.out, run_args.distribute = run_dir, "none"
         if os.path.isdir(run_dir):
-            check_run_config(run_dir, run_config(run_args))
+            _check_run_config(run_dir, runs.run_config(run_args))
         if os.path.exists(result_path):
             with open(result_path) as file:
                 result = json.load(file)
@@ -800,156 +726,13 @@ def sweep(args):
             keras.backend.clear_session()
             result = train(run_args)
         rows.append((density, offset, seed, result))
-    summary = _summarise(rows)
+    summary = sweep_tables.summarise(rows)
     total_run_time = sum(result["wall_time_s"] for *_, result in rows)
-    _write_sweep_tables(out, summary, args, getattr(args, "command_line", None), total_run_time)
-    _plot(out, summary, args.model)
+    sweep_tables.write_sweep_tables(
+        out, summary, args, getattr(args, "command_line", None), total_run_time
+    )
+    sweep_tables.plot(out, summary, args.model)
     return summary
-
-
-def _summarise(rows):
-    import numpy as np
-
-    groups = {}
-    for density, offset, _seed, result in rows:
-        groups.setdefault((density, offset), []).append(result)
-    summary = []
-    for (density, offset), results in groups.items():
-        accuracy = np.array([r["test_accuracy"] for r in results], dtype=float)
-        wall = np.array([r["wall_time_s"] for r in results], dtype=float)
-        summary.append(
-            {
-                "density": density,
-                "offset": offset,
-                "label": _label(density, offset),
-                "seeds": len(results),
-                "accuracy_mean": float(accuracy.mean()),
-                "accuracy_std": float(accuracy.std(ddof=1)) if len(results) > 1 else 0.0,
-                "accuracy_min": float(accuracy.min()),
-                "accuracy_max": float(accuracy.max()),
-                "wall_time_mean_s": float(wall.mean()),
-                "nnz": int(results[0]["total_nnz"]),
-            }
-        )
-    summary.sort(key=lambda s: (-s["density"], s["offset"]))
-    return summary
-
-
-def _cell(entry):
-    if entry is None:
-        return "-"
-    return (
-        f"{100 * entry['accuracy_mean']:.2f} ± {100 * entry['accuracy_std']:.2f} "
-        f"({100 * entry['accuracy_min']:.2f}-{100 * entry['accuracy_max']:.2f})"
-    )
-
-
-def sweep_markdown(summary, title=None, command=None, wall_time_s=None):
-    """The Markdown results table of a sweep: one row per density.
-
-    Columns: density, nnz, then for dense / DCTpS / plain sparse the final
-    test accuracy in percent as `mean ± sample std (min-max)` over the seeds.
-
-    Args:
-        summary: The list of dicts from `_summarise`.
-        title: Optional first line.
-        command: Optional command that produced the table (shown below it).
-        wall_time_s: Optional total wall time of the runs.
-
-    Returns:
-        The Markdown text.
-    """
-    by_key = {(s["density"], s["label"]): s for s in summary}
-    columns = [c for c in ("dense", "DCTpS", "plain sparse") if any(k[1] == c for k in by_key)]
-    seeds = sorted({s["seeds"] for s in summary})
-    lines = []
-    if title:
-        lines += [title, ""]
-    lines.append(
-        "| density | nnz | "
-        + " | ".join(f"{c} test acc. (%)" for c in columns)
-        + " |"
-    )
-    lines.append("|---:|---:|" + "---:|" * len(columns))
-    for density in sorted({s["density"] for s in summary}, reverse=True):
-        entries = [by_key.get((density, c)) for c in columns]
-        nnz = next(e["nnz"] for e in entries if e is not None)
-        lines.append(
-            f"| {density:g} | {nnz} | " + " | ".join(_cell(e) for e in entries) + " |"
-        )
-    lines.append("")
-    lines.append(
-        f"Final-epoch test accuracy over {'/'.join(map(str, seeds))} seeds: mean ± sample "
-        "standard deviation (min-max)."
-    )
-    if command:
-        lines.append(f"Command: `{command}`.")
-    if wall_time_s is not None:
-        lines.append(f"Wall time: {wall_time_s / 60:.1f} min (sum over the runs).")
-    return "\n".join(lines) + "\n"
-
-
-def _write_sweep_tables(out, summary, args, command, wall_time_s):
-    fields = [
-        "density",
-        "offset",
-        "label",
-        "seeds",
-        "accuracy_mean",
-        "accuracy_std",
-        "accuracy_min",
-        "accuracy_max",
-        "wall_time_mean_s",
-        "nnz",
-    ]
-    with open(os.path.join(out, "results.csv"), "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(summary)
-    title = (
-        f"{args.model} on {args.dataset}, {args.epochs} epochs, {args.distribution} "
-        f"allocation, {args.optimizer} lr {args.lr:g} ({args.schedule}), batch "
-        f"{args.batch_size}"
-    )
-    text = sweep_markdown(summary, title, command, wall_time_s)
-    _write_text(os.path.join(out, "results.md"), text)
-    print(text)
-
-
-def _plot(out, summary, model_name=""):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not installed, skipping accuracy.png (pip install matplotlib)")
-        return None
-    figure, axes = plt.subplots(figsize=(5, 3.5))
-    for label in ("DCTpS", "plain sparse"):
-        points = sorted((s for s in summary if s["label"] == label), key=lambda s: s["density"])
-        if points:
-            axes.errorbar(
-                [s["density"] for s in points],
-                [s["accuracy_mean"] for s in points],
-                yerr=[s["accuracy_std"] for s in points],
-                marker="o",
-                capsize=3,
-                label=label,
-            )
-    for dense in (s for s in summary if s["label"] == "dense"):
-        axes.axhline(dense["accuracy_mean"], color="gray", linestyle="--", label="dense")
-        axes.plot([1.0], [dense["accuracy_mean"]], "ks")
-    axes.set_title(model_name)
-    axes.set_xscale("log")
-    axes.set_xlabel("density")
-    axes.set_ylabel("test accuracy")
-    axes.legend()
-    figure.tight_layout()
-    path = os.path.join(out, "accuracy.png")
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
 
 
 # ---------------------------------------------------------------- entry point

@@ -16,7 +16,6 @@ import time
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from keras_dctsparse import cli, data, training
@@ -164,7 +163,7 @@ def test_killed_worker_resumes_from_last_epoch(tmp_path):
     try:
         assert processes[1].wait(timeout=TIMEOUT_S) == -signal.SIGKILL
         try:  # the chief stops on its own when it notices, or is killed here
-            processes[0].wait(timeout=10)
+            processes[0].wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
     finally:
