@@ -98,8 +98,8 @@ def _csr_matmul(x, values, rows, cols, units):
         y = sparse_csr_matrix_ops.matmul(transposed, tf.transpose(x))
 
         def grad(dy):
-            # Rebuilt rather than captured: a CSR handle captured across a
-            # tf.cond loses its static shape in the gradient graph.
+            # Rebuilt rather than captured: SavedModel export serializes the
+            # gradient function and cannot save a captured CSR (variant) tensor.
             transposed = _csr_transposed(values, rows, cols, units, input_dim)
             dx = sparse_csr_matrix_ops.matmul(
                 transposed, tf.transpose(dy), transpose_a=True
@@ -118,10 +118,7 @@ def _fused_offset_gather(x, alpha, values, rows, cols, units):
     return alpha * dct_offset(x, units) + _gather_matmul(x, values, rows, cols, units)
 
 
-@tf.function
 def _offset_csr(x, alpha, values, rows, cols, units):
-    # A function of its own: inside a tf.cond branch, the custom gradient of an
-    # inlined CSR product loses its captured input.
     return alpha * dct_offset(x, units) + _csr_matmul(x, values, rows, cols, units)
 
 
@@ -259,7 +256,7 @@ def offset_sparse_matmul(x, alpha, values, rows, cols, units, kernel="auto"):
 
     >>> y = offset_sparse_matmul(tf.ones((1, 4)), tf.constant(1.0),
     ...                          tf.constant([0.0]), [0], [0], 4)
-    >>> [round(v, 4) for v in y.numpy()[0].tolist()]
+    >>> [round(v, 4) + 0.0 for v in y.numpy()[0].tolist()]
     [2.0, 0.0, 0.0, 0.0]
     """
     values = tf.convert_to_tensor(values, x.dtype)

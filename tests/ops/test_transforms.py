@@ -55,3 +55,46 @@ def test_dct_matrix_matches_scipy_and_is_orthonormal(rows, cols):
 def test_dct_length():
     assert transforms.dct_length(784, 300) == 784
     assert transforms.dct_length(10, 300) == 300
+
+
+@pytest.mark.parametrize("length", [2, 3, 4, 5, 8, 9, 64, 101, 1000])
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_makhoul_dct2_and_dct3_match_scipy(length, dtype):
+    x = np.random.default_rng().standard_normal((3, length))
+    tolerance = 2e-5 if dtype == tf.float32 else 1e-12
+    forward = transforms.dct2_ortho(tf.constant(x, dtype)).numpy()
+    np.testing.assert_allclose(
+        forward, scipy.fft.dct(x, type=2, norm="ortho"), atol=tolerance * np.abs(x).sum()
+    )
+    inverse = transforms.dct3_ortho(tf.constant(x, dtype)).numpy()
+    np.testing.assert_allclose(
+        inverse, scipy.fft.dct(x, type=3, norm="ortho"), atol=tolerance * np.abs(x).sum()
+    )
+
+
+@pytest.mark.parametrize("n, m", [(20, 7), (7, 20), (16, 16), (1, 5), (5, 1), (33, 1000)])
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_dct_offset_gradient_is_the_transpose(n, m, dtype):
+    # d/dx sum(dy * D x) = D^T dy, with D the numpy (m x n) block; rank 3 input.
+    rng = np.random.default_rng()
+    x = tf.constant(rng.standard_normal((2, 3, n)), dtype)
+    dy = rng.standard_normal((2, 3, m))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(transforms.dct_offset(x, m) * tf.constant(dy, dtype))
+    dx = tape.gradient(loss, x).numpy()
+    tolerance = 2e-5 if dtype == tf.float32 else 1e-12
+    np.testing.assert_allclose(
+        dx, dy @ transforms.dct_matrix(m, n), atol=tolerance * np.abs(dy).sum(axis=-1).max()
+    )
+
+
+def test_dct_offset_inside_xla_and_under_a_dynamic_batch():
+    @tf.function(jit_compile=True, input_signature=[tf.TensorSpec([None, 12], tf.float32)])
+    def apply(x):
+        return transforms.dct_offset(x, 7)
+
+    x = np.random.default_rng().standard_normal((4, 12))
+    np.testing.assert_allclose(
+        apply(tf.constant(x, tf.float32)).numpy(), scipy_offset(x, 7), atol=1e-5
+    )
