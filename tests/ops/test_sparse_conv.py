@@ -150,3 +150,29 @@ def test_errors_name_the_argument():
 
 def test_macs_follow_nnz():
     assert sc.sparse_conv_macs(147, 16 * 16) == 147 * 256
+
+
+@pytest.mark.parametrize("with_base", [False, True])
+def test_scatter_kernel_and_gradients(with_base):
+    rng = np.random.default_rng(3)
+    shape = (3, 3, 4, 5)
+    rows, cols = random_support(36, 5, 40, rng)
+    order = rng.permutation(40)  # Any order, not only column-major.
+    rows, cols = rows[order], cols[order]
+    values = tf.constant(rng.standard_normal(40))
+    base = tf.constant(rng.standard_normal(shape)) if with_base else None
+    dk = rng.standard_normal(shape)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(values)
+        if with_base:
+            tape.watch(base)
+        kernel = sc.scatter_kernel(values, tf.constant(rows), tf.constant(cols), shape, base)
+        loss = tf.reduce_sum(kernel * dk)
+    expected = np.zeros((36, 5))
+    expected[rows, cols] = values.numpy()
+    expected = expected.reshape(shape) + (base.numpy() if with_base else 0.0)
+    np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(tape.gradient(loss, values).numpy(),
+                               dk.reshape(36, 5)[rows, cols], rtol=1e-12)
+    if with_base:
+        np.testing.assert_allclose(tape.gradient(loss, base).numpy(), dk, rtol=1e-12)
