@@ -177,8 +177,9 @@ class SparseWeight:
             )
 
     def _positions(self):
-        positions = tf.convert_to_tensor(self.indices)
-        return positions[0], positions[1]
+        # One unstack op rather than two strided slices per call.
+        rows, cols = tf.unstack(tf.convert_to_tensor(self.indices), num=2)
+        return rows, cols
 
     def matmul(self, x, offset_scale=None):
         """`x @ S`, plus `offset_scale * D x` when `offset_scale` is given.

@@ -59,6 +59,10 @@ _US_PER_CSR_ROW = 2e-3  # CSR path: transposes of x and dy, per example and n + 
 _US_PER_GATHER = 2.5e-3  # gather kernel, per nonzero and example
 _US_PER_FFT_POINT = 0.12e-3  # fast DCT (Makhoul, XLA), per point and example (times log2 N)
 _US_FIXED = {"csr": 350.0, "gather": 200.0, "materialized": 0.0}
+_US_FFT_FIXED = 60.0  # launching the fast DCT's XLA clusters (forward + gradient)
+# Below this n * m, x @ K^T with oneDNN's transpose_b costs no more than
+# transposing the activations around K^T x^T (measured: 256 x 256).
+TRANSPOSED_PRODUCT_MIN_ELEMENTS = 1 << 18
 
 
 def _dtype_size(dtype):
@@ -82,6 +86,41 @@ def block_is_folded(input_dim, units, dtype="float32"):
     (True, False)
     """
     return int(input_dim) * int(units) * _dtype_size(dtype) <= FOLDED_BLOCK_MAX_BYTES
+
+
+def _fft_cost(input_dim, units, batch):
+    length = max(int(input_dim), int(units))
+    return _US_FFT_FIXED + (
+        2 * max(1, int(batch)) * length * max(1.0, math.log2(length)) * _US_PER_FFT_POINT
+    )
+
+
+def use_folded_block(input_dim, units, batch=None, dtype="float32"):
+    """Whether the materialized kernel adds the DCT block to `S` (else it runs the fast DCT).
+
+    The block must be small enough to be constant-folded (`block_is_folded`),
+    and adding it (`n * m` per step) must cost less than the fast DCT of the
+    batch (forward and gradient).
+
+    Args:
+        input_dim: Number of inputs `n`.
+        units: Number of outputs `m`.
+        batch: Rows of the input, or None (`ASSUMED_BATCH`).
+        dtype: Float dtype of the block.
+
+    Returns:
+        bool.
+
+    Example:
+
+    >>> use_folded_block(256, 256, 32), use_folded_block(1024, 1024, 32)
+    (True, False)
+    """
+    if not block_is_folded(input_dim, units, dtype):
+        return False
+    batch = ASSUMED_BATCH if batch is None else batch
+    block = int(input_dim) * int(units) * _US_PER_DENSE_ENTRY
+    return block < _fft_cost(input_dim, units, batch)
 
 
 def materialized_allowed(input_dim, units):
@@ -148,7 +187,10 @@ def estimated_step_costs(input_dim, units, nnz, batch, dtype="float32"):
         else:
             value_gradient = mac + nnz * _US_PER_DENSE_ENTRY
         build = (size + nnz) * _US_PER_DENSE_ENTRY  # zeros + scatter
-        offset = size * _US_PER_DENSE_ENTRY if block_is_folded(n, m, dtype) else fft
+        offset = min(
+            size * _US_PER_DENSE_ENTRY if block_is_folded(n, m, dtype) else math.inf,
+            _fft_cost(n, m, batch),
+        )
         costs["materialized"] = _US_FIXED["materialized"] + scale * (
             build + 2 * mac + value_gradient + offset
         )

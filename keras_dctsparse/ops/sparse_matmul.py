@@ -17,8 +17,9 @@ Kernels (measured in `benchmarks/dense_layer.py`):
 - `"materialized"`: the values are scattered into a dense `(m, n)` tensor
   `S^T` (column-major positions are its row-major order; at density 1 it is a
   reshape), plus `alpha` times the DCT block when that block is small enough
-  to be constant-folded (`kernel_choice.block_is_folded`; it is generated
-  in-graph from cosines, never stored or saved), then dense matmuls. The value
+  to be constant-folded and cheaper than the fast DCT of the batch
+  (`kernel_choice.use_folded_block`; it is generated in-graph from cosines,
+  never stored or saved), then dense matmuls. The value
   gradient is a gather of `dy^T x` at the positions (or the sampled product at
   low density). Fastest for small layers and high densities. It allocates
   `n * m` elements per step, so it is refused above
@@ -151,14 +152,18 @@ def _materialized_matmul(x, values, rows, cols, units, alpha=None):
     """`x @ (S + alpha * D^T)` with `S` (and a folded DCT block) made dense; see module docstring.
 
     With `alpha` given, the DCT block is part of the dense kernel when
-    `block_is_folded`, else `alpha * D x` is added by the fast transform.
+    `kernel_choice.use_folded_block`, else `alpha * D x` is added by the fast
+    transform.
     """
     input_dim = x.shape[1]
     _check_materialized(input_dim, units)
     nnz = values.shape[0]
     sampled = kernel_choice.use_sampled_value_gradient(input_dim, units, nnz)
-    with_block = alpha is not None and kernel_choice.block_is_folded(
-        input_dim, units, x.dtype.name
+    with_block = alpha is not None and kernel_choice.use_folded_block(
+        input_dim, units, x.shape[0], x.dtype.name
+    )
+    transposed_product = (
+        input_dim * units >= kernel_choice.TRANSPOSED_PRODUCT_MIN_ELEMENTS
     )
 
     @tf.custom_gradient
@@ -167,7 +172,12 @@ def _materialized_matmul(x, values, rows, cols, units, alpha=None):
         if with_block:
             block = dct_block(units, input_dim, x.dtype)
             transposed = transposed + scale[0] * block
-        y = tf.matmul(x, transposed, transpose_b=True)
+        if transposed_product:
+            # (K^T x^T)^T: oneDNN's x @ K^T (transpose_b on the large operand)
+            # is several times slower than transposing the small activations.
+            y = tf.transpose(tf.matmul(transposed, x, transpose_b=True))
+        else:
+            y = tf.matmul(x, transposed, transpose_b=True)
 
         def grad(dy):
             dx = tf.matmul(dy, transposed)

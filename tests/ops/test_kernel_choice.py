@@ -66,3 +66,11 @@ def test_unknown_batch_uses_assumed_batch():
     assert kc.choose_kernel(2000, 1000, 20_000, None) == kc.choose_kernel(
         2000, 1000, 20_000, kc.ASSUMED_BATCH
     )
+
+
+def test_folded_block_only_when_foldable_and_cheaper_than_the_fft():
+    assert kc.use_folded_block(256, 256, 32)
+    # Foldable, but adding 1M entries costs more than the DCT of 32 rows.
+    assert kc.block_is_folded(1024, 1024) and not kc.use_folded_block(1024, 1024, 32)
+    assert not kc.use_folded_block(2048, 2048, 4096)  # not foldable
+    assert kc.use_folded_block(256, 256, None) == kc.use_folded_block(256, 256, kc.ASSUMED_BATCH)

@@ -111,7 +111,19 @@ BRANCH_CASES = [
     (20, 12, 240, 2),  # full density: S^T is a reshape of the values
     (1700, 1600, 300, 2),  # block too large to fold: fast DCT; sampled value gradient
     (40, 30, 10, 1),  # sampled value gradient with the folded block
+    (600, 500, 30000, 5),  # (K^T x^T)^T product, fast DCT (block dearer), dense gradient
+    (520, 520, 20000, 300),  # (K^T x^T)^T product with the folded block
 ]
+
+
+def test_branch_cases_reach_every_branch():
+    folded = [kernel_choice.use_folded_block(n, m, b) for n, m, _, b in BRANCH_CASES]
+    sampled = [kernel_choice.use_sampled_value_gradient(n, m, k) for n, m, k, _ in BRANCH_CASES]
+    transposed = [
+        n * m >= kernel_choice.TRANSPOSED_PRODUCT_MIN_ELEMENTS for n, m, _, _ in BRANCH_CASES
+    ]
+    assert set(folded) == set(sampled) == set(transposed) == {True, False}
+    assert any(f and t for f, t in zip(folded, transposed))
 
 
 def offset_problem(n, m, nnz, batch, dtype, kernel, dynamic_batch=False):
