@@ -465,7 +465,9 @@ def _multi_worker_strategy():
 def train(args):
     """Runs `train`; returns the dict written to results.json (None on non-chief workers)."""
     started = time.time()
-    strategy = _multi_worker_strategy() if getattr(args, "distribute", "none") == "multi-worker" else None
+    # MultiWorkerMirroredStrategy must exist before any other TensorFlow call.
+    multi_worker = getattr(args, "distribute", "none") == "multi-worker"
+    strategy = _multi_worker_strategy() if multi_worker else None
 
     import keras
 
@@ -492,11 +494,7 @@ def train(args):
     backup_dir = os.path.join(out, "backup" if strategy is None else "checkpoints")
     resuming = os.path.isdir(backup_dir) and bool(os.listdir(backup_dir))
     elapsed_before = float(state.get("elapsed_s", 0.0)) if (state and resuming) else 0.0
-    callbacks = [
-        EnforceSparsity(),
-        runs.elapsed_callback(out, config, started, elapsed_before),
-        *_EXTRA_CALLBACKS,
-    ]
+    store_elapsed = runs.elapsed_callback(out, config, started, elapsed_before)
     logs_dir = os.path.join(out, "logs")
     train_data = data.make_train_dataset(
         x_train, y_train, args.batch_size, augment=args.augment, seed=args.seed
@@ -507,13 +505,16 @@ def train(args):
 
     if strategy is None:
         model = build()
-        callbacks += _tensorboard_callback(logs_dir, args.verbose)
-        if resuming and args.verbose:
-            print(f"Resuming from {backup_dir}")
-        callbacks[1:1] = [
+        callbacks = [
+            EnforceSparsity(),
             keras.callbacks.BackupAndRestore(backup_dir),
             keras.callbacks.CSVLogger(os.path.join(out, "metrics.csv"), append=resuming),
+            store_elapsed,
+            *_tensorboard_callback(logs_dir, args.verbose),
+            *_EXTRA_CALLBACKS,
         ]
+        if resuming and args.verbose:
+            print(f"Resuming from {backup_dir}")
         model.fit(
             train_data,
             epochs=args.epochs,
@@ -525,6 +526,7 @@ def train(args):
     else:
         from keras_dctsparse.training import fit_multi_worker
 
+        callbacks = [EnforceSparsity(), store_elapsed]
         if is_chief:
             callbacks += _tensorboard_callback(logs_dir, args.verbose, write_graph=False)
         result = fit_multi_worker(
@@ -535,7 +537,7 @@ def train(args):
             backup_dir,
             metrics={"accuracy": keras.metrics.sparse_categorical_accuracy},
             validation_data=validation,
-            callbacks=callbacks,
+            callbacks=callbacks + _EXTRA_CALLBACKS,
             csv_path=os.path.join(out, "metrics.csv"),
             verbose=args.verbose,
         )
