@@ -152,14 +152,15 @@ def test_macs_follow_nnz():
     assert sc.sparse_conv_macs(147, 16 * 16) == 147 * 256
 
 
+@pytest.mark.parametrize("nnz", [40, 3])  # transposed and direct scatter
 @pytest.mark.parametrize("with_base", [False, True])
-def test_scatter_kernel_and_gradients(with_base):
+def test_scatter_kernel_and_gradients(with_base, nnz):
     rng = np.random.default_rng(3)
     shape = (3, 3, 4, 5)
-    rows, cols = random_support(36, 5, 40, rng)
-    order = rng.permutation(40)  # Any order, not only column-major.
+    rows, cols = random_support(36, 5, nnz, rng)
+    order = rng.permutation(nnz)  # Any order, not only column-major.
     rows, cols = rows[order], cols[order]
-    values = tf.constant(rng.standard_normal(40))
+    values = tf.constant(rng.standard_normal(nnz))
     base = tf.constant(rng.standard_normal(shape)) if with_base else None
     dk = rng.standard_normal(shape)
     with tf.GradientTape(persistent=True) as tape:
@@ -168,6 +169,7 @@ def test_scatter_kernel_and_gradients(with_base):
             tape.watch(base)
         kernel = sc.scatter_kernel(values, tf.constant(rows), tf.constant(cols), shape, base)
         loss = tf.reduce_sum(kernel * dk)
+    assert (nnz < sc.TRANSPOSED_SCATTER_MIN_DENSITY * 180) == (nnz == 3)
     expected = np.zeros((36, 5))
     expected[rows, cols] = values.numpy()
     expected = expected.reshape(shape) + (base.numpy() if with_base else 0.0)
