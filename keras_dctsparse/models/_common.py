@@ -5,8 +5,8 @@ import numbers
 from keras_dctsparse.allocation import METHODS
 from keras_dctsparse.allocation import _check_density
 from keras_dctsparse.convert import sparsify
+from keras_dctsparse.layers import validation
 
-OFFSETS = ("dct", None)
 
 
 def check_arguments(input_shape, num_classes, density, distribution, offset):
@@ -44,10 +44,7 @@ def check_arguments(input_shape, num_classes, density, distribution, offset):
             f"Argument `distribution` must be one of {METHODS}; received "
             f"distribution={distribution!r}."
         )
-    if offset not in OFFSETS:
-        raise ValueError(
-            f"Argument `offset` must be one of {OFFSETS}; received offset={offset!r}."
-        )
+    validation.check_choice("offset", offset, validation.OFFSETS)
     return tuple(int(d) for d in shape), density
 
 
@@ -62,6 +59,7 @@ def check_image_shape(name, input_shape, min_size=1):
 
 def finish(dense, density, distribution, offset, seed):
     """Returns `dense` itself or its DCTpS / random-sparse version."""
+    offset = validation.check_choice("offset", offset, validation.OFFSETS)
     if density == 1.0 and offset is None:
         return dense
     return sparsify(dense, density, distribution=distribution, offset=offset, seed=seed)

@@ -29,3 +29,10 @@ def test_build_model_unknown_name():
 def test_build_model_bad_argument():
     with pytest.raises(ValueError, match="offset"):
         build_model("lenet5", offset="identity")
+
+
+def test_offset_none_spelled_as_a_string_builds_the_same_models():
+    dense = build_model("lenet300100", density=1.0, offset="none")
+    assert all(isinstance(layer, keras.layers.Dense) for layer in dense.layers if layer.weights)
+    sparse = build_model("lenet300100", density=0.1, offset="None", seed=0)
+    assert all(layer.offset is None for layer in sparse.layers if layer.weights)
