@@ -46,16 +46,19 @@ OFFSET_METHODS = ("auto", "fused", "direct", "matmul", "fft")
 CONV_SPARSE_KERNELS = ("auto", "dense", "sparse")
 DATA_FORMATS = ("channels_last", "channels_first")
 
-# Cost model of `choose_conv_plan`, in units of one dense convolution of the same shape
-# (measured with benchmarks/conv_layer.py and the op benchmarks, 2-core CPU, TF 2.21):
-# the sparse conv costs about SPARSE_FIXED (layout transposes, XLA launches) plus
-# SPARSE_PER_DENSITY * density; the factored offset about FACTORED_OVERHEAD times its
-# share of the dense multiply-adds. The sparse path is chosen when its estimate is below
-# SPARSE_PATH_MAX (margin for the fused path's cheap scatter of S).
-SPARSE_FIXED = 0.15
-SPARSE_PER_DENSITY = 75.0
-FACTORED_OVERHEAD = 2.0
-SPARSE_PATH_MAX = 0.85
+# Cost model of `choose_conv_plan`, in units of one dense convolution of the same shape,
+# fitted to benchmarks/conv_layer.py (3x3 "same", 128 and 256 channels, batch 32, 2-core
+# CPU, TF 2.21): the sparse conv costs about SPARSE_FIXED (layout transposes, XLA
+# launches) plus SPARSE_PER_DENSITY * density (measured sparse path forward, offset
+# included: 0.48 / 0.58 / 0.65 / 0.94 at density 0.1% / 0.3% / 0.5% / 1% for 256
+# channels, 0.62 / 0.69 / 0.88 / 1.12 for 128), the factored offset about
+# FACTORED_OVERHEAD times its share of the dense multiply-adds (0.35-0.45 measured). The
+# sparse path is chosen when its estimate is below SPARSE_PATH_MAX (the fused path costs
+# about 1.0-1.05 at these densities).
+SPARSE_FIXED = 0.1
+SPARSE_PER_DENSITY = 55.0
+FACTORED_OVERHEAD = 1.7
+SPARSE_PATH_MAX = 0.95
 # Below this many output pixels per call (batch * h_out * w_out) fixed costs dominate.
 SPARSE_MIN_PIXELS = 2048
 
