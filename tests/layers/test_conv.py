@@ -648,7 +648,8 @@ def test_choose_conv_plan_cost_model():
         "dense", None)
     # Small calls, grouped, depthwise and an explicit "fused" keep the dense path.
     nnz = round(0.001 * size)
-    assert choose_conv_plan((3, 3), 256, 256, 1, nnz, 64)[0] == "dense"
+    assert choose_conv_plan((3, 3), 64, 64, 1, 37, 4)[0] == "dense"  # 4 output pixels
+    assert choose_conv_plan((3, 3), 256, 256, 1, nnz, 64)[0] == "sparse"
     assert choose_conv_plan((3, 3), 256, 256, 2, nnz // 2, big)[0] == "dense"
     assert choose_conv_plan((3, 3), 256, 256, 256, 2, big, depthwise=True)[0] == "dense"
     assert choose_conv_plan((3, 3), 256, 256, 1, nnz, big, offset_method="fused") == (
