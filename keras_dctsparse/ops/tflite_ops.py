@@ -551,3 +551,62 @@ def tflite_constant_bytes(tflite_bytes):
         # Buffers past 2 GB live outside the flatbuffer (offset/size fields).
         total += buffer.DataLength() or buffer.Size()
     return total
+
+
+def clear_variable_initial_values(tflite_bytes, shared_names):
+    """Drops the stored initial values of the named resource variables of a TFLite model.
+
+    Building block of a "built once" export: a kernel variable that the
+    graph fills at its first invocation (`ASSIGN_VARIABLE` under an `IF` on a
+    "built" flag) must be declared in TensorFlow with its full static shape,
+    or the converter types the resource as the shape of its initial value
+    and folds reads of it; but then the converter stores that initial value
+    (zeros, the size of the kernel) in the `CALL_ONCE` initialization
+    subgraph. This rewrites each constant assigned to one of `shared_names`
+    there as an empty `[0]` tensor with no data, so the file holds no
+    kernel-sized tensor; the variable holds an empty tensor until the graph
+    assigns the kernel it builds.
+
+    Only a graph that assigns every listed variable before reading it may be
+    rewritten this way (a read before the assignment returns an empty tensor).
+
+    Args:
+        tflite_bytes: A serialized TFLite model.
+        shared_names: Iterable of variable names (`VAR_HANDLE` shared names,
+            which are the `tf.Variable` names).
+
+    Returns:
+        `(new_bytes, cleared)`: the rewritten model and the sorted list of
+        shared names whose initial values were dropped.
+
+    Example:
+
+    >>> data, cleared = clear_variable_initial_values(data, ["kernel"])  # doctest: +SKIP
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    wanted = {n.encode() if isinstance(n, str) else bytes(n) for n in shared_names}
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    codes = [
+        max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes
+    ]
+    cleared = set()
+    for subgraph in model.subgraphs:
+        handles = {}
+        for op in subgraph.operators:
+            code = codes[op.opcodeIndex]
+            if code == schema.BuiltinOperator.VAR_HANDLE:
+                name = op.builtinOptions.sharedName
+                name = name.encode() if isinstance(name, str) else bytes(name or b"")
+                handles[int(op.outputs[0])] = name
+            elif code == schema.BuiltinOperator.ASSIGN_VARIABLE:
+                name = handles.get(int(op.inputs[0]))
+                value = subgraph.tensors[int(op.inputs[1])]
+                buffer = model.buffers[value.buffer]
+                if name in wanted and buffer.data is not None and len(buffer.data):
+                    value.shape = np.array([0], dtype=np.int32)
+                    value.shapeSignature = None
+                    buffer.data = None
+                    cleared.add(name.decode())
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), sorted(cleared)
