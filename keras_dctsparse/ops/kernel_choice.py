@@ -10,9 +10,11 @@ Three kernels exist (see `keras_dctsparse.ops.sparse_matmul`):
   cost several times a dense multiply-add per element.
 - `"materialized"`: scatter the values into a dense `(m, n)` tensor (a reshape
   at density 1), add `alpha` times the DCT block when that block is small
-  enough for the graph optimizer to fold into a constant (see
-  `block_is_folded`), then dense matmuls. Work proportional to `batch * n * m`
-  at dense-matmul speed. Only allowed while `n * m <= MAX_MATERIALIZED_ELEMENTS`.
+  enough for the graph optimizer to fold into a constant and adding it costs
+  less than the fast DCT of the batch (`use_folded_block`), then dense
+  matmuls. Work proportional to `batch * n * m` at dense-matmul speed, plus
+  `n * m` per step to build the kernel. Only allowed while
+  `n * m <= MAX_MATERIALIZED_ELEMENTS` (2**24: 64 MiB per float32 copy).
 
 `choose_kernel` estimates the time of one training step (forward, input
 gradient and value gradient) of each kernel with the linear model in
