@@ -13,8 +13,9 @@ A second table times a 4096-4096-4096-10 MLP (Adam, batch 256) against its
 Dense counterpart.
 
 Run:
-    python benchmarks/dense_layer.py            # full tables (long on 2 cores)
-    python benchmarks/dense_layer.py --quick    # a few shapes, fewer repeats
+    python benchmarks/dense_layer.py            # full tables (30+ min on 2 cores)
+    python benchmarks/dense_layer.py --widths 4096 --kinds auto masked  # the 4096 rows
+    python benchmarks/dense_layer.py --quick    # 256/1024, batches 1/32, MLP at 1% (~1 min)
 
 `layer_rows` and `mlp_rows` return the rows for other scripts.
 """
