@@ -24,3 +24,33 @@ def run(interpreter, x):
     interpreter.set_tensor(index, x)
     interpreter.invoke()
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def _schema_model(tflite_bytes):
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return schema, schema.Model.GetRootAs(bytearray(tflite_bytes), 0)
+
+
+def largest_constant_bytes(tflite_bytes):
+    """Size in bytes of the largest data buffer (constant tensor) of a TFLite model."""
+    _, model = _schema_model(tflite_bytes)
+    return max(
+        (model.Buffers(i).DataLength() or model.Buffers(i).Size())
+        for i in range(model.BuffersLength())
+    )
+
+
+def subgraph_op_names(tflite_bytes):
+    """Builtin operator names of each subgraph, as a list of lists (main graph first)."""
+    schema, model = _schema_model(tflite_bytes)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    result = []
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        ops = []
+        for o in range(subgraph.OperatorsLength()):
+            code = model.OperatorCodes(subgraph.Operators(o).OpcodeIndex())
+            ops.append(names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())])
+        result.append(ops)
+    return result

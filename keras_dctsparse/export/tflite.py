@@ -28,6 +28,16 @@ the converter cannot fold them into a dense `P x c_out` constant. The cost is
 `O(P * c_out)` work per invocation, the size of a dense kernel read, small
 against the convolution itself for feature maps bigger than a few pixels.
 
+With `form="built_once"` (or `"auto"` under a memory bound) a layer's
+effective kernel `alpha * D + S` is instead built once, at the first
+invocation, into a TFLite resource variable: one `IF` on a "built" flag
+(variables initialized by `CALL_ONCE`) runs the same `COS`-table and
+`SCATTER_ND` construction (`D` from `conv_offset.dct_block` for Dense
+layers) and assigns the kernels; every call then reads them and runs plain
+`FULLY_CONNECTED` / `CONV_2D` / `DEPTHWISE_CONV_2D`. The file still holds
+only the nonzeros (the zero initial values the converter stores for the
+variables are removed, `tflite_ops.clear_variable_initial_values`).
+
 All other layers (Dense, Conv2D, Activation, Flatten, Reshape, Dropout,
 BatchNormalization, pooling, ...) are called as they are, in inference mode,
 and must convert to builtins themselves.
@@ -58,13 +68,18 @@ from tensorflow.python.framework.convert_to_constants import (
 from keras_dctsparse.layers.base import DCTSparseLayer
 from keras_dctsparse.layers.conv import _DCTSparseConvBase
 from keras_dctsparse.layers.dense import DCTSparseDense
+from keras_dctsparse.ops.conv_offset import dct_block
 from keras_dctsparse.ops.tflite_ops import CONSTANTS
+from keras_dctsparse.ops.tflite_ops import clear_variable_initial_values
 from keras_dctsparse.ops.tflite_ops import dct_offset_builtin
 from keras_dctsparse.ops.tflite_ops import run_time_zero
 from keras_dctsparse.ops.tflite_ops import sparse_matmul_builtin
 from keras_dctsparse.ops.tflite_ops import tflite_op_names
 
 QUANTIZATIONS = (None, "float16", "dynamic_int8")
+FORMS = ("implicit", "built_once", "auto")
+# Default bound of `form="auto"`: float32 bytes of one layer's dense kernel.
+DEFAULT_MAX_KERNEL_BYTES = 8 * 2**20
 EXPORTABLE_LAYERS = (DCTSparseDense, _DCTSparseConvBase)
 # Graph structure of the int8 dequantization (GATHER, RANGE, CAST, MUL) in bytes.
 INT8_MIN_SAVING_BYTES = 1024
@@ -106,7 +121,7 @@ def sparse_entries(layer):
     )
 
 
-def export_call(layer, dct_constants="stored", quantization=None):
+def export_call(layer, dct_constants="stored", quantization=None, built_once=None):
     """A replacement for `layer.call` built from TFLite-builtin ops and constants.
 
     Args:
@@ -117,14 +132,21 @@ def export_call(layer, dct_constants="stored", quantization=None):
         quantization: None, `"float16"` (left to the converter) or
             `"dynamic_int8"` (the sparse values stored as int8 with one
             scale per layer, `quantize_int8`).
+        built_once: None (the implicit form) or a `BuiltOnceKernels`: the
+            layer's effective kernel `alpha * D + S` is then built once, at
+            the first invocation, into a resource variable of that store,
+            and every call runs one plain `FULLY_CONNECTED` / `CONV_2D` /
+            `DEPTHWISE_CONV_2D` on it.
 
     Returns:
         A function `inputs -> outputs` computing the same as `layer.call`
         (in float32) with the weights' current values frozen in.
     """
     if isinstance(layer, DCTSparseDense):
+        if built_once is not None:
+            return _dense_built_once_call(layer, quantization, built_once)
         return _dense_export_call(layer, dct_constants, quantization)
-    return _conv_export_call(layer, quantization)
+    return _conv_export_call(layer, quantization, built_once)
 
 
 def _frozen_alpha(layer):
@@ -221,12 +243,12 @@ def _values_fn(values, quantization):
     return dequantized
 
 
-def _dense_export_call(layer, dct_constants, quantization=None):
+def _dense_call_with(layer, product):
+    """`layer`'s export call around `product(x) -> (batch, units)` float32.
+
+    Adds the frozen bias and the activation, and handles inputs of rank > 2.
+    """
     input_dim, units = layer.sparse_weight.matrix_shape
-    values, rows, cols = sparse_entries(layer)
-    positions = _positions_fn(rows, cols, units)
-    values_fn = _values_fn(values, quantization)
-    alpha = _frozen_alpha(layer)
     bias = None
     if layer.bias is not None:
         bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), dtype=np.float32)
@@ -239,12 +261,7 @@ def _dense_export_call(layer, dct_constants, quantization=None):
         if x.shape.rank != 2:
             leading_shape = tf.shape(x)[:-1]
             x = tf.reshape(x, [-1, input_dim])
-        zero = run_time_zero(x)
-        row_index, col_index = positions(zero)
-        outputs = sparse_matmul_builtin(x, values_fn(zero), row_index, col_index, units)
-        if alpha is not None:
-            offset = dct_offset_builtin(x, units, dct_constants)
-            outputs = outputs + tf.constant(alpha) * offset
+        outputs = product(x)
         if bias is not None:
             outputs = outputs + tf.constant(bias)
         if activation is not None:
@@ -256,44 +273,278 @@ def _dense_export_call(layer, dct_constants, quantization=None):
     return call
 
 
-def _conv_export_call(layer, quantization=None):
-    """Export call of a DCTpS conv: one conv with a kernel rebuilt at run time.
-
-    The kernel `alpha * Kd + S` is built on every invocation from builtin ops:
-    `Kd` from `RANGE`, integer `MUL`/`FLOOR_MOD` and `COS` (the layer's own
-    table, `conv_offset.dct_block`), `S` by `SCATTER_ND` of the `nnz` frozen
-    values at their packed int32 positions. Only those O(nnz + P + c_out)
-    numbers are in the file; the convolution itself is the layer's
-    (`CONV_2D`, `DEPTHWISE_CONV_2D`, ...), whatever its `offset_method`.
-    """
-    weight = layer.sparse_weight
-    rows_count, cols_count = weight.matrix_shape
-    kernel_shape = tuple(weight.kernel_shape)
+def _dense_export_call(layer, dct_constants, quantization=None):
+    input_dim, units = layer.sparse_weight.matrix_shape
     values, rows, cols = sparse_entries(layer)
-    packed = pack_positions(rows, cols, cols_count)
+    positions = _positions_fn(rows, cols, units)
     values_fn = _values_fn(values, quantization)
     alpha = _frozen_alpha(layer)
-    in_channels = layer._in_channels
 
-    def kernel_fn(x):
+    def product(x):
         zero = run_time_zero(x)
+        row_index, col_index = positions(zero)
+        outputs = sparse_matmul_builtin(x, values_fn(zero), row_index, col_index, units)
+        if alpha is not None:
+            offset = dct_offset_builtin(x, units, dct_constants)
+            outputs = outputs + tf.constant(alpha) * offset
+        return outputs
+
+    return _dense_call_with(layer, product)
+
+
+def _scatter_fn(values_fn, rows, cols, shape):
+    """A function `zero -> float32 (rows_count, cols_count)` matrix holding `S`.
+
+    `SCATTER_ND` of the frozen values at their packed int32 positions
+    (`pack_positions`; both int32 arrays when the flat index overflows int32),
+    with the run-time `zero` in the indices and the shape so that the
+    converter cannot fold the dense matrix into a constant.
+    """
+    rows_count, cols_count = shape
+    packed = pack_positions(rows, cols, cols_count)
+
+    def scatter(zero):
         if packed is not None:
             flat = tf.constant(packed) + zero
             sparse = tf.scatter_nd(
                 flat[:, tf.newaxis], values_fn(zero), [rows_count * cols_count + zero]
             )
-        else:
-            indices = tf.constant(np.stack([rows, cols], axis=1)) + zero
-            sparse = tf.scatter_nd(
-                indices, values_fn(zero), tf.stack([rows_count + zero, cols_count])
-            )
-        kernel = tf.reshape(sparse, kernel_shape)
+            return tf.reshape(sparse, [rows_count, cols_count])
+        indices = tf.constant(np.stack([rows, cols], axis=1)) + zero
+        return tf.scatter_nd(indices, values_fn(zero), tf.stack([rows_count + zero, cols_count]))
+
+    return scatter
+
+
+def _conv_export_call(layer, quantization=None, built_once=None):
+    """Export call of a DCTpS conv: one conv with a kernel built at run time.
+
+    The kernel `alpha * Kd + S` is built from builtin ops: `Kd` from
+    `RANGE`, integer `MUL`/`FLOOR_MOD` and `COS` (the layer's own table,
+    `conv_offset.dct_block`), `S` by `SCATTER_ND` of the `nnz` frozen values
+    at their packed int32 positions. Only those O(nnz + P + c_out) numbers
+    are in the file; the convolution itself is the layer's (`CONV_2D`,
+    `DEPTHWISE_CONV_2D`, ...), whatever its `offset_method`. The kernel is
+    rebuilt on every invocation (implicit form), or once into a variable of
+    `built_once` (a `BuiltOnceKernels`).
+    """
+    weight = layer.sparse_weight
+    kernel_shape = tuple(weight.kernel_shape)
+    values, rows, cols = sparse_entries(layer)
+    scatter = _scatter_fn(_values_fn(values, quantization), rows, cols, weight.matrix_shape)
+    alpha = _frozen_alpha(layer)
+    in_channels = layer._in_channels
+
+    def build(zero):
+        kernel = tf.reshape(scatter(zero), kernel_shape)
         if alpha is not None:
             offset = layer._offset_kernel(in_channels, tf.float32, anchor=zero)
             kernel = kernel + tf.constant(alpha) * offset
-        return tf.cast(kernel, x.dtype)
+        return kernel
+
+    if built_once is not None:
+        build = built_once.add(layer.name, kernel_shape, build)
+
+    def kernel_fn(x):
+        return tf.cast(build(run_time_zero(x)), x.dtype)
 
     return functools.partial(layer.forward, kernel_fn=kernel_fn)
+
+
+def _dense_built_once_call(layer, quantization, built_once):
+    """Export call of a `DCTSparseDense` whose kernel is built once (`FULLY_CONNECTED`).
+
+    The `(units, n)` kernel `alpha * D^T + S^T` (the layout of TFLite's
+    `FULLY_CONNECTED` weights) is built at the first invocation from
+    `conv_offset.dct_block` (a `COS` table of index ranges) and a
+    `SCATTER_ND` of the frozen values, and stored in a variable of
+    `built_once`; later calls read it.
+    """
+    input_dim, units = layer.sparse_weight.matrix_shape
+    values, rows, cols = sparse_entries(layer)
+    # Transposed: the FULLY_CONNECTED weights are (units, input_dim).
+    scatter = _scatter_fn(_values_fn(values, quantization), cols, rows, (units, input_dim))
+    alpha = _frozen_alpha(layer)
+
+    def build(zero):
+        kernel = scatter(zero)
+        if alpha is not None:
+            offset = dct_block(units, input_dim, tf.float32, anchor=zero)
+            kernel = kernel + tf.constant(alpha) * offset
+        return kernel
+
+    kernel_fn = built_once.add(layer.name, (units, input_dim), build)
+    def product(x):
+        return tf.matmul(x, kernel_fn(run_time_zero(x)), transpose_b=True)
+
+    return _dense_call_with(layer, product)
+
+
+class BuiltOnceKernels(tf.Module):
+    """The resource variables of the layers exported with `form="built_once"`.
+
+    Each layer registers a kernel variable (declared with its full shape and
+    a zero initial value, which `clear_variable_initial_values` removes from
+    the file after conversion) and the function that builds it. The exported
+    graph starts with one `IF` on a boolean "built" variable whose other
+    branch builds every kernel (`COS` tables, `SCATTER_ND`, ...), assigns
+    them and sets the flag: that happens at the first invocation only (the
+    converter initializes the variables in a `CALL_ONCE` subgraph). Each
+    layer then reads its kernel (`READ_VARIABLE`, a copy of the kernel) and
+    runs a plain `FULLY_CONNECTED` / `CONV_2D` / `DEPTHWISE_CONV_2D`.
+    """
+
+    def __init__(self):
+        super().__init__(name="dctps_built_once")
+        self.flag = None
+        self.kernels = []
+        self._builds = []
+        self._ready = None
+
+    @property
+    def variables_to_keep(self):
+        """The variables the export must not freeze into constants."""
+        return ([self.flag] if self.kernels else []) + list(self.kernels)
+
+    @property
+    def kernel_names(self):
+        """Names of the kernel variables (their `VAR_HANDLE` shared names)."""
+        return [kernel.name.split(":")[0] for kernel in self.kernels]
+
+    def add(self, layer_name, shape, build):
+        """Registers a kernel of `shape` computed by `build(zero)`.
+
+        Args:
+            layer_name: Name of the layer (used in the variable's name).
+            shape: Static shape of the kernel.
+            build: Function `zero -> float32 kernel` (see `run_time_zero`).
+
+        Returns:
+            A function `zero -> float32 kernel` for the layer's export call:
+            it reads the kernel built by `build_all`.
+        """
+        if self.flag is None:
+            self.flag = tf.Variable(False, trainable=False, name="dctps_kernels_built")
+        index = len(self.kernels)
+        name = re.sub(r"[^A-Za-z0-9_]", "_", layer_name)
+        kernel = tf.Variable(
+            tf.zeros(shape, tf.float32), trainable=False, name=f"dctps_kernel_{index}_{name}"
+        )
+        self.kernels.append(kernel)
+        self._builds.append(build)
+
+        def read(zero):
+            if self._ready is None:
+                raise TFLiteExportError(
+                    f"The built-once kernel of layer '{layer_name}' is read before "
+                    "`BuiltOnceKernels.build_all` was traced."
+                )
+            with tf.control_dependencies([self._ready]):
+                return kernel.read_value()
+
+        return read
+
+    def build_all(self, zero):
+        """Traces `IF(built, nothing, build and assign every kernel)`.
+
+        Args:
+            zero: The run-time zero (`run_time_zero` of a model input).
+        """
+        if not self.kernels:
+            return
+
+        def build():
+            assigned = [
+                kernel.assign(build(zero)) for kernel, build in zip(self.kernels, self._builds)
+            ]
+            with tf.control_dependencies(assigned):
+                done = self.flag.assign(True)
+            with tf.control_dependencies([done]):
+                return tf.identity(zero)
+
+        self._ready = tf.cond(self.flag, lambda: tf.identity(zero), build)
+
+
+def dense_kernel_bytes(layer):
+    """Bytes of a DCTpS layer's dense float32 kernel `alpha * D + S`.
+
+    Args:
+        layer: A built `DCTSparseDense` or DCTpS convolution.
+
+    Returns:
+        `4 * n * m` for a `(n, m)` layer (`4 * P * c_out` for a conv kernel).
+    """
+    rows, cols = layer.sparse_weight.matrix_shape
+    return 4 * int(rows) * int(cols)
+
+
+def layer_form(layer, form="auto", max_kernel_bytes=DEFAULT_MAX_KERNEL_BYTES):
+    """The export form of one DCTpS layer: `"built_once"` or `"implicit"`.
+
+    Args:
+        layer: A built `DCTSparseDense` or DCTpS convolution.
+        form: `"implicit"`, `"built_once"`, or `"auto"`: built once when the
+            layer's dense kernel takes at most `max_kernel_bytes`
+            (`dense_kernel_bytes`), implicit otherwise.
+        max_kernel_bytes: The memory bound of `"auto"`.
+
+    Returns:
+        `"built_once"` or `"implicit"`.
+    """
+    if form == "auto":
+        return "built_once" if dense_kernel_bytes(layer) <= max_kernel_bytes else "implicit"
+    return form
+
+
+def _check_form(form, max_kernel_bytes):
+    if form not in FORMS:
+        raise ValueError(f"Argument `form` must be one of {FORMS}; received form={form!r}.")
+    if isinstance(max_kernel_bytes, bool) or not isinstance(
+        max_kernel_bytes, (int, np.integer)
+    ) or max_kernel_bytes < 0:
+        raise ValueError(
+            "Argument `max_kernel_bytes` must be a non-negative integer; "
+            f"received max_kernel_bytes={max_kernel_bytes!r}."
+        )
+
+
+def _freeze_except(concrete, variables):
+    """`convert_variables_to_constants_v2` that leaves `variables` as captured variables.
+
+    Uses TensorFlow's own freezing machinery (private API: the public
+    function freezes every variable) with a deny list, and captures the
+    kept variables' handles again (the private helper would turn them into
+    function inputs), so that the converter sees them as variables of the
+    trackable object that holds them.
+    """
+    from tensorflow.python.eager import context
+    from tensorflow.python.eager import wrap_function
+    from tensorflow.python.framework import convert_to_constants as ctc
+
+    by_handle = {id(variable.handle): variable for variable in variables}
+    keep = {}
+    for external, internal in concrete.graph.captures:
+        if id(external) in by_handle:
+            keep[internal.name.split(":")[0]] = by_handle[id(external)].handle
+    data = ctc._FunctionConverterDataInEager(
+        func=concrete,
+        lower_control_flow=False,
+        aggressive_inlining=False,
+        variable_names_denylist=set(keep),
+    )
+    graph_def, _ = ctc._replace_variables_by_constants(converter_data=data)
+    captured = {id(tensor) for tensor in concrete.graph.internal_captures}
+    inputs = [tensor.name for tensor in concrete.inputs if id(tensor) not in captured]
+    outputs = [tensor.name for tensor in concrete.outputs]
+    # As in TensorFlow's own helper: use the rewritten functions of `graph_def`.
+    for function in graph_def.library.function:
+        if context.context().has_function(function.signature.name):
+            context.context().remove_function(function.signature.name)
+    frozen = wrap_function.function_from_graph_def(graph_def, inputs, outputs, captures=keep)
+    originals = [tensor for tensor in concrete.inputs if id(tensor) not in captured]
+    for tensor, original in zip(frozen.inputs, originals):
+        tensor.set_shape(original.shape)
+    return frozen
 
 
 def _all_layers(model):
@@ -327,17 +578,32 @@ def _check_layers(layers):
 
 
 @contextlib.contextmanager
-def _export_calls(layers, dct_constants="stored", quantization=None):
-    """Temporarily replaces `call` of every exportable DCTpS layer in `layers`."""
+def _export_calls(
+    layers,
+    dct_constants="stored",
+    quantization=None,
+    form="implicit",
+    max_kernel_bytes=DEFAULT_MAX_KERNEL_BYTES,
+):
+    """Temporarily replaces `call` of every exportable DCTpS layer in `layers`.
+
+    Yields:
+        The `BuiltOnceKernels` holding the variables of the layers exported
+        in the built-once form (empty if none).
+    """
     missing = object()
     saved = []
+    store = BuiltOnceKernels()
     try:
         for layer in layers:
             if isinstance(layer, EXPORTABLE_LAYERS):
                 saved.append((layer, layer.__dict__.get("call", missing)))
-                replacement = export_call(layer, dct_constants, quantization)
+                built_once = None
+                if layer_form(layer, form, max_kernel_bytes) == "built_once":
+                    built_once = store
+                replacement = export_call(layer, dct_constants, quantization, built_once)
                 layer.__dict__["call"] = replacement
-        yield
+        yield store
     finally:
         for layer, previous in reversed(saved):
             if previous is missing:
@@ -473,7 +739,13 @@ def _check_dct_constants(dct_constants):
     return dct_constants
 
 
-def convert_tflite(model, quantization=None, dct_constants="stored"):
+def convert_tflite(
+    model,
+    quantization=None,
+    dct_constants="stored",
+    form="implicit",
+    max_kernel_bytes=DEFAULT_MAX_KERNEL_BYTES,
+):
     """Converts a Keras model with DCT-plus-sparse layers to TFLite, builtin ops only.
 
     See `export_tflite`; this returns the serialized model instead of writing it.
@@ -487,29 +759,46 @@ def convert_tflite(model, quantization=None, dct_constants="stored"):
             f"got {quantization!r}."
         )
     _check_dct_constants(dct_constants)
+    _check_form(form, max_kernel_bytes)
+    if quantization is not None and form != "implicit":
+        if form == "built_once":
+            raise ValueError(
+                "Argument `form='built_once'` supports float32 files only (the "
+                "converter's quantization would store the kernels' initial values); "
+                f"received quantization={quantization!r}. Use form='implicit' or 'auto'."
+            )
+        form = "implicit"  # documented: "auto" with a quantization is implicit
     layers = _all_layers(model)
     _check_layers(layers)
     specs = _input_specs(model)
 
-    def forward(*inputs):
-        return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+    with _export_calls(layers, dct_constants, quantization, form, max_kernel_bytes) as store:
 
-    function = tf.function(forward, input_signature=specs, autograph=False)
-    with _export_calls(layers, dct_constants, quantization):
+        def forward(*inputs):
+            store.build_all(run_time_zero(inputs[0]))
+            return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+
+        function = tf.function(forward, input_signature=specs, autograph=False)
         try:
             concrete = function.get_concrete_function()
         except Exception as error:
             raise TFLiteExportError(
                 f"Tracing model '{model.name}' for TFLite export failed: {error}"
             ) from error
-    # Freeze the variables explicitly: left to itself, the converter may keep
-    # them as resource variables (VAR_HANDLE / READ_VARIABLE with no values
-    # in the file), as it does for a model of plain Dense layers.
-    frozen = convert_variables_to_constants_v2(concrete)
-    # An empty trackable object, not `model`: given the model, the converter
-    # walks its attributes and materializes dense views (a 16384 x 4096 layer
-    # then needs 6 GB); given none, it takes its deprecated conversion path.
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.Module())
+    if store.kernels:
+        # The built-once kernels stay resource variables; the converter
+        # initializes them in a CALL_ONCE subgraph (tracked by `store`).
+        frozen = _freeze_except(concrete, store.variables_to_keep)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], store)
+    else:
+        # Freeze the variables explicitly: left to itself, the converter may keep
+        # them as resource variables (VAR_HANDLE / READ_VARIABLE with no values
+        # in the file), as it does for a model of plain Dense layers.
+        frozen = convert_variables_to_constants_v2(concrete)
+        # An empty trackable object, not `model`: given the model, the converter
+        # walks its attributes and materializes dense views (a 16384 x 4096 layer
+        # then needs 6 GB); given none, it takes its deprecated conversion path.
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.Module())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     _configure_quantization(converter, quantization)
     try:
@@ -535,10 +824,27 @@ def convert_tflite(model, quantization=None, dct_constants="stored"):
             f"Model '{model.name}' converted with non-builtin ops "
             f"{sorted(set(custom))}, which the TFLite runtime cannot run."
         )
+    if store.kernels:
+        tflite_bytes, cleared = clear_variable_initial_values(
+            tflite_bytes, store.kernel_names
+        )
+        if cleared != sorted(store.kernel_names):
+            raise TFLiteExportError(
+                f"Model '{model.name}': the converter stored the initial values of "
+                f"the built-once kernels {sorted(set(store.kernel_names) - set(cleared))} "
+                "in a form that cannot be removed; export with form='implicit'."
+            )
     return tflite_bytes
 
 
-def export_tflite(model, path, quantization=None, dct_constants="stored"):
+def export_tflite(
+    model,
+    path,
+    quantization=None,
+    dct_constants="stored",
+    form="implicit",
+    max_kernel_bytes=DEFAULT_MAX_KERNEL_BYTES,
+):
     """Writes a Keras model with DCT-plus-sparse layers as a builtin-only `.tflite`.
 
     Every `DCTSparseDense` is exported as its fast DCT (`RFFT2D` and
@@ -591,12 +897,35 @@ def export_tflite(model, path, quantization=None, dct_constants="stored"):
             invocation (`COS`, `SIN`, extra `RFFT2D`s), so the file holds
             only the nonzeros, positions, biases and graph; slower (see
             `benchmarks/tflite.py`). Convolutions always compute theirs.
+        form: How each DCTpS layer's `alpha * D + S` is run.
+            `"implicit"` (default): as described above, `D` as a fast
+            transform on every call (Dense) or the conv kernel rebuilt on
+            every call; the interpreter never holds more than O(nnz + N)
+            numbers per Dense layer. `"built_once"`: the interpreter builds
+            each layer's dense float32 kernel once, at the first
+            invocation, into a resource variable (`CALL_ONCE`, `IF`,
+            `ASSIGN_VARIABLE`; `BuiltOnceKernels`), and every call runs a
+            plain `FULLY_CONNECTED` / `CONV_2D` / `DEPTHWISE_CONV_2D` on it
+            (plus a `READ_VARIABLE` copy of it). The file stays nnz-sized
+            (the kernels are computed from index ranges and the nonzeros),
+            but at run time each layer holds its dense kernel twice (the
+            variable and the copy read for the call): `2 * 4 * n * m`
+            bytes. Float32 only (`quantization=None`). `"auto"`: built once
+            for the layers whose dense kernel takes at most
+            `max_kernel_bytes` (`4 * n * m`, `dense_kernel_bytes`), implicit
+            for the others; with a `quantization`, every layer is implicit.
+        max_kernel_bytes: The per-layer memory bound of `form="auto"`, in
+            bytes of the float32 dense kernel (default 8 MiB: a 2048 x 1024
+            layer). Set it from the device's memory: the built-once layers
+            need about twice the sum of their kernels at run time.
 
     Returns:
         The written model as `bytes`.
 
     Raises:
-        ValueError: for an unknown `quantization` or `dct_constants`.
+        ValueError: for an unknown `quantization`, `dct_constants` or `form`,
+            a negative `max_kernel_bytes`, or `form="built_once"` with a
+            `quantization`.
         TFLiteExportError (a `ValueError`): if the model is not built, or a
             layer needs non-builtin (Flex) ops; the message names the
             layer(s) and the ops where the converter reports them.
@@ -613,7 +942,11 @@ def export_tflite(model, path, quantization=None, dct_constants="stored"):
     >>> data = export_tflite(model, "lenet.tflite")  # doctest: +SKIP
     """
     tflite_bytes = convert_tflite(
-        model, quantization=quantization, dct_constants=dct_constants
+        model,
+        quantization=quantization,
+        dct_constants=dct_constants,
+        form=form,
+        max_kernel_bytes=max_kernel_bytes,
     )
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))

@@ -25,8 +25,10 @@ from keras_dctsparse.layers import DCTSparseLayer
 from keras_dctsparse.ops.tflite_ops import tflite_constant_bytes
 from keras_dctsparse.ops.tflite_ops import tflite_op_names
 from tflite_checks import assert_no_flex_ops
+from tflite_checks import largest_constant_bytes
 from tflite_checks import relative_error
 from tflite_checks import run
+from tflite_checks import subgraph_op_names
 
 TOLERANCE = 1e-4
 LAYER_SIZES = ((784, 300), (300, 100), (100, 10), (1000, 1000), (4096, 4096))
@@ -485,3 +487,117 @@ def test_dynamic_int8_skips_layers_where_it_costs_more():
     reference = convert_tflite(bigger)
     int8 = convert_tflite(bigger, quantization="dynamic_int8")
     assert tflite_constant_bytes(int8) < tflite_constant_bytes(reference) - 3 * 400 + 64
+
+
+# ---------------------------------------------------------------------------------------------
+# form="built_once": alpha * D + S built once into resource variables, then plain FC / CONV_2D.
+
+
+def assert_built_once_file(data, dense_kernel_bytes):
+    """Builtins only, the build in an IF branch, no constant of the dense kernel's size."""
+    assert_no_flex_ops(data)
+    main, *others = subgraph_op_names(data)
+    assert main[0] == "CALL_ONCE" and main.count("IF") == 1
+    # The COS tables and the scatter of S are computed in the IF branch only.
+    assert not {"COS", "SCATTER_ND", "RFFT2D", "UNSORTED_SEGMENT_SUM"} & set(main)
+    assert any({"SCATTER_ND", "ASSIGN_VARIABLE"} <= set(ops) for ops in others)
+    assert largest_constant_bytes(data) < dense_kernel_bytes // 4
+
+
+@pytest.mark.parametrize("input_dim,units", LAYER_SIZES[:4])
+def test_built_once_layer_matches_keras(input_dim, units):
+    model = single_layer_model(input_dim, units, density=0.01, activation="relu")
+    data = convert_tflite(model, form="built_once")
+    assert_built_once_file(data, 4 * input_dim * units)
+    assert "FULLY_CONNECTED" in subgraph_op_names(data)[0]
+    # Later calls (batch 1 and 7 again) use the kernel built by the first one.
+    assert_matches_keras(model, data, seed=input_dim, batches=(1, 7, 1, 7))
+    interpreter = Interpreter(model_content=data)
+    x = np.random.default_rng(0).standard_normal((3, input_dim)).astype(np.float32)
+    first = run(interpreter, x).copy()
+    interpreter.invoke()
+    output = interpreter.get_output_details()[0]["index"]
+    np.testing.assert_array_equal(interpreter.get_tensor(output), first)
+
+
+def test_built_once_lenet_is_sized_by_nnz():
+    model = lenet(0.01)
+    data = convert_tflite(model, form="built_once")
+    assert_built_once_file(data, 4 * 100 * 300)
+    assert_matches_keras(model, data, seed=1, batches=(1, 7, 1))
+    assert len(data) < len(convert_tflite(model))  # no DCT tables
+    # Constants: the nnz values and packed positions, biases, small tables.
+    assert tflite_constant_bytes(data) < nnz(model) * (4 + INDEX_BYTES) + 4 * 1024
+
+
+def test_built_once_lenet5_zoo_model():
+    model = lenet5_convs(0.01)
+    data = convert_tflite(model, form="built_once")
+    assert_built_once_file(data, conv_weight_count(model) // 5)
+    assert "CONV_2D" in subgraph_op_names(data)[0]
+    assert_matches_keras(model, data, seed=3, batches=(1, 7, 1))
+
+
+@pytest.mark.parametrize(
+    "layer,input_shape",
+    [
+        (DCTSparseConv2D(6, 3, strides=2, density=0.3, sparse_format="masked"), (11, 11, 4)),
+        (DCTSparseConv2D(6, 3, groups=2, dilation_rate=2, density=0.3), (12, 12, 4)),
+        (DCTSparseConv2D(5, 1, offset=None, density=0.5, activation="relu"), (6, 6, 3)),
+        (DCTSparseConv2D(4, (3, 2), data_format="channels_first", density=0.4), (3, 9, 8)),
+        (DCTSparseDepthwiseConv2D(3, depth_multiplier=2, strides=2, density=0.5), (12, 12, 4)),
+        (DCTSparseConv1D(8, 5, padding="causal", density=0.2), (20, 3)),
+        (DCTSparseDense(7, density=0.3, sparse_format="masked"), (5, 12)),
+    ],
+    ids=[
+        "strided-masked", "grouped-dilated", "plain-1x1", "channels-first", "depthwise",
+        "conv1d", "dense-rank3-masked",
+    ],
+)
+def test_built_once_variants_match_keras(layer, input_shape):
+    model = randomize(keras.Sequential([keras.Input(input_shape), layer]), seed=5)
+    data = convert_tflite(model, form="built_once")
+    assert_no_flex_ops(data)
+    assert "CALL_ONCE" in tflite_op_names(data)
+    assert_matches_keras(model, data, seed=6, batches=(1, 7, 1))
+
+
+def test_auto_form_follows_the_memory_bound():
+    model = lenet(0.01)
+    # 784 x 300 floats (940800 B) over the bound, 300 x 100 and 100 x 10 under it.
+    data = convert_tflite(model, form="auto", max_kernel_bytes=4 * 300 * 100)
+    names = tflite_op_names(data)
+    assert {"RFFT2D", "UNSORTED_SEGMENT_SUM", "CALL_ONCE"} <= set(names)
+    assert subgraph_op_names(data)[0].count("FULLY_CONNECTED") == 2
+    assert_matches_keras(model, data, seed=2, batches=(1, 7, 1))
+    assert largest_constant_bytes(data) < 4 * 100 * 300 // 4
+    everything = convert_tflite(model, form="auto")  # the default bound holds all three
+    assert subgraph_op_names(everything)[0].count("FULLY_CONNECTED") == 3
+    nothing = convert_tflite(model, form="auto", max_kernel_bytes=0)
+    assert "CALL_ONCE" not in tflite_op_names(nothing)
+
+
+def test_form_errors():
+    model = single_layer_model(10, 4, density=0.5)
+    with pytest.raises(ValueError, match="form"):
+        convert_tflite(model, form="lazy")
+    with pytest.raises(ValueError, match="max_kernel_bytes"):
+        convert_tflite(model, form="auto", max_kernel_bytes=-1)
+
+
+def test_built_once_is_float32_only():
+    model = single_layer_model(30, 20, density=0.2)
+    with pytest.raises(ValueError, match="built_once"):
+        convert_tflite(model, form="built_once", quantization="float16")
+    data = convert_tflite(model, form="auto", quantization="float16")
+    assert "CALL_ONCE" not in tflite_op_names(data)
+    assert_matches_keras(model, data, seed=8, tolerance=2e-3)
+
+
+def test_export_tflite_passes_the_form(tmp_path):
+    model = single_layer_model(30, 20, density=0.2)
+    data = export_tflite(model, tmp_path / "m.tflite", form="auto", max_kernel_bytes=4 * 600)
+    assert "CALL_ONCE" in tflite_op_names(data)
+    assert (tmp_path / "m.tflite").read_bytes() == data
+    data = export_tflite(model, tmp_path / "m.tflite", form="auto", max_kernel_bytes=4 * 599)
+    assert "CALL_ONCE" not in tflite_op_names(data)
