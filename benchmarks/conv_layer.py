@@ -96,7 +96,7 @@ def _path(layer, x):
 
 
 def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats=7,
-                    log=print):
+                    log=print, kinds=None):
     """Times every candidate; returns one dict per (shape, batch, density, candidate).
 
     Args:
@@ -105,6 +105,7 @@ def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats
         batches: Batch sizes.
         repeats: Interleaved rounds per group (median and best are reported).
         log: Called with a Markdown table after each group (None: silent).
+        kinds: None (every candidate) or the candidates to time (`Conv2D` is always timed).
 
     Returns:
         A list of dicts with keys `shape`, `batch`, `density`, `layer`, `path`,
@@ -120,6 +121,8 @@ def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats
             for density in densities:
                 functions, paths = {}, {}
                 for kind in _candidates(density):
+                    if kinds is not None and kind != "Conv2D" and kind not in kinds:
+                        continue
                     layer = _make_layer(kind, c_out, density)
                     layer.build(x.shape)
                     if kind != "Conv2D":
