@@ -67,6 +67,7 @@ from tensorflow.python.framework.convert_to_constants import (
 
 from keras_dctsparse.layers.base import DCTSparseLayer
 from keras_dctsparse.layers.conv import _DCTSparseConvBase
+from keras_dctsparse.layers.conv import _GroupedConv
 from keras_dctsparse.layers.dense import DCTSparseDense
 from keras_dctsparse.ops.conv_offset import dct_block
 from keras_dctsparse.ops.tflite_ops import CONSTANTS
@@ -74,6 +75,7 @@ from keras_dctsparse.ops.tflite_ops import clear_variable_initial_values
 from keras_dctsparse.ops.tflite_ops import dct_offset_builtin
 from keras_dctsparse.ops.tflite_ops import run_time_zero
 from keras_dctsparse.ops.tflite_ops import sparse_matmul_builtin
+from keras_dctsparse.ops.tflite_ops import strip_tensor_names
 from keras_dctsparse.ops.tflite_ops import tflite_op_names
 
 QUANTIZATIONS = (None, "float16", "dynamic_int8")
@@ -343,12 +345,40 @@ def _conv_export_call(layer, quantization=None, built_once=None):
         return kernel
 
     if built_once is not None:
-        build = built_once.add(layer.name, kernel_shape, build)
+        build = _stored_in_tflite_layout(layer, kernel_shape, build, built_once)
 
     def kernel_fn(x):
         return tf.cast(build(run_time_zero(x)), x.dtype)
 
     return functools.partial(layer.forward, kernel_fn=kernel_fn)
+
+
+def _stored_in_tflite_layout(layer, kernel_shape, build, built_once):
+    """Registers a conv kernel with `built_once`, stored in TFLite's filter layout.
+
+    TFLite's `CONV_2D` takes its filter as `(out, kh, kw, in)`, TensorFlow's
+    `(kh, kw, in, out)`: a variable in TensorFlow's layout costs a
+    `TRANSPOSE` of the kernel on every call. The variable holds the kernel
+    transposed instead, and the read transposes it back, which the converter
+    cancels against its own transpose. (Depthwise filters only need a
+    reshape; they are stored as they are. So are Conv1D kernels: the
+    converter does not cancel the transposes across the `EXPAND_DIMS` of
+    TensorFlow's `conv1d`, so one `TRANSPOSE` per call remains there.)
+
+    Returns:
+        A function `zero -> kernel` in TensorFlow's layout.
+    """
+    if not isinstance(layer, _GroupedConv) or len(kernel_shape) != 4:
+        return built_once.add(layer.name, kernel_shape, build)
+    rank = len(kernel_shape)
+    to_tflite = (rank - 1,) + tuple(range(rank - 1))
+    back = tuple(range(1, rank)) + (0,)
+    stored = built_once.add(
+        layer.name,
+        tuple(kernel_shape[axis] for axis in to_tflite),
+        lambda zero: tf.transpose(build(zero), to_tflite),
+    )
+    return lambda zero: tf.transpose(stored(zero), back)
 
 
 def _dense_built_once_call(layer, quantization, built_once):
@@ -834,6 +864,8 @@ def convert_tflite(
                 f"the built-once kernels {sorted(set(store.kernel_names) - set(cleared))} "
                 "in a form that cannot be removed; export with form='implicit'."
             )
+        # A few KB of names of internal tensors (the IF branches have many).
+        tflite_bytes = strip_tensor_names(tflite_bytes)
     return tflite_bytes
 
 

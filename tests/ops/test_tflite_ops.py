@@ -299,3 +299,27 @@ def test_clear_variable_initial_values_leaves_other_variables():
     assert tflite_ops.tflite_constant_bytes(data) == tflite_ops.tflite_constant_bytes(
         converted
     )
+
+
+def test_strip_tensor_names_keeps_io_names_and_results():
+    function = tf.function(
+        lambda x: tflite_ops.dct_offset_builtin(x, 30) * 2.0 + 1.0,
+        input_signature=[tf.TensorSpec([None, 48], tf.float32, name="pixels")],
+    )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function()], tf.Module()
+    )
+    data = converter.convert()
+    stripped = tflite_ops.strip_tensor_names(data)
+    assert len(stripped) < len(data)
+    assert tflite_ops.tflite_op_names(stripped) == tflite_ops.tflite_op_names(data)
+    before, after = Interpreter(model_content=data), Interpreter(model_content=stripped)
+    assert after.get_signature_list() == before.get_signature_list()
+    assert len(before.get_signature_list()) == 1
+    assert [d["name"] for d in after.get_input_details()] == [
+        d["name"] for d in before.get_input_details()
+    ]
+    x = np.random.default_rng(0).standard_normal((3, 48)).astype(np.float32)
+    np.testing.assert_array_equal(run(after, x), run(before, x))
+    runner = after.get_signature_runner()
+    np.testing.assert_array_equal(list(runner(pixels=x).values())[0], run(before, x))
