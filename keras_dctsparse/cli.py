@@ -263,6 +263,22 @@ def build_parser():
         help="TFLite only: store the fast DCT's O(N) tables in the file, or let the "
         "interpreter compute them on every call (smaller file for large layers, slower)",
     )
+    export.add_argument(
+        "--form",
+        choices=("implicit", "built_once", "auto"),
+        default="implicit",
+        help="TFLite only: run D as a fast transform on every call (implicit), or build "
+        "each layer's dense kernel once at the first call (built_once: dense-model speed, "
+        "2 x 4 x n x m bytes of memory per layer), or built_once for the layers whose "
+        "kernel fits --max-kernel-bytes (auto); see keras_dctsparse.export_tflite",
+    )
+    export.add_argument(
+        "--max-kernel-bytes",
+        type=int,
+        default=None,
+        help="TFLite only, --form auto: largest float32 dense kernel (bytes) of a layer "
+        "built once (default 8 MiB)",
+    )
 
     sweep = commands.add_parser(
         "sweep",
@@ -655,10 +671,15 @@ def _check_export_target(args):
 
 def export(args):
     if args.format == "savedmodel" and (
-        args.quantization != "none" or args.dct_constants != "stored"
+        args.quantization != "none"
+        or args.dct_constants != "stored"
+        or args.form != "implicit"
+        or args.max_kernel_bytes is not None
     ):
         raise CLIError(
-            "--quantization and --dct-constants apply to --format tflite only", status=2
+            "--quantization, --dct-constants, --form and --max-kernel-bytes apply to "
+            "--format tflite only",
+            status=2,
         )
     _check_export_target(args)
     from keras_dctsparse.export.tflite import export_tflite
@@ -673,11 +694,16 @@ def export(args):
             if os.path.lexists(args.output) and not os.path.isfile(args.output):
                 raise CLIError(f"--output {args.output!r} is not a file", status=2)
             quantization = None if args.quantization == "none" else args.quantization
+            bound = {}
+            if args.max_kernel_bytes is not None:
+                bound["max_kernel_bytes"] = args.max_kernel_bytes
             export_tflite(
                 model,
                 args.output,
                 quantization=quantization,
                 dct_constants=args.dct_constants,
+                form=args.form,
+                **bound,
             )
     except (NotImplementedError, ValueError) as error:
         raise CLIError(f"export to {args.format} failed: {error}") from error

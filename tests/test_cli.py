@@ -143,6 +143,21 @@ def test_export_tflite_float16(trained, tmp_path):
     assert "COS" in tflite_op_names(computed.read_bytes())
 
 
+def test_export_tflite_form(trained, tmp_path, capsys):
+    base = ["export", "--model-path", str(trained / "model.keras"), "--format", "tflite"]
+    built = tmp_path / "built.tflite"
+    assert cli.main(base + ["--output", str(built), "--form", "built_once"]) == 0
+    assert "CALL_ONCE" in tflite_op_names(built.read_bytes())
+    auto = tmp_path / "auto.tflite"
+    argv = base + ["--output", str(auto), "--form", "auto", "--max-kernel-bytes", "0"]
+    assert cli.main(argv) == 0
+    assert "CALL_ONCE" not in tflite_op_names(auto.read_bytes())
+    argv = ["export", "--model-path", str(trained / "model.keras"), "--format", "savedmodel",
+            "--output", str(tmp_path / "sm"), "--form", "auto"]
+    assert cli.main(argv) == 2
+    assert "--form" in capsys.readouterr().err
+
+
 def test_export_quantization_needs_tflite(trained, tmp_path, capsys):
     argv = ["export", "--model-path", str(trained / "model.keras"), "--format", "savedmodel",
             "--output", str(tmp_path / "sm"), "--quantization", "float16"]
