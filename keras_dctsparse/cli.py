@@ -192,6 +192,13 @@ def _add_train_args(parser, sweep=False):
     )
     parser.add_argument("--augment", action="store_true", help="random crop + flip")
     parser.add_argument(
+        "--jit-compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="compile the whole train step with XLA: auto (Keras's rule: off on CPU), "
+        "on, off (single-process training; the DCTpS layers' default kernels allow it)",
+    )
+    parser.add_argument(
         "--train-limit",
         type=_positive_int("--train-limit"),
         default=None,
@@ -445,6 +452,9 @@ def _compile(model, args, total_steps):
             from_logits=not _outputs_probabilities(model)
         ),
         metrics=["accuracy"],
+        jit_compile={"auto": "auto", "on": True, "off": False}[
+            getattr(args, "jit_compile", "auto")
+        ],
     )
     model.compile(**compile_args)
     return model

@@ -642,3 +642,19 @@ def test_full_disk_during_train_outputs_is_one_error_line(run_copy, monkeypatch,
     for name in ("results.json", *[k for k in before if k.startswith("saved_model")]):
         assert after[name] == before[name], name
     assert not _leftovers(run_copy)
+
+
+def test_jit_compile_on_compiles_the_whole_train_step_with_xla(tmp_path, monkeypatch):
+    seen = []
+    original = keras.Model.compile
+
+    def compile_spy(self, *args, **kwargs):
+        seen.append(kwargs.get("jit_compile"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "compile", compile_spy)
+    out = tmp_path / "xla"
+    assert cli.main(_train_argv(out, "--lr", "0.01", "--jit-compile", "on")) == 0
+    assert seen and seen[0] is True
+    with open(out / "results.json") as file:
+        assert json.load(file)["test_accuracy"] > 0.3  # one epoch, as test_train_writes_outputs
