@@ -123,7 +123,9 @@ def sparse_entries(layer):
     )
 
 
-def export_call(layer, dct_constants="stored", quantization=None, built_once=None):
+def export_call(
+    layer, dct_constants="stored", quantization=None, built_once=None, narrow_positions=True
+):
     """A replacement for `layer.call` built from TFLite-builtin ops and constants.
 
     Args:
@@ -139,6 +141,8 @@ def export_call(layer, dct_constants="stored", quantization=None, built_once=Non
             the first invocation, into a resource variable of that store,
             and every call runs one plain `FULLY_CONNECTED` / `CONV_2D` /
             `DEPTHWISE_CONV_2D` on it.
+        narrow_positions: Store the positions as 16-bit gaps where they fit
+            and it pays (`delta_encode`), else one int32 per entry.
 
     Returns:
         A function `inputs -> outputs` computing the same as `layer.call`
@@ -146,9 +150,9 @@ def export_call(layer, dct_constants="stored", quantization=None, built_once=Non
     """
     if isinstance(layer, DCTSparseDense):
         if built_once is not None:
-            return _dense_built_once_call(layer, quantization, built_once)
-        return _dense_export_call(layer, dct_constants, quantization)
-    return _conv_export_call(layer, quantization, built_once)
+            return _dense_built_once_call(layer, quantization, built_once, narrow_positions)
+        return _dense_export_call(layer, dct_constants, quantization, narrow_positions)
+    return _conv_export_call(layer, quantization, built_once, narrow_positions)
 
 
 def _frozen_alpha(layer):
@@ -181,21 +185,94 @@ def pack_positions(rows, cols, num_cols):
     return (rows * num_cols + cols).astype(np.int32)
 
 
-def _positions_fn(rows, cols, num_cols):
-    """A function `zero -> (rows, cols)` of int32 tensors rebuilt at run time.
+def delta_encode(packed):
+    """Packed positions as 16-bit gaps: `(order, start, gaps)`, or None if a gap is too big.
 
-    The file stores one int32 per entry (`pack_positions`) and the interpreter
-    splits it with `FLOOR_DIV`/`FLOOR_MOD`; the run-time `zero` keeps the
-    converter from folding that back into two stored arrays. Matrices too big
-    for an int32 flat index store both arrays.
+    Sorting the flat positions `row * num_cols + col` makes them increasing;
+    the gaps between neighbours are below `num_cols * rows / nnz` on average
+    (100 at density 1%), so they fit in 16 bits unless the matrix is far
+    sparser than 1 in 65536. They are stored as int16 biased by `-32768`
+    (TFLite has no uint16 arithmetic).
+
+    Args:
+        packed: int32 numpy array of distinct flat positions.
+
+    Returns:
+        `(order, start, gaps)`: the sorting permutation (apply it to the
+        values too), the first sorted position (a Python int), and int16
+        `gaps` with `gaps[0] = -32768` and
+        `sorted[i] = start + sum(gaps[1..i] + 32768)`; or None when `packed`
+        is empty or some gap is 65536 or more.
+
+    Example:
+
+    >>> order, start, gaps = delta_encode(np.array([70000, 5, 300], np.int32))
+    >>> order.tolist(), start, (gaps.astype(int) + 32768).tolist()
+    ([1, 2, 0], 5, [0, 295, 69700])
+    """
+    packed = np.asarray(packed, dtype=np.int64)
+    if packed.size == 0:
+        return None
+    order = np.argsort(packed, kind="stable")
+    ordered = packed[order]
+    gaps = np.diff(ordered, prepend=ordered[0])
+    if int(gaps.max()) > 65535:
+        return None
+    return order, int(ordered[0]), (gaps - 32768).astype(np.int16)
+
+
+# Positions are stored as 16-bit gaps (`delta_encode`) only where that saves
+# more than the decoding operators cost (RANGE, GATHER, CAST, ADD, CUMSUM).
+POSITION_GAPS_MIN_SAVING_BYTES = 512
+
+
+def _entries_fn(values, rows, cols, num_cols, quantization, narrow_positions=True):
+    """A function `zero -> (float32 values, flat int32 positions, pairs)` for the export graph.
+
+    The file stores one int32 per entry (`pack_positions`), or, with
+    `narrow_positions` and when it saves more than
+    `POSITION_GAPS_MIN_SAVING_BYTES`, one int16 gap (`delta_encode`) that the
+    interpreter sums back (`GATHER` with a run-time index range, so the
+    converter cannot fold them into int32 constants, `CAST`, `CUMSUM`). The
+    run-time `zero` keeps the converter from folding the positions into
+    stored arrays. Matrices too big for an int32 flat index store both
+    int32 arrays: the function then returns `flat = None` and
+    `pairs = (rows, cols)`.
     """
     packed = pack_positions(rows, cols, num_cols)
     if packed is None:
-        return lambda zero: (tf.constant(rows) + zero, tf.constant(cols) + zero)
+        values_fn = _values_fn(values, quantization)
+        return lambda zero: (
+            values_fn(zero), None, (tf.constant(rows) + zero, tf.constant(cols) + zero)
+        )
+    encoded = None
+    if narrow_positions and 2 * packed.size > POSITION_GAPS_MIN_SAVING_BYTES:
+        encoded = delta_encode(packed)
+    if encoded is None:
+        values_fn = _values_fn(values, quantization)
+        return lambda zero: (values_fn(zero), tf.constant(packed) + zero, None)
+    order, first, gaps = encoded
+    values_fn = _values_fn(np.asarray(values)[order], quantization)
+
+    def entries(zero):
+        picked = tf.gather(tf.constant(gaps), tf.range(zero, zero + gaps.shape[0]))
+        flat = tf.cumsum(tf.cast(picked, tf.int32) + 32768) + (first + zero)
+        return values_fn(zero), flat, None
+
+    return entries
+
+
+def _positions_fn(entries, num_cols):
+    """A function `zero -> (values, rows, cols)`: `entries` with rows and cols split.
+
+    The flat positions are split with `FLOOR_DIV`/`FLOOR_MOD` at run time.
+    """
 
     def positions(zero):
-        flat = tf.constant(packed) + zero
-        return tf.math.floordiv(flat, num_cols), tf.math.floormod(flat, num_cols)
+        values, flat, pairs = entries(zero)
+        if flat is None:
+            return (values,) + pairs
+        return values, tf.math.floordiv(flat, num_cols), tf.math.floormod(flat, num_cols)
 
     return positions
 
@@ -275,17 +352,18 @@ def _dense_call_with(layer, product):
     return call
 
 
-def _dense_export_call(layer, dct_constants, quantization=None):
+def _dense_export_call(layer, dct_constants, quantization=None, narrow_positions=True):
     input_dim, units = layer.sparse_weight.matrix_shape
     values, rows, cols = sparse_entries(layer)
-    positions = _positions_fn(rows, cols, units)
-    values_fn = _values_fn(values, quantization)
+    positions = _positions_fn(
+        _entries_fn(values, rows, cols, units, quantization, narrow_positions), units
+    )
     alpha = _frozen_alpha(layer)
 
     def product(x):
         zero = run_time_zero(x)
-        row_index, col_index = positions(zero)
-        outputs = sparse_matmul_builtin(x, values_fn(zero), row_index, col_index, units)
+        value, row_index, col_index = positions(zero)
+        outputs = sparse_matmul_builtin(x, value, row_index, col_index, units)
         if alpha is not None:
             offset = dct_offset_builtin(x, units, dct_constants)
             outputs = outputs + tf.constant(alpha) * offset
@@ -294,31 +372,27 @@ def _dense_export_call(layer, dct_constants, quantization=None):
     return _dense_call_with(layer, product)
 
 
-def _scatter_fn(values_fn, rows, cols, shape):
+def _scatter_fn(entries, shape):
     """A function `zero -> float32 (rows_count, cols_count)` matrix holding `S`.
 
-    `SCATTER_ND` of the frozen values at their packed int32 positions
-    (`pack_positions`; both int32 arrays when the flat index overflows int32),
+    `SCATTER_ND` of the frozen values at their positions (`_entries_fn`),
     with the run-time `zero` in the indices and the shape so that the
     converter cannot fold the dense matrix into a constant.
     """
     rows_count, cols_count = shape
-    packed = pack_positions(rows, cols, cols_count)
 
     def scatter(zero):
-        if packed is not None:
-            flat = tf.constant(packed) + zero
-            sparse = tf.scatter_nd(
-                flat[:, tf.newaxis], values_fn(zero), [rows_count * cols_count + zero]
-            )
+        values, flat, pairs = entries(zero)
+        if flat is not None:
+            sparse = tf.scatter_nd(flat[:, tf.newaxis], values, [rows_count * cols_count + zero])
             return tf.reshape(sparse, [rows_count, cols_count])
-        indices = tf.constant(np.stack([rows, cols], axis=1)) + zero
-        return tf.scatter_nd(indices, values_fn(zero), tf.stack([rows_count + zero, cols_count]))
+        indices = tf.stack(pairs, axis=1)
+        return tf.scatter_nd(indices, values, tf.stack([rows_count + zero, cols_count]))
 
     return scatter
 
 
-def _conv_export_call(layer, quantization=None, built_once=None):
+def _conv_export_call(layer, quantization=None, built_once=None, narrow_positions=True):
     """Export call of a DCTpS conv: one conv with a kernel built at run time.
 
     The kernel `alpha * Kd + S` is built from builtin ops: `Kd` from
@@ -333,7 +407,9 @@ def _conv_export_call(layer, quantization=None, built_once=None):
     weight = layer.sparse_weight
     kernel_shape = tuple(weight.kernel_shape)
     values, rows, cols = sparse_entries(layer)
-    scatter = _scatter_fn(_values_fn(values, quantization), rows, cols, weight.matrix_shape)
+    rows_count, cols_count = weight.matrix_shape
+    entries = _entries_fn(values, rows, cols, cols_count, quantization, narrow_positions)
+    scatter = _scatter_fn(entries, weight.matrix_shape)
     alpha = _frozen_alpha(layer)
     in_channels = layer._in_channels
 
@@ -381,7 +457,7 @@ def _stored_in_tflite_layout(layer, kernel_shape, build, built_once):
     return lambda zero: tf.transpose(stored(zero), back)
 
 
-def _dense_built_once_call(layer, quantization, built_once):
+def _dense_built_once_call(layer, quantization, built_once, narrow_positions=True):
     """Export call of a `DCTSparseDense` whose kernel is built once (`FULLY_CONNECTED`).
 
     The `(units, n)` kernel `alpha * D^T + S^T` (the layout of TFLite's
@@ -393,7 +469,8 @@ def _dense_built_once_call(layer, quantization, built_once):
     input_dim, units = layer.sparse_weight.matrix_shape
     values, rows, cols = sparse_entries(layer)
     # Transposed: the FULLY_CONNECTED weights are (units, input_dim).
-    scatter = _scatter_fn(_values_fn(values, quantization), cols, rows, (units, input_dim))
+    entries = _entries_fn(values, cols, rows, input_dim, quantization, narrow_positions)
+    scatter = _scatter_fn(entries, (units, input_dim))
     alpha = _frozen_alpha(layer)
 
     def build(zero):
@@ -614,6 +691,7 @@ def _export_calls(
     quantization=None,
     form="implicit",
     max_kernel_bytes=DEFAULT_MAX_KERNEL_BYTES,
+    narrow_positions=True,
 ):
     """Temporarily replaces `call` of every exportable DCTpS layer in `layers`.
 
@@ -631,7 +709,9 @@ def _export_calls(
                 built_once = None
                 if layer_form(layer, form, max_kernel_bytes) == "built_once":
                     built_once = store
-                replacement = export_call(layer, dct_constants, quantization, built_once)
+                replacement = export_call(
+                    layer, dct_constants, quantization, built_once, narrow_positions
+                )
                 layer.__dict__["call"] = replacement
         yield store
     finally:
@@ -775,6 +855,7 @@ def convert_tflite(
     dct_constants="stored",
     form="implicit",
     max_kernel_bytes=DEFAULT_MAX_KERNEL_BYTES,
+    narrow_positions=True,
 ):
     """Converts a Keras model with DCT-plus-sparse layers to TFLite, builtin ops only.
 
@@ -802,7 +883,9 @@ def convert_tflite(
     _check_layers(layers)
     specs = _input_specs(model)
 
-    with _export_calls(layers, dct_constants, quantization, form, max_kernel_bytes) as store:
+    with _export_calls(
+        layers, dct_constants, quantization, form, max_kernel_bytes, narrow_positions
+    ) as store:
 
         def forward(*inputs):
             store.build_all(run_time_zero(inputs[0]))
@@ -864,9 +947,8 @@ def convert_tflite(
                 f"the built-once kernels {sorted(set(store.kernel_names) - set(cleared))} "
                 "in a form that cannot be removed; export with form='implicit'."
             )
-        # A few KB of names of internal tensors (the IF branches have many).
-        tflite_bytes = strip_tensor_names(tflite_bytes)
-    return tflite_bytes
+    # Names of internal tensors: a few KB, ~40 bytes per operator.
+    return strip_tensor_names(tflite_bytes)
 
 
 def export_tflite(
@@ -876,6 +958,7 @@ def export_tflite(
     dct_constants="stored",
     form="implicit",
     max_kernel_bytes=DEFAULT_MAX_KERNEL_BYTES,
+    narrow_positions=True,
 ):
     """Writes a Keras model with DCT-plus-sparse layers as a builtin-only `.tflite`.
 
@@ -894,12 +977,14 @@ def export_tflite(
 
     The file size is about
 
-        size ~= sum over DCTpS layers of nnz * (b + 4) + overhead
+        size ~= sum over DCTpS layers of nnz * (b + p) + overhead
 
     with `b = 4` bytes per value (2 with `quantization="float16"`, 1 with
-    `"dynamic_int8"`), 4 bytes for
-    the packed int32 position `row * m + col` of each entry (8 for a layer
-    with `n * m >= 2**31`), and `overhead` the size of the same
+    `"dynamic_int8"`), `p = 2` bytes for the 16-bit gap between sorted
+    positions (`narrow_positions`; layers with more than 256 entries and
+    no gap of 65536 or more), else 4 bytes for the packed int32 position
+    `row * m + col` of each entry (8 for a layer with `n * m >= 2**31`),
+    and `overhead` the size of the same
     model with one entry per layer (biases, DCT constants, other layers,
     flatbuffer metadata).
 
@@ -950,6 +1035,12 @@ def export_tflite(
             bytes of the float32 dense kernel (default 8 MiB: a 2048 x 1024
             layer). Set it from the device's memory: the built-once layers
             need about twice the sum of their kernels at run time.
+        narrow_positions: `True` (default): a layer's positions are stored as
+            2-byte gaps between sorted flat positions (`delta_encode`) when
+            every gap is below 65536 (any layer denser than about 1 in
+            65536) and that saves more than `POSITION_GAPS_MIN_SAVING_BYTES`;
+            the interpreter sums them back (`CUMSUM`; for the implicit form
+            on every call, O(nnz)). `False`: one int32 per entry.
 
     Returns:
         The written model as `bytes`.
@@ -979,6 +1070,7 @@ def export_tflite(
         dct_constants=dct_constants,
         form=form,
         max_kernel_bytes=max_kernel_bytes,
+        narrow_positions=narrow_positions,
     )
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))

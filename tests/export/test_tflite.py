@@ -19,8 +19,11 @@ from keras_dctsparse import models
 from keras_dctsparse.export import TFLiteExportError
 from keras_dctsparse.export import convert_tflite
 from keras_dctsparse.export.tflite import INT8_MIN_SAVING_BYTES
+from keras_dctsparse.export.tflite import POSITION_GAPS_MIN_SAVING_BYTES
+from keras_dctsparse.export.tflite import delta_encode
 from keras_dctsparse.export.tflite import pack_positions
 from keras_dctsparse.export.tflite import quantize_int8
+from keras_dctsparse.export.tflite import sparse_entries
 from keras_dctsparse.layers import DCTSparseLayer
 from keras_dctsparse.ops.tflite_ops import tflite_constant_bytes
 from keras_dctsparse.ops.tflite_ops import tflite_op_names
@@ -89,6 +92,16 @@ def lenet(density, seed=0, **kwargs):
 
 def nnz(model):
     return sum(layer.nnz for layer in model.layers if isinstance(layer, DCTSparseLayer))
+
+
+def position_bytes(model):
+    """Bytes of the stored positions: 2 per entry for layers stored as 16-bit gaps, else 4."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, DCTSparseLayer):
+            narrow = 2 * layer.nnz > POSITION_GAPS_MIN_SAVING_BYTES
+            total += (2 if narrow else 4) * layer.nnz
+    return total
 
 
 @functools.lru_cache(maxsize=None)
@@ -248,7 +261,7 @@ def test_quantization(quantization, bound):
         )
         assert saved > 0
     assert tflite_constant_bytes(data) < tflite_constant_bytes(reference) - 0.9 * saved
-    assert tflite_constant_bytes(data) > nnz(model) * INDEX_BYTES  # positions stay int32
+    assert tflite_constant_bytes(data) > position_bytes(model)  # positions are not quantized
 
 
 def test_quantize_int8():
@@ -463,7 +476,7 @@ def test_computed_dct_constants():
     assert_no_flex_ops(computed)
     assert_matches_keras(model, computed, seed=11)
     # Only the nonzeros, packed positions, biases and a few shape constants remain.
-    data_bytes = nnz(model) * (4 + INDEX_BYTES) + 4 * (300 + 100 + 10)
+    data_bytes = nnz(model) * 4 + position_bytes(model) + 4 * (300 + 100 + 10)
     assert data_bytes <= tflite_constant_bytes(computed) < data_bytes + 1024
     assert tflite_constant_bytes(stored) > data_bytes + 4 * 4 * 784
     # Computing the tables adds operators (graph structure, ~150 bytes each):
@@ -601,3 +614,47 @@ def test_export_tflite_passes_the_form(tmp_path):
     assert (tmp_path / "m.tflite").read_bytes() == data
     data = export_tflite(model, tmp_path / "m.tflite", form="auto", max_kernel_bytes=4 * 599)
     assert "CALL_ONCE" not in tflite_op_names(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Positions as 16-bit gaps.
+
+
+def test_delta_encode_round_trip():
+    rng = np.random.default_rng(0)
+    packed = rng.choice(10**6, 5000, replace=False).astype(np.int32)
+    order, start, gaps = delta_encode(packed)
+    assert gaps.dtype == np.int16 and gaps[0] == -32768
+    decoded = start + np.cumsum(gaps.astype(np.int64) + 32768)
+    np.testing.assert_array_equal(decoded, packed[order])
+    assert np.all(np.diff(decoded) > 0)
+    assert delta_encode(np.array([3, 3 + 65535], np.int32)) is not None
+    assert delta_encode(np.array([3, 3 + 65536], np.int32)) is None
+    assert delta_encode(np.array([], np.int32)) is None
+
+
+@pytest.mark.parametrize("form", ["implicit", "built_once"])
+def test_narrow_positions_save_two_bytes_per_entry(form):
+    model = lenet(0.01, seed=4)
+    narrow = convert_tflite(model, form=form)
+    wide = convert_tflite(model, form=form, narrow_positions=False)
+    assert_no_flex_ops(narrow)
+    assert "CUMSUM" in tflite_op_names(narrow) and "CUMSUM" not in tflite_op_names(wide)
+    saved = 4 * nnz(model) - position_bytes(model)
+    assert saved == 2 * (2352 + 300)  # the 784 x 300 and 300 x 100 layers
+    # Less a few bytes of decoding constants (the bias 32768, the first position).
+    assert tflite_constant_bytes(wide) - tflite_constant_bytes(narrow) >= saved - 64
+    assert len(narrow) < len(wide) - saved / 2
+    assert_matches_keras(model, narrow, seed=9, batches=(1, 7, 1))
+
+
+def test_narrow_positions_fall_back_to_int32_for_big_gaps():
+    # ~400 entries in 33.5 million: gaps of ~84000 on average, many >= 65536.
+    model = single_layer_model(8192, 4096, 1.2e-5)
+    layer = model.layers[0]
+    assert 2 * layer.nnz > POSITION_GAPS_MIN_SAVING_BYTES
+    _, rows, cols = sparse_entries(layer)
+    assert delta_encode(pack_positions(rows, cols, 4096)) is None
+    data = convert_tflite(model, form="implicit")
+    assert "CUMSUM" not in tflite_op_names(data)
+    assert_matches_keras(model, data, seed=10)
