@@ -871,14 +871,15 @@ def convert_tflite(
         )
     _check_dct_constants(dct_constants)
     _check_form(form, max_kernel_bytes)
-    if quantization is not None and form != "implicit":
+    if quantization == "float16" and form != "implicit":
         if form == "built_once":
             raise ValueError(
-                "Argument `form='built_once'` supports float32 files only (the "
-                "converter's quantization would store the kernels' initial values); "
-                f"received quantization={quantization!r}. Use form='implicit' or 'auto'."
+                "Argument `form='built_once'` does not support quantization='float16': "
+                "the converter stores the angle scales of the kernels' COS tables as "
+                "float16 too (3e-3 relative error). Use form='implicit' or 'auto', or "
+                "quantization='dynamic_int8'."
             )
-        form = "implicit"  # documented: "auto" with a quantization is implicit
+        form = "implicit"  # documented: "auto" with float16 is implicit
     layers = _all_layers(model)
     _check_layers(layers)
     specs = _input_specs(model)
@@ -1027,10 +1028,14 @@ def export_tflite(
             (the kernels are computed from index ranges and the nonzeros),
             but at run time each layer holds its dense kernel twice (the
             variable and the copy read for the call): `2 * 4 * n * m`
-            bytes. Float32 only (`quantization=None`). `"auto"`: built once
-            for the layers whose dense kernel takes at most
-            `max_kernel_bytes` (`4 * n * m`, `dense_kernel_bytes`), implicit
-            for the others; with a `quantization`, every layer is implicit.
+            bytes. The kernels are float32; `quantization="dynamic_int8"`
+            stores the nonzeros as int8 as in the implicit form, and
+            `"float16"` is not supported (the converter would also store
+            the angle scales of the `COS` tables as float16). `"auto"`:
+            built once for the layers whose dense kernel takes at most
+            `max_kernel_bytes` (`4 * n * m`, `dense_kernel_bytes`),
+            implicit for the others; with `quantization="float16"` every
+            layer is implicit.
         max_kernel_bytes: The per-layer memory bound of `form="auto"`, in
             bytes of the float32 dense kernel (default 8 MiB: a 2048 x 1024
             layer). Set it from the device's memory: the built-once layers
@@ -1047,8 +1052,8 @@ def export_tflite(
 
     Raises:
         ValueError: for an unknown `quantization`, `dct_constants` or `form`,
-            a negative `max_kernel_bytes`, or `form="built_once"` with a
-            `quantization`.
+            a negative `max_kernel_bytes`, or `form="built_once"` with
+            `quantization="float16"`.
         TFLiteExportError (a `ValueError`): if the model is not built, or a
             layer needs non-builtin (Flex) ops; the message names the
             layer(s) and the ops where the converter reports them.

@@ -598,7 +598,17 @@ def test_form_errors():
         convert_tflite(model, form="auto", max_kernel_bytes=-1)
 
 
-def test_built_once_is_float32_only():
+def test_built_once_dynamic_int8():
+    model = lenet(0.01, seed=5)
+    data = convert_tflite(model, form="built_once", quantization="dynamic_int8")
+    assert_built_once_file(data, 4 * 100 * 300)
+    full = convert_tflite(model, form="built_once")
+    # int8 values in the 784 x 300 layer (3 bytes saved per value).
+    assert tflite_constant_bytes(data) < tflite_constant_bytes(full) - 2 * 2352
+    assert_matches_keras(model, data, seed=8, tolerance=5e-2, batches=(1, 7, 1))
+
+
+def test_built_once_is_not_float16():
     model = single_layer_model(30, 20, density=0.2)
     with pytest.raises(ValueError, match="built_once"):
         convert_tflite(model, form="built_once", quantization="float16")
