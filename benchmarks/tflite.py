@@ -10,10 +10,13 @@ LeNet-300-100 (784-300-100-10, relu, relu, softmax):
   `converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]`
   (TFLite's own sparse tensor encoding and sparse fully-connected kernel).
 - `DCTpS d`: `DCTSparseDense` layers at density `d`, exported with
-  `keras_dctsparse.export_tflite` (fast DCT + gather/segment-sum sparse part).
+  `keras_dctsparse.export_tflite` (fast DCT + gather/segment-sum sparse part;
+  positions as 16-bit gaps where they fit, `narrow_positions`).
+- `..., int32 positions`: `narrow_positions=False`, one int32 per nonzero.
 - `DCTpS 0.01, form=built_once`: each layer's kernel `alpha * D + S` built
   once by the interpreter at the first call (resource variables), then plain
-  `FULLY_CONNECTED` / `CONV_2D`; the file still holds only the nonzeros.
+  `FULLY_CONNECTED` / `CONV_2D`; the file still holds only the nonzeros
+  (with `dynamic_int8`: the nonzeros as int8, the kernels still float32).
 - `DCTpS 0.01, dct_constants=computed`: the DCT's tables rebuilt by the
   interpreter on every call instead of stored.
 - `DCTpS 0.01, float16` / `dynamic_int8`: values (and, for float16, tables)
@@ -237,7 +240,19 @@ def main():
         entries.append((f"DCTpS {density:g}", nnz(model), convert_tflite(model)))
     model = dctps_lenet(0.01)
     entries.append(
+        ("DCTpS 0.01, int32 positions", nnz(model),
+         convert_tflite(model, narrow_positions=False))
+    )
+    entries.append(
         ("DCTpS 0.01, form=built_once", nnz(model), convert_tflite(model, form="built_once"))
+    )
+    entries.append(
+        ("DCTpS 0.01, form=built_once, int32 positions", nnz(model),
+         convert_tflite(model, form="built_once", narrow_positions=False))
+    )
+    entries.append(
+        ("DCTpS 0.01, form=built_once, dynamic_int8", nnz(model),
+         convert_tflite(model, form="built_once", quantization="dynamic_int8"))
     )
     entries.append(
         ("DCTpS 0.01, dct_constants=computed", nnz(model),
@@ -260,6 +275,10 @@ def main():
     entries.append(("DCTpS 0.01", nnz(model), convert_tflite(model)))
     entries.append(
         ("DCTpS 0.01, form=built_once", nnz(model), convert_tflite(model, form="built_once"))
+    )
+    entries.append(
+        ("DCTpS 0.01, form=built_once, int32 positions", nnz(model),
+         convert_tflite(model, form="built_once", narrow_positions=False))
     )
     print("\nLeNet-5 TFLite " + caption)
     print(table(entries, args.repeats, args.threads))
