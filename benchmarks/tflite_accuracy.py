@@ -2,7 +2,8 @@
 
 For each trained `.keras` model given (for example from `dctsparse train` or
 `dctsparse sweep`), exports it with `keras_dctsparse.export_tflite` as float32,
-float16 and dynamic-range int8 (`quantization=`), runs the MNIST test set
+float16 and dynamic-range int8 (`quantization=`) in the implicit form, and as
+float32 and dynamic-range int8 with `form="built_once"`, runs the MNIST test set
 through the `ai-edge-litert` interpreter and prints a table: file size, test
 accuracy, its change from Keras, and the largest absolute difference of the
 output probabilities.
@@ -27,6 +28,15 @@ from common import markdown_table  # noqa: E402
 import keras_dctsparse  # noqa: E402,F401  (registers the layers)
 from keras_dctsparse import data  # noqa: E402
 from keras_dctsparse.export import export_tflite  # noqa: E402
+
+
+EXPORTS = (
+    ("implicit", None),
+    ("implicit", "float16"),
+    ("implicit", "dynamic_int8"),
+    ("built_once", None),
+    ("built_once", "dynamic_int8"),
+)
 
 
 def interpreter_outputs(path, x, batch=1000):
@@ -59,15 +69,16 @@ def main():
         name = os.path.relpath(model_path)
         rows.append([name, "Keras", "-", f"{100 * keras_accuracy:.2f}", "-", "-"])
         with tempfile.TemporaryDirectory() as folder:
-            for quantization in (None, "float16", "dynamic_int8"):
-                path = os.path.join(folder, f"{quantization}.tflite")
-                export_tflite(model, path, quantization=quantization)
+            for form, quantization in EXPORTS:
+                path = os.path.join(folder, f"{form}_{quantization}.tflite")
+                export_tflite(model, path, quantization=quantization, form=form)
                 actual = interpreter_outputs(path, x)
                 accuracy = float(np.mean(actual.argmax(-1) == y))
                 rows.append(
                     [
                         name,
-                        f"TFLite {quantization or 'float32'}",
+                        f"TFLite {quantization or 'float32'}"
+                        + (", built_once" if form == "built_once" else ""),
                         f"{os.path.getsize(path) / 1024:.1f}",
                         f"{100 * accuracy:.2f}",
                         f"{100 * (accuracy - keras_accuracy):+.2f}",

@@ -59,7 +59,7 @@ def randomize(model, seed, scale=0.1, alpha=0.7):
     return model
 
 
-def assert_matches_keras(model, tflite_bytes, seed, tolerance=TOLERANCE, batches=(1, 7)):
+def assert_matches_keras(model, tflite_bytes, seed, tolerance=TOLERANCE, batches=(1, 7, 7)):
     interpreter = Interpreter(model_content=tflite_bytes)
     rng = np.random.default_rng(seed)
     input_shape = tuple(model.inputs[0].shape[1:])
@@ -668,3 +668,32 @@ def test_narrow_positions_fall_back_to_int32_for_big_gaps():
     data = convert_tflite(model, form="implicit")
     assert "CUMSUM" not in tflite_op_names(data)
     assert_matches_keras(model, data, seed=10)
+
+
+@pytest.mark.parametrize(
+    "form,quantization",
+    [
+        ("implicit", None),
+        ("implicit", "float16"),
+        ("implicit", "dynamic_int8"),
+        ("built_once", None),
+        ("built_once", "dynamic_int8"),
+    ],
+)
+def test_repeated_invocations_at_a_large_batch(form, quantization):
+    # float16 with 16-bit-gap positions failed here from the second call on
+    # (default XNNPACK delegate), so float16 files keep int32 positions.
+    model = lenet(0.01)
+    data = convert_tflite(model, form=form, quantization=quantization)
+    tolerance = TOLERANCE if quantization is None else 5e-2
+    interpreter = Interpreter(model_content=data)
+    x = np.random.default_rng(13).random((64, 784)).astype(np.float32)
+    expected = keras.ops.convert_to_numpy(model(x))
+    index = interpreter.get_input_details()[0]["index"]
+    output = interpreter.get_output_details()[0]["index"]
+    interpreter.resize_tensor_input(index, x.shape)
+    interpreter.allocate_tensors()
+    for _ in range(3):  # the same interpreter, allocated once
+        interpreter.set_tensor(index, x)
+        interpreter.invoke()
+        assert relative_error(interpreter.get_tensor(output), expected) < tolerance
