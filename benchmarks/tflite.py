@@ -38,6 +38,8 @@ Latency: best and median of `Interpreter.invoke()` at batch 1 (default
 delegates, `num_threads` threads), input set once, after 20 warm-up calls; the
 calls of all files of a table are interleaved (A, B, C, A, B, C, ...), so
 machine noise hits them alike. Ratios are to `Dense` of the same table.
+`first call ms`: the first `invoke()` alone (where a built-once file builds
+its kernels; one sample, indicative).
 
 Run:
     python benchmarks/tflite.py [--repeats 2000] [--threads 1]
@@ -163,21 +165,27 @@ def _ready_interpreter(data, threads):
     interpreter.allocate_tensors()
     x = np.random.default_rng(1).standard_normal([1, *detail["shape"][1:]]).astype(np.float32)
     interpreter.set_tensor(detail["index"], x)
-    for _ in range(20):  # the first call of a built-once file builds its kernels
+    start = time.perf_counter()
+    interpreter.invoke()  # a built-once file builds its kernels here
+    first_ms = 1000.0 * (time.perf_counter() - start)
+    for _ in range(20):
         interpreter.invoke()
-    return interpreter
+    return interpreter, first_ms
 
 
 def latencies_ms(files, repeats, threads):
-    """`(best, median)` ms of `invoke()` per file, the files' calls interleaved."""
-    interpreters = [_ready_interpreter(data, threads) for data in files]
+    """`(first, best, median)` ms of `invoke()` per file, the files' calls interleaved."""
+    ready = [_ready_interpreter(data, threads) for data in files]
     times = [[] for _ in files]
     for _ in range(repeats):
-        for interpreter, spent in zip(interpreters, times):
+        for (interpreter, _), spent in zip(ready, times):
             start = time.perf_counter()
             interpreter.invoke()
             spent.append(time.perf_counter() - start)
-    return [(1000.0 * min(t), 1000.0 * float(np.median(t))) for t in times]
+    return [
+        (first, 1000.0 * min(t), 1000.0 * float(np.median(t)))
+        for (_, first), t in zip(ready, times)
+    ]
 
 
 def table(entries, repeats, threads):
@@ -185,9 +193,9 @@ def table(entries, repeats, threads):
         assert not [n for n in tflite_op_names(data) if n.startswith("CUSTOM")], name
     timings = latencies_ms([data for _, _, data in entries], repeats, threads)
     base_size = len(entries[0][2]) / 1024
-    base_best, base_median = timings[0]
+    _, base_best, base_median = timings[0]
     rows = []
-    for (name, weights, data), (best, median) in zip(entries, timings):
+    for (name, weights, data), (first, best, median) in zip(entries, timings):
         size_kb = len(data) / 1024
         rows.append(
             [
@@ -196,6 +204,7 @@ def table(entries, repeats, threads):
                 f"{size_kb:.1f}",
                 f"{tflite_constant_bytes(data) / 1024:.1f}",
                 f"{size_kb / base_size:.3f}",
+                f"{first:.3f}",
                 f"{best:.4f}",
                 f"{median:.4f}",
                 f"{best / base_best:.2f}",
@@ -203,7 +212,8 @@ def table(entries, repeats, threads):
             ]
         )
     header = [
-        "model", "weights / nnz", "size KB", "constants KB", "size x Dense", "best ms",
+        "model", "weights / nnz", "size KB", "constants KB", "size x Dense", "first call ms",
+        "best ms",
         "median ms", "best x Dense", "median x Dense",
     ]
     return markdown_table(header, rows)
