@@ -166,7 +166,8 @@ def test_plain_dense_model_keeps_its_weights():
     assert_matches_keras(model, data, seed=12)
 
 
-def test_offset_none_masked_and_standard_layers():
+@pytest.mark.parametrize("form", ["implicit", "built_once"])
+def test_offset_none_masked_and_standard_layers(form):
     inputs = keras.Input((4, 196))
     x = keras.layers.Flatten()(inputs)
     x = DCTSparseDense(300, density=0.02, sparse_format="masked", seed=1)(x)
@@ -183,14 +184,15 @@ def test_offset_none_masked_and_standard_layers():
     rng = np.random.default_rng(4)
     bn.moving_mean.assign(rng.standard_normal(300).astype(np.float32) * 0.1)
     bn.moving_variance.assign(rng.uniform(0.5, 2.0, 300).astype(np.float32))
-    data = convert_tflite(model)
+    data = convert_tflite(model, form=form)
     assert_no_flex_ops(data)
     assert_matches_keras(model, data, seed=5)
     # The masked 784 x 300 kernel is exported sparse, not as 940 KB of zeros.
     assert len(data) < 784 * 300 * 4 / 4
 
 
-def test_nested_model_and_rank3_inputs():
+@pytest.mark.parametrize("form", ["implicit", "built_once"])
+def test_nested_model_and_rank3_inputs(form):
     inner = keras.Sequential(
         [keras.Input((50,)), DCTSparseDense(30, density=0.1, activation="relu", seed=0)]
     )
@@ -202,7 +204,7 @@ def test_nested_model_and_rank3_inputs():
     model = keras.Model(inputs, outputs)
     randomize(model, seed=6)
     randomize(inner, seed=7)
-    data = convert_tflite(model)
+    data = convert_tflite(model, form=form)
     assert_no_flex_ops(data)
     assert_matches_keras(model, data, seed=8)
 
