@@ -29,7 +29,8 @@ Kernels (measured in `benchmarks/dense_layer.py`):
   traced (no `tf.cond`); `"csr"` is never chosen inside an XLA compilation.
 
 The sampled value gradient `dvalues[k] = sum_b x[b, rows[k]] * dy[b, cols[k]]`
-runs under XLA.
+runs under XLA; the CSR kernel computes it from the transposes `x^T`, `dy^T` it
+already has (contiguous gathered rows).
 """
 
 import tensorflow as tf
@@ -53,6 +54,18 @@ def _sampled_dot(x, dy, rows, cols):
     return tf.reduce_sum(
         tf.gather(x, rows, axis=1) * tf.gather(dy, cols, axis=1), axis=0
     )
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _sampled_dot_transposed(x_t, dy_t, rows, cols):
+    """`out[k] = sum_b x_t[rows[k], b] * dy_t[cols[k], b]`: `_sampled_dot` of the transposes.
+
+    Each gathered row is contiguous and the reduction runs along it (about 2x
+    faster than `_sampled_dot` at 4096 x 4096, batch 256, 1%). The transposes
+    must be made outside this cluster: XLA fuses a transpose into the gather,
+    which then reads strided columns again (several times slower).
+    """
+    return tf.reduce_sum(tf.gather(x_t, rows) * tf.gather(dy_t, cols), axis=1)
 
 
 @tf.function(jit_compile=True)
@@ -96,16 +109,17 @@ def _csr_matmul(x, values, rows, cols, units):
     @tf.custom_gradient
     def matmul(x, values):
         transposed = _csr_transposed(values, rows, cols, units, input_dim)
-        y = sparse_csr_matrix_ops.matmul(transposed, tf.transpose(x))
+        x_t = tf.transpose(x)
+        y = sparse_csr_matrix_ops.matmul(transposed, x_t)
 
         def grad(dy):
             # Rebuilt rather than captured: SavedModel export serializes the
             # gradient function and cannot save a captured CSR (variant) tensor.
             transposed = _csr_transposed(values, rows, cols, units, input_dim)
-            dx = sparse_csr_matrix_ops.matmul(
-                transposed, tf.transpose(dy), transpose_a=True
-            )
-            return tf.transpose(dx), _sampled_dot(x, dy, rows, cols)
+            dy_t = tf.transpose(dy)
+            dx = sparse_csr_matrix_ops.matmul(transposed, dy_t, transpose_a=True)
+            # The transposes the CSR products need also serve the value gradient.
+            return tf.transpose(dx), _sampled_dot_transposed(x_t, dy_t, rows, cols)
 
         return tf.transpose(y), grad
 

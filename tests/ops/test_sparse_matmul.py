@@ -254,3 +254,14 @@ def test_sparse_matmul_without_offset_float64(kernel):
     np.testing.assert_allclose(y, x @ dense, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(dx, dy @ dense.T, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(dvalues, (x.T @ dy)[rows, cols], rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_sampled_dot_of_transposes_matches_numpy(dtype):
+    # The CSR kernel's value gradient: x^T and dy^T given, one dot per nonzero.
+    rows, cols, _, _, x, dy = random_problem(50, 60, 400, 7)
+    got = sm._sampled_dot_transposed(
+        tf.constant(x.T, dtype), tf.constant(dy.T, dtype), rows, cols
+    ).numpy()
+    tolerance = 1e-5 if dtype == tf.float32 else 1e-12
+    np.testing.assert_allclose(got, (x.T @ dy)[rows, cols], rtol=tolerance, atol=tolerance)
