@@ -377,6 +377,23 @@ class _DCTSparseConvBase(DCTSparseLayer):
             self.groups,
         )
 
+    def finish(self, outputs):
+        """Casts to the compute dtype, adds the bias and applies the activation.
+
+        As `DCTSparseLayer.finish`, but the bias is added by `tf.nn.bias_add` on the
+        channels_last output (as Keras's own convolutions do after grappler): its
+        gradient is one `BiasAddGrad`, which oneDNN fuses into the kernel gradient's
+        `Conv2DBackpropFilter`. A broadcasting `+` differentiates into a generic `Sum`
+        over batch and space instead: measured 0.15 ms (LeNet-5's conv1, batch 128, 2
+        cores) of a 3.3 ms training step.
+        """
+        outputs = tf.cast(outputs, self.compute_dtype)
+        if self.bias is not None:
+            outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
     def call(self, inputs):
         return self.forward(inputs)
 

@@ -626,6 +626,39 @@ def test_all_gradients_match_reference(name, path):
     assert_close(by_name["bias"], flat_dy.sum(0))
 
 
+@pytest.mark.parametrize("cls, kwargs, shape", [
+    (DCTSparseConv2D, dict(filters=6, kernel_size=5, padding="same"), (4, 12, 12, 1)),
+    (DCTSparseConv2D, dict(filters=5, kernel_size=3, data_format="channels_first"),
+     (2, 3, 9, 9)),
+    (DCTSparseConv1D, dict(filters=4, kernel_size=3, padding="causal"), (2, 10, 3)),
+    (DCTSparseDepthwiseConv2D, dict(kernel_size=3), (2, 8, 8, 3)),
+])
+def test_bias_is_a_bias_add(cls, kwargs, shape):
+    """The bias goes through `BiasAdd`: its gradient is a `BiasAddGrad` (fused by oneDNN
+    into the kernel gradient), not a generic `Sum` over batch and space."""
+    layer = cls(**kwargs, density=0.2, activation="relu", seed=1)
+    x = tf.constant(_x(shape))
+    layer.build(x.shape)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x) ** 2)
+        return tape.gradient(loss, layer.bias)
+
+    graph = step.get_concrete_function(x).graph
+    types = [op.type for op in graph.get_operations()]
+    assert "BiasAdd" in types and "BiasAddGrad" in types
+    y = layer(x)
+    reductions = [op for op in graph.get_operations() if op.type == "Sum"
+                  and op.name.startswith("gradient_tape/") and op.inputs[0].shape == y.shape]
+    assert not reductions
+    dy = 2 * np.maximum(y.numpy(), 0)
+    axis = 1 if kwargs.get("data_format") == "channels_first" else -1
+    expected = np.moveaxis(dy, axis, -1).reshape(-1, y.shape[axis]).sum(0)
+    assert_close(step(x), expected)
+
+
 def test_choose_conv_plan_cost_model():
     from keras_dctsparse.layers.conv import choose_conv_plan
 
