@@ -9,8 +9,8 @@ Kernels (measured in `benchmarks/dense_layer.py`):
 
 - `"csr"`: TensorFlow's CSR sparse-matrix kernels (`SparseMatrixMatMul`). The
   column-major positions are exactly the CSR order of `S^T`, so one CSR matrix
-  serves the forward (`S^T x`) and the input gradient (`S dy`, with
-  `transpose_a`). Fastest for large batches at low density. No XLA kernel.
+  serves the forward (`S^T x`) and, transposed as a CSR matrix, the input
+  gradient (`S dy`). Fastest for large batches at low density. No XLA kernel.
 - `"gather"`: gather + multiply + segment sum, compiled with XLA as an inner
   `tf.function(jit_compile=True)` (Keras leaves model-level XLA off on CPU).
   Fastest for tiny batches at low density; XLA-compatible everywhere.
@@ -117,7 +117,10 @@ def _csr_matmul(x, values, rows, cols, units):
             # gradient function and cannot save a captured CSR (variant) tensor.
             transposed = _csr_transposed(values, rows, cols, units, input_dim)
             dy_t = tf.transpose(dy)
-            dx = sparse_csr_matrix_ops.matmul(transposed, dy_t, transpose_a=True)
+            # The CSR of S by an explicit CSR transpose (a counting sort), then a
+            # plain product: faster than the product's own transpose_a (measured
+            # 2.8 -> 1.2 ms at 4096 x 4096, 0.1%, batch 256; 5.5 -> 4.2 ms at 1%).
+            dx = sparse_csr_matrix_ops.matmul(transposed.transpose(), dy_t)
             # The transposes the CSR products need also serve the value gradient.
             return tf.transpose(dx), _sampled_dot_transposed(x_t, dy_t, rows, cols)
 

@@ -61,10 +61,20 @@ def test_kernels_handle_empty_columns_and_rows(kernel):
     rows = np.array([3], np.int32)
     cols = np.array([1], np.int32)
     x = np.arange(12, dtype=np.float32).reshape(2, 6)
-    y = sm.sparse_matmul(tf.constant(x), tf.constant([2.0]), rows, cols, 4, kernel=kernel)
+    dy = np.arange(8, dtype=np.float32).reshape(2, 4)
+    x_t, values = tf.constant(x), tf.constant([2.0])
+    with tf.GradientTape() as tape:
+        tape.watch([x_t, values])
+        y = sm.sparse_matmul(x_t, values, rows, cols, 4, kernel=kernel)
+        loss = tf.reduce_sum(y * dy)
+    dx, dvalues = tape.gradient(loss, [x_t, values])
     expected = np.zeros((2, 4), np.float32)
     expected[:, 1] = 2 * x[:, 3]
     np.testing.assert_array_equal(y.numpy(), expected)
+    expected_dx = np.zeros((2, 6), np.float32)
+    expected_dx[:, 3] = 2 * dy[:, 1]
+    np.testing.assert_array_equal(dx.numpy(), expected_dx)
+    np.testing.assert_array_equal(dvalues.numpy(), [x[:, 3] @ dy[:, 1]])
 
 
 def test_unknown_kernel_is_a_clear_error():
