@@ -315,8 +315,9 @@ class _DCTSparseConvBase(DCTSparseLayer):
     def _scattered_kernel(self, dtype, base=None):
         """`base + S` as a dense kernel (`base`: None or `alpha * Kd`), a temporary.
 
-        The values format scatters by XLA (`ops.sparse_conv.scatter_kernel`: at high
-        density TF's `scatter_nd` costs more than the convolution itself).
+        The values format scatters by `ops.sparse_conv.scatter_kernel`: by XLA for large
+        kernels (at high density TF's `scatter_nd` costs more than the convolution
+        itself), by plain TF ops for small ones (`scatter_method`: no cluster launch).
         """
         weight = self.sparse_weight
         if self.sparse_format == "masked":

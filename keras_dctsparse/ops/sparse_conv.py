@@ -407,6 +407,36 @@ _gather_direct_xla = tf.function(_gather_direct, jit_compile=True, autograph=Fal
 
 # At or above this fraction of nonzeros `scatter_kernel` scatters in the transposed layout.
 TRANSPOSED_SCATTER_MIN_DENSITY = 0.05
+# Kernels of at most this many elements are scattered by plain TF ops, not in an XLA cluster:
+# launching a cluster (forward and gradient) costs more than the scatter itself. Measured
+# (train step of scatter + gather gradient, 2-core CPU): TF ops 6-10 us faster from 150 to
+# 36,864 elements (LeNet-5's 5x5 kernels, 3x3x64x64), on par at 147,456 (3x3x128x128),
+# 40 us slower than XLA at 589,824 elements and 10% density (3x3x256x256).
+SMALL_SCATTER_MAX_ELEMENTS = 1 << 16
+
+
+def scatter_method(kernel_elements, nnz):
+    """How `scatter_kernel` builds a kernel of `kernel_elements` with `nnz` nonzeros.
+
+    Args:
+        kernel_elements: Elements of the dense kernel.
+        nnz: Nonzeros scattered into it (None: unknown, treated as dense).
+
+    Returns:
+        `"tf"` (plain TF ops, direct layout) up to `SMALL_SCATTER_MAX_ELEMENTS`, else
+        `"xla_direct"` below `TRANSPOSED_SCATTER_MIN_DENSITY` and `"xla_transposed"`
+        at or above it.
+
+    Example:
+
+    >>> scatter_method(2400, 123), scatter_method(589824, 590), scatter_method(589824, 58982)
+    ('tf', 'xla_direct', 'xla_transposed')
+    """
+    if kernel_elements <= SMALL_SCATTER_MAX_ELEMENTS:
+        return "tf"
+    if nnz is not None and nnz < TRANSPOSED_SCATTER_MIN_DENSITY * kernel_elements:
+        return "xla_direct"
+    return "xla_transposed"
 
 
 def scatter_kernel(values, rows, cols, kernel_shape, base=None):
@@ -418,8 +448,9 @@ def scatter_kernel(values, rows, cols, kernel_shape, base=None):
     ascending, measured 4-6x faster on CPU than ``tf.scatter_nd`` into ``(rows, cols)``
     (2.4M values: 9 ms against 40-60 ms; the 8x8x512 conv at batch 32 takes about 35 ms).
     Below ``TRANSPOSED_SCATTER_MIN_DENSITY`` the values are scattered straight into a
-    copy of ``base`` (no transposes). The gradient is an XLA gather for the values and
-    ``dK`` for ``base``.
+    copy of ``base`` (no transposes); kernels of at most ``SMALL_SCATTER_MAX_ELEMENTS``
+    are scattered that way by plain TF ops, no XLA cluster (``scatter_method``). The
+    gradient is a gather for the values and ``dK`` for ``base``.
 
     Args:
         values: ``(nnz,)`` values of ``S``.
@@ -444,8 +475,10 @@ def scatter_kernel(values, rows, cols, kernel_shape, base=None):
         height *= d
     index_dtype = tf.int32 if height * width < 2**31 else tf.int64
     rows, cols = tf.cast(rows, index_dtype), tf.cast(cols, index_dtype)
-    nnz = values.shape[0]
-    if nnz is not None and nnz < TRANSPOSED_SCATTER_MIN_DENSITY * height * width:
+    method = scatter_method(height * width, values.shape[0])
+    if method == "tf":
+        flat, scatter_fn, gather_fn = rows * width + cols, _scatter_add_direct, _gather_direct
+    elif method == "xla_direct":
         flat, scatter_fn, gather_fn = rows * width + cols, _scatter_add_direct_xla, \
             _gather_direct_xla
     else:

@@ -152,12 +152,29 @@ def test_macs_follow_nnz():
     assert sc.sparse_conv_macs(147, 16 * 16) == 147 * 256
 
 
-@pytest.mark.parametrize("nnz", [40, 3])  # transposed and direct scatter
+def test_scatter_method_both_sides_of_each_threshold():
+    small = sc.SMALL_SCATTER_MAX_ELEMENTS
+    assert sc.scatter_method(small, small) == "tf"
+    assert sc.scatter_method(small, 1) == "tf"
+    big = small + 1
+    low = int(sc.TRANSPOSED_SCATTER_MIN_DENSITY * big)  # just below the density bound
+    assert sc.scatter_method(big, low) == "xla_direct"
+    assert sc.scatter_method(big, low + 1) == "xla_transposed"
+    assert sc.scatter_method(big, None) == "xla_transposed"
+
+
+# (shape, nnz): TF ops; XLA direct and transposed (above SMALL_SCATTER_MAX_ELEMENTS).
+SCATTER_CASES = [((3, 3, 4, 5), 40, "tf"), ((3, 3, 4, 5), 3, "tf"),
+                 ((3, 3, 8, 1024), 300, "xla_direct"), ((3, 3, 8, 1024), 5000, "xla_transposed")]
+
+
+@pytest.mark.parametrize("shape, nnz, method", SCATTER_CASES)
 @pytest.mark.parametrize("with_base", [False, True])
-def test_scatter_kernel_and_gradients(with_base, nnz):
+def test_scatter_kernel_and_gradients(with_base, shape, nnz, method):
     rng = np.random.default_rng(3)
-    shape = (3, 3, 4, 5)
-    rows, cols = random_support(36, 5, nnz, rng)
+    height, width = int(np.prod(shape[:-1])), shape[-1]
+    assert sc.scatter_method(height * width, nnz) == method
+    rows, cols = random_support(height, width, nnz, rng)
     order = rng.permutation(nnz)  # Any order, not only column-major.
     rows, cols = rows[order], cols[order]
     values = tf.constant(rng.standard_normal(nnz))
@@ -169,12 +186,11 @@ def test_scatter_kernel_and_gradients(with_base, nnz):
             tape.watch(base)
         kernel = sc.scatter_kernel(values, tf.constant(rows), tf.constant(cols), shape, base)
         loss = tf.reduce_sum(kernel * dk)
-    assert (nnz < sc.TRANSPOSED_SCATTER_MIN_DENSITY * 180) == (nnz == 3)
-    expected = np.zeros((36, 5))
+    expected = np.zeros((height, width))
     expected[rows, cols] = values.numpy()
     expected = expected.reshape(shape) + (base.numpy() if with_base else 0.0)
     np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-12)
     np.testing.assert_allclose(tape.gradient(loss, values).numpy(),
-                               dk.reshape(36, 5)[rows, cols], rtol=1e-12)
+                               dk.reshape(height, width)[rows, cols], rtol=1e-12)
     if with_base:
         np.testing.assert_allclose(tape.gradient(loss, base).numpy(), dk, rtol=1e-12)
