@@ -38,3 +38,12 @@ def im2col(x, kernel_size, strides, padding, dilation):
         columns.append(xp[(slice(None), *index, slice(None))])
     stacked = np.stack(columns, axis=-2)  # (batch, *out, taps, c)
     return stacked.reshape(*stacked.shape[:-2], -1)
+
+
+def col2im(cols, shape, kernel_size, strides, padding, dilation):
+    """Adjoint of `im2col` (float64): scatter-adds patch entries back to their pixels."""
+    index = np.arange(1, np.prod(shape) + 1, dtype=np.float64).reshape(shape)
+    sources = im2col(index, kernel_size, strides, padding, dilation).astype(np.int64)
+    out = np.zeros(np.prod(shape) + 1)
+    np.add.at(out, sources.ravel(), cols.ravel())
+    return out[1:].reshape(shape)

@@ -400,20 +400,29 @@ def test_vgg_block_matches_keras_and_is_sized_by_nnz():
     print(f"\nVGG block density 0.02: nnz={nnz(model)} size={len(data)} B, overhead={overhead} B")
 
 
-@pytest.mark.parametrize(
-    "layer,input_shape",
-    [
-        (DCTSparseConv2D(6, 3, strides=2, density=0.3, sparse_format="masked"), (11, 11, 4)),
-        (DCTSparseConv2D(6, 3, groups=2, dilation_rate=2, density=0.3), (12, 12, 4)),
-        (DCTSparseConv2D(5, 1, offset=None, density=0.5, activation="relu"), (6, 6, 3)),
-        (DCTSparseConv2D(4, (3, 2), data_format="channels_first", density=0.4), (3, 9, 8)),
-        (DCTSparseDepthwiseConv2D(3, depth_multiplier=2, strides=2, density=0.5), (12, 12, 4)),
-        (DCTSparseConv1D(8, 5, padding="causal", density=0.2), (20, 3)),
-    ],
-    ids=["strided-masked", "grouped-dilated", "plain-1x1", "channels-first", "depthwise", "conv1d"],
-)
-def test_conv_variants_match_keras(layer, input_shape):
-    model = randomize(keras.Sequential([keras.Input(input_shape), layer]), seed=5)
+# Conv layer variants every export form must handle: id -> (layer factory, input shape).
+CONV_VARIANTS = {
+    "strided-masked": (lambda: DCTSparseConv2D(6, 3, strides=2, density=0.3,
+                                               sparse_format="masked"), (11, 11, 4)),
+    "grouped-dilated": (lambda: DCTSparseConv2D(6, 3, groups=2, dilation_rate=2, density=0.3),
+                        (12, 12, 4)),
+    "plain-1x1": (lambda: DCTSparseConv2D(5, 1, offset=None, density=0.5, activation="relu"),
+                  (6, 6, 3)),
+    "channels-first": (lambda: DCTSparseConv2D(4, (3, 2), data_format="channels_first",
+                                               density=0.4), (3, 9, 8)),
+    "depthwise": (lambda: DCTSparseDepthwiseConv2D(3, depth_multiplier=2, strides=2,
+                                                   density=0.5), (12, 12, 4)),
+    "conv1d": (lambda: DCTSparseConv1D(8, 5, padding="causal", density=0.2), (20, 3)),
+    # The sparse S path in Keras (ops.sparse_conv): the export still runs one CONV_2D.
+    "sparse-path": (lambda: DCTSparseConv2D(8, 3, padding="same", density=0.05,
+                                            sparse_kernel="sparse"), (9, 9, 6)),
+}
+
+
+@pytest.mark.parametrize("variant", list(CONV_VARIANTS))
+def test_conv_variants_match_keras(variant):
+    make_layer, input_shape = CONV_VARIANTS[variant]
+    model = randomize(keras.Sequential([keras.Input(input_shape), make_layer()]), seed=5)
     data = convert_tflite(model)
     assert_no_flex_ops(data)
     assert_matches_keras(model, data, seed=6)
@@ -553,24 +562,17 @@ def test_built_once_lenet5_zoo_model():
     assert_matches_keras(model, data, seed=3, batches=(1, 7, 1))
 
 
-@pytest.mark.parametrize(
-    "layer,input_shape",
-    [
-        (DCTSparseConv2D(6, 3, strides=2, density=0.3, sparse_format="masked"), (11, 11, 4)),
-        (DCTSparseConv2D(6, 3, groups=2, dilation_rate=2, density=0.3), (12, 12, 4)),
-        (DCTSparseConv2D(5, 1, offset=None, density=0.5, activation="relu"), (6, 6, 3)),
-        (DCTSparseConv2D(4, (3, 2), data_format="channels_first", density=0.4), (3, 9, 8)),
-        (DCTSparseDepthwiseConv2D(3, depth_multiplier=2, strides=2, density=0.5), (12, 12, 4)),
-        (DCTSparseConv1D(8, 5, padding="causal", density=0.2), (20, 3)),
-        (DCTSparseDense(7, density=0.3, sparse_format="masked"), (5, 12)),
-    ],
-    ids=[
-        "strided-masked", "grouped-dilated", "plain-1x1", "channels-first", "depthwise",
-        "conv1d", "dense-rank3-masked",
-    ],
+BUILT_ONCE_VARIANTS = dict(
+    CONV_VARIANTS,
+    **{"dense-rank3-masked": (lambda: DCTSparseDense(7, density=0.3, sparse_format="masked"),
+                              (5, 12))},
 )
-def test_built_once_variants_match_keras(layer, input_shape):
-    model = randomize(keras.Sequential([keras.Input(input_shape), layer]), seed=5)
+
+
+@pytest.mark.parametrize("variant", list(BUILT_ONCE_VARIANTS))
+def test_built_once_variants_match_keras(variant):
+    make_layer, input_shape = BUILT_ONCE_VARIANTS[variant]
+    model = randomize(keras.Sequential([keras.Input(input_shape), make_layer()]), seed=5)
     data = convert_tflite(model, form="built_once")
     assert_no_flex_ops(data)
     assert "CALL_ONCE" in tflite_op_names(data)

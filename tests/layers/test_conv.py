@@ -14,6 +14,7 @@ from keras_dctsparse import DCTSparseConv1D
 from keras_dctsparse import DCTSparseConv2D
 from keras_dctsparse import DCTSparseDense
 from keras_dctsparse import DCTSparseDepthwiseConv2D
+from numpy_reference import col2im
 from numpy_reference import im2col
 from training import assert_mirrored_matches_single
 
@@ -553,15 +554,6 @@ def test_sparse_path_output_matches_reference(name, method):
     randomize(layer)
     assert layer._plan(tf.constant(x), "valid")[0] == "sparse"
     assert_close(layer(x), reference_output(layer, x))
-
-
-def col2im(cols, shape, kernel_size, strides, padding, dilation):
-    """Adjoint of `im2col` (float64): scatter-adds patch entries back to their pixels."""
-    index = np.arange(1, np.prod(shape) + 1, dtype=np.float64).reshape(shape)
-    sources = im2col(index, kernel_size, strides, padding, dilation).astype(np.int64)
-    out = np.zeros(np.prod(shape) + 1)
-    np.add.at(out, sources.ravel(), cols.ravel())
-    return out[1:].reshape(shape)
 
 
 GRADIENT_CASES = {

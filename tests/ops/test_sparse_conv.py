@@ -6,16 +6,8 @@ import pytest
 import tensorflow as tf
 
 from keras_dctsparse.ops import sparse_conv as sc
+from numpy_reference import col2im
 from numpy_reference import im2col
-
-
-def col2im(cols, shape, kernel_size, strides, padding, dilation):
-    """Adjoint of `im2col` (float64): scatter-adds patch entries back to their pixels."""
-    index = np.arange(1, np.prod(shape) + 1, dtype=np.float64).reshape(shape)
-    sources = im2col(index, kernel_size, strides, padding, dilation).astype(np.int64)
-    out = np.zeros(np.prod(shape) + 1)
-    np.add.at(out, sources.ravel(), cols.ravel())
-    return out[1:].reshape(shape)
 
 
 def random_support(patch, filters, nnz, rng):
