@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
@@ -40,3 +42,32 @@ def test_multi_worker_two_processes_on_localhost(tmp_path):
     assert [row["epoch"] for row in chief] == ["0", "1"] and chief == worker
     accuracy = float(next(l for l in proc.stdout.splitlines() if l.startswith("test accuracy:")).split()[-1])
     assert accuracy > 0.2  # 10 classes: chance is 0.1
+
+
+def _accuracy(stdout):
+    return float(next(l for l in stdout.splitlines() if l.startswith("test accuracy")).split()[-1])
+
+
+def test_conv_net():
+    proc = run_example("conv_net.py", "--epochs", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert _accuracy(proc.stdout) > 0.5
+    assert "DCTSparseConv2D" in proc.stdout  # the sparsity report lists the layers
+
+
+def test_tflite_export_runs_both_forms(tmp_path):
+    proc = run_example("tflite_export.py", "--out", str(tmp_path), "--epochs", "3")
+    assert proc.returncode == 0, proc.stderr
+    for form in ("implicit", "built_once"):
+        line = next(l for l in proc.stdout.splitlines() if l.startswith(form + ":"))
+        assert float(line.split()[-1]) < 1e-4  # TFLite matches Keras
+        assert (tmp_path / f"digits_{form}.tflite").is_file()
+
+
+def test_sparsify_application():
+    proc = run_example("sparsify_application.py", "--steps", "1", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    words = next(l for l in proc.stdout.splitlines() if l.startswith("trainable")).split()
+    assert int(words[2]) < int(words[4]) / 20  # far fewer trainable parameters than dense
+    loss = float(next(l for l in proc.stdout.splitlines() if l.startswith("loss")).split()[-1])
+    assert np.isfinite(loss)
