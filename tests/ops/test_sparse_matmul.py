@@ -85,33 +85,13 @@ def test_unknown_kernel_is_a_clear_error():
 @pytest.mark.parametrize("kernel", sm.SPARSE_KERNELS)
 @pytest.mark.parametrize("batch", [3, 40])
 def test_offset_sparse_matmul_matches_numpy_forward_and_backward(kernel, batch):
-    import scipy.fft
-
-    n, m = 33, 50
-    rows, cols, values, dense, x, dy = random_problem(n, m, 200, batch)
-    offset = scipy.fft.dct(np.eye(m), norm="ortho", axis=0)[:m, :n]  # D, (m x n)
-    alpha = 0.6
-
-    @tf.function(input_signature=[tf.TensorSpec([None, n]), tf.TensorSpec([200]),
-                                  tf.TensorSpec([])])
-    def forward_backward(x, values, alpha):
-        with tf.GradientTape() as tape:
-            tape.watch([x, values, alpha])
-            y = sm.offset_sparse_matmul(x, alpha, values, rows, cols, m, kernel=kernel)
-            loss = tf.reduce_sum(y * dy)
-        return (y,) + tuple(tape.gradient(loss, [x, values, alpha]))
-
-    y, dx, dvalues, dalpha = [
-        t.numpy()
-        for t in forward_backward(
-            tf.constant(x, tf.float32), tf.constant(values, tf.float32), tf.constant(alpha)
-        )
-    ]
-    kernel_matrix = dense + alpha * offset.T
-    np.testing.assert_allclose(y, x @ kernel_matrix, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dx, dy @ kernel_matrix.T, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dvalues, (x.T @ dy)[rows, cols], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dalpha, np.sum((x @ offset.T) * dy), rtol=1e-4)
+    actual, expected = offset_problem(33, 50, 200, batch, tf.float32, kernel,
+                                      dynamic_batch=True)
+    (y, dx, dvalues, dalpha), (y_ref, dx_ref, dvalues_ref, dalpha_ref) = actual, expected
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dvalues, dvalues_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dalpha, dalpha_ref, rtol=1e-4)
 
 
 # Cases that reach every branch of the materialized kernel and both sides of
