@@ -310,22 +310,7 @@ class _DCTSparseConvBase(DCTSparseLayer):
         if self.offset == "dct":
             alpha = tf.cast(tf.convert_to_tensor(self._alpha), dtype)
             offset = alpha * self._offset_kernel(self._in_channels, dtype)
-        return self._scattered_kernel(dtype, offset)
-
-    def _scattered_kernel(self, dtype, base=None):
-        """`base + S` as a dense kernel (`base`: None or `alpha * Kd`), a temporary.
-
-        The values format scatters by `ops.sparse_conv.scatter_kernel`: by XLA for large
-        kernels (at high density TF's `scatter_nd` costs more than the convolution
-        itself), by plain TF ops for small ones (`scatter_method`: no cluster launch).
-        """
-        weight = self.sparse_weight
-        if self.sparse_format == "masked":
-            kernel = tf.cast(weight.dense_kernel(), dtype)
-            return kernel if base is None else kernel + base
-        rows, cols = weight._positions()
-        values = tf.cast(tf.convert_to_tensor(weight.values), dtype)
-        return sparse_conv_ops.scatter_kernel(values, rows, cols, weight.kernel_shape, base)
+        return self.sparse_weight.dense_kernel(dtype, offset)
 
     def _plan(self, x, padding):
         """`(s_path, offset_method)` for the channels_last input `x` (`choose_conv_plan`)."""
@@ -433,7 +418,7 @@ class _DCTSparseConvBase(DCTSparseLayer):
                 if s_path == "sparse":
                     sparse = self._sparse_conv(x, padding)
                 else:
-                    sparse = self._convolve(x, self._scattered_kernel(dtype), padding)
+                    sparse = self._convolve(x, self.sparse_weight.dense_kernel(dtype), padding)
                 offset = None if method is None else self._offset(x, padding, method)
                 outputs = self.combine(offset, sparse)
         if self.data_format == "channels_first":

@@ -23,6 +23,7 @@ import tensorflow as tf
 from keras.src.initializers.random_initializers import VarianceScaling
 from keras.src.initializers.random_initializers import compute_fans
 
+from keras_dctsparse.ops.sparse_conv import scatter_kernel
 from keras_dctsparse.ops.sparse_matmul import offset_sparse_matmul
 from keras_dctsparse.ops.sparse_matmul import sparse_matmul
 from keras_dctsparse.ops.support import num_nonzeros
@@ -206,21 +207,31 @@ class SparseWeight:
             x, offset_scale, values, rows, cols, units, kernel=self.kernel
         )
 
-    def dense_kernel(self):
-        """`S` as a dense tensor of the kernel shape (for convs and inspection)."""
+    def dense_kernel(self, dtype=None, base=None):
+        """`base + S` as a dense tensor of the kernel shape (a temporary, never a weight).
+
+        Used by the fused conv path (`base = alpha * Kd`) and for inspection. The
+        values format scatters with `ops.sparse_conv.scatter_kernel` (by XLA for
+        large kernels, where TF's `scatter_nd` is several times slower; by plain
+        TF ops for small ones).
+
+        Args:
+            dtype: None (the weights' dtype) or the dtype of the result.
+            base: None, or a tensor of the kernel shape (in `dtype`) added to `S`.
+
+        Returns:
+            A tensor of the kernel shape.
+        """
         if self.sparse_format == "masked":
             # tf.where, not a product: a non-finite pruned entry must not leak.
             kernel = tf.convert_to_tensor(self.masked_kernel)
-            return tf.where(
-                tf.convert_to_tensor(self.mask) > 0, kernel, tf.zeros_like(kernel)
-            )
+            kernel = tf.where(tf.convert_to_tensor(self.mask) > 0, kernel, tf.zeros_like(kernel))
+            kernel = kernel if dtype is None else tf.cast(kernel, dtype)
+            return kernel if base is None else kernel + base
         rows, cols = self._positions()
-        matrix = tf.scatter_nd(
-            tf.stack([rows, cols], axis=1),
-            tf.convert_to_tensor(self.values),
-            self.matrix_shape,
-        )
-        return tf.reshape(matrix, self.kernel_shape)
+        values = tf.convert_to_tensor(self.values)
+        values = values if dtype is None else tf.cast(values, dtype)
+        return scatter_kernel(values, rows, cols, self.kernel_shape, base)
 
     def sparse_tensor(self):
         """`S` as a `tf.SparseTensor` of the kernel shape, in canonical order."""
