@@ -161,13 +161,66 @@ class DCTSparseLayer(keras.layers.Layer):
         """dtype in which the transform and the sparse kernels run."""
         return tf.float64 if self.compute_dtype == "float64" else tf.float32
 
-    def combine(self, offset_output, sparse_output):
-        """`alpha * offset + sparse`, then `finish` (cast, bias, activation)."""
+    def linear_sum(self, offset_output, sparse_output):
+        """`alpha * offset + sparse` (the offset may be None)."""
         outputs = sparse_output
         if offset_output is not None:
             alpha = tf.cast(tf.convert_to_tensor(self._alpha), outputs.dtype)
             outputs = outputs + alpha * offset_output
-        return self.finish(outputs)
+        return outputs
+
+    def combine(self, offset_output, sparse_output):
+        """`alpha * offset + sparse`, then `finish` (cast, bias, activation)."""
+        return self.finish(self.linear_sum(offset_output, sparse_output))
+
+    # -- dense-gradient probe (used by `keras_dctsparse.dynamic_sparsity`) ----------------------
+
+    #: None, or a function `(layer, inputs, outputs, context) -> outputs` that the layer
+    #: calls on its linear output `W x` (before bias and activation). Set only while
+    #: `DynamicSparsity` traces its gradient step; normal calls pay nothing.
+    linear_output_probe = None
+
+    def observe_linear_output(self, inputs, outputs, **context):
+        """Passes the linear output through `linear_output_probe` when one is set.
+
+        Args:
+            inputs: The input of the linear map, in the form `kernel_gradient` takes.
+            outputs: The linear output `W x` (bias and activation not yet applied).
+            **context: What `kernel_gradient` needs besides the tensors (e.g. padding).
+
+        Returns:
+            `outputs` (unchanged, or as the probe returns it).
+        """
+        if self.linear_output_probe is None:
+            return outputs
+        return self.linear_output_probe(self, inputs, outputs, context)
+
+    def kernel_gradient(self, inputs, output_gradient, context, first_col, last_col):
+        """The loss gradient w.r.t. columns `[first_col, last_col)` of the dense kernel.
+
+        The kernel is seen as its `(rows, cols)` matrix view (all axes but the last are
+        rows). This is the gradient of every position, held or not: what RigL ranks.
+
+        Args:
+            inputs: The linear map's input, as passed to `observe_linear_output`.
+            output_gradient: The loss gradient w.r.t. the linear output.
+            context: The context passed to `observe_linear_output`.
+            first_col: First column of the block.
+            last_col: One past the last column of the block.
+
+        Returns:
+            A `(rows, last_col - first_col)` tensor.
+        """
+        raise NotImplementedError
+
+    def kernel_gradient_blocks(self, max_elements):
+        """Column blocks `[(first, last), ...]` for `kernel_gradient` of at most `max_elements`.
+
+        A single column wider than `max_elements` still makes a block of one column.
+        """
+        rows, cols = self.sparse_weight.matrix_shape
+        width = max(1, max_elements // rows)
+        return [(first, min(cols, first + width)) for first in range(0, cols, width)]
 
     def finish(self, outputs):
         """Casts to the compute dtype, adds the bias and applies the activation."""

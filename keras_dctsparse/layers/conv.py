@@ -406,24 +406,43 @@ class _DCTSparseConvBase(DCTSparseLayer):
             x = tf.pad(x, [[0, 0], [left, 0], [0, 0]])
             padding = "valid"
         if kernel_fn is not None:
-            outputs = self.finish(self._convolve(x, kernel_fn(x), padding))
+            linear = self._convolve(x, kernel_fn(x), padding)
         else:
             s_path, method = self._plan(x, padding)
             if s_path == "dense" and method in (None, "fused"):
                 # One conv with alpha * Kd + S (or S alone without the offset).
-                outputs = self.combine(
-                    None, self._convolve(x, self._effective_kernel(dtype), padding)
-                )
+                linear = self._convolve(x, self._effective_kernel(dtype), padding)
             else:
                 if s_path == "sparse":
                     sparse = self._sparse_conv(x, padding)
                 else:
                     sparse = self._convolve(x, self.sparse_weight.dense_kernel(dtype), padding)
                 offset = None if method is None else self._offset(x, padding, method)
-                outputs = self.combine(offset, sparse)
+                linear = self.linear_sum(offset, sparse)
+        outputs = self.finish(self.observe_linear_output(x, linear, padding=padding))
         if self.data_format == "channels_first":
             outputs = tf.transpose(outputs, [0, self.rank + 1, *range(1, self.rank + 1)])
         return outputs
+
+    def kernel_gradient(self, inputs, output_gradient, context, first_col, last_col):
+        # The convolution is linear in its kernel: its gradient w.r.t. a zero kernel of
+        # the block's output channels is the kernel gradient of those channels.
+        kernel_shape = self.sparse_weight.kernel_shape
+        blocked = self.groups == 1 and not self.depthwise
+        if not blocked and (first_col, last_col) != (0, kernel_shape[-1]):
+            raise ValueError("Grouped and depthwise kernels have one gradient block.")
+        kernel = tf.zeros((*kernel_shape[:-1], last_col - first_col), inputs.dtype)
+        output_gradient = output_gradient[..., first_col:last_col] if blocked else output_gradient
+        with tf.GradientTape() as tape:
+            tape.watch(kernel)
+            outputs = self._convolve(inputs, kernel, context["padding"])
+        gradient = tape.gradient(outputs, kernel, output_gradients=output_gradient)
+        return tf.reshape(gradient, (-1, last_col - first_col))
+
+    def kernel_gradient_blocks(self, max_elements):
+        if self.groups == 1 and not self.depthwise:
+            return super().kernel_gradient_blocks(max_elements)
+        return [(0, self.sparse_weight.matrix_shape[1])]
 
     def _offset(self, x, padding, method):
         """`conv(x, Kd)`: the regenerated `Kd` in the layer's conv, or a factored variant."""

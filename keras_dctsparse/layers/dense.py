@@ -111,10 +111,14 @@ class DCTSparseDense(DCTSparseLayer):
         alpha = None
         if self.offset == "dct":
             alpha = tf.cast(tf.convert_to_tensor(self._alpha), x.dtype)
-        outputs = self.finish(self.sparse_weight.matmul(x, offset_scale=alpha))
+        linear = self.sparse_weight.matmul(x, offset_scale=alpha)
+        outputs = self.finish(self.observe_linear_output(x, linear))
         if flatten:
             outputs = tf.reshape(outputs, tf.concat([leading_shape, [self.units]], 0))
         return outputs
+
+    def kernel_gradient(self, inputs, output_gradient, context, first_col, last_col):
+        return tf.matmul(inputs, output_gradient[:, first_col:last_col], transpose_a=True)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

@@ -1,0 +1,396 @@
+"""Dynamic sparse training: moving the positions of `S` during `model.fit` (RigL, SET).
+
+Every `update_every` optimizer steps the callback drops the smallest-magnitude
+fraction of each DCTpS layer's nonzeros and grows as many at positions not
+currently held: where the dense gradient of the loss is largest (RigL, Evci et al.
+2020) or at random (SET, Mocanu et al. 2018). The fraction follows a cosine decay
+from `drop_fraction` to 0 at `end_step`. Per-layer nnz never changes and storage
+stays nnz: the positions are the layer's `sparse_indices` weight, rewritten in
+place (sorted column-major, as the kernels need), the grown values start at zero
+and the optimizer's slots (Adam moments, momentum) of grown entries are reset;
+slots of kept entries move with them.
+
+RigL's dense gradient at position `(i, j)` is `sum_batch x_i * g_j` for the layer's
+input `x` and the gradient `g` of its linear output (`W x`, before bias and
+activation). It is computed for one batch in column blocks of at most
+`block_elements` entries and merged into a running top-k, so the peak memory is
+one block (default 2**22 entries, 16 MiB float32) plus O(nnz), never `n * m`.
+Dense layers with more than `max_scored_elements` entries (default 2**26) are
+scored on a sample of `candidates` random free positions per grown entry instead
+(gathered products, O(batch * candidates * grown) memory); conv kernels above it
+are refused with an error, as are grouped/depthwise kernels (one block) above
+`block_elements`.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_dctsparse.callbacks import sparse_layers
+from keras_dctsparse.layers.conv import _DCTSparseConvBase
+from keras_dctsparse.ops import regrowth
+
+METHODS = ("rigl", "set")
+
+
+def optimizer_slots(optimizer, variable):
+    """The optimizer variables that are per-entry state of `variable` (moments, momentum).
+
+    Keras optimizers create them with `add_variable_from_reference`, which names them
+    `<variable.path with / as _>_<slot name>` with the variable's shape.
+
+    Args:
+        optimizer: A built Keras optimizer (a `LossScaleOptimizer` is unwrapped).
+        variable: A model variable.
+
+    Returns:
+        List of optimizer variables (empty before the optimizer is built).
+    """
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    prefix = variable.path.replace("/", "_") + "_"
+    return [
+        slot
+        for slot in optimizer.variables
+        if slot.name.startswith(prefix)
+        and tuple(slot.shape) == tuple(variable.shape)
+    ]
+
+
+class DynamicSparsity(keras.callbacks.Callback):
+    """Moves the positions of every DCTpS layer's `S` during `model.fit` (RigL or SET).
+
+    Args:
+        method: `"rigl"` (grow where the dense gradient is largest) or `"set"`
+            (grow at random).
+        data: RigL only: the batches the dense gradient is measured on, an iterable
+            of `(x, y)` or `(x, y, sample_weight)` (a `tf.data.Dataset`, typically
+            the training data; it is cycled through, one batch per update).
+        update_every: Optimizer steps between updates (RigL's `delta T`).
+        drop_fraction: Fraction of each layer's nonzeros moved at step 0; it decays
+            by a cosine to 0 at `end_step`.
+        end_step: The step from which positions stay fixed. None: 75% of the
+            training steps `model.fit` announces (the RigL paper's default).
+        seed: Seed of the random choices (tie-breaks, SET's positions, sampled
+            candidates); each update derives its own stream from it and the step.
+        block_elements: Entries of the dense gradient computed at once (RigL).
+        max_scored_elements: Dense layers larger than this are scored on sampled
+            candidates (RigL).
+        candidates: Sampled candidates per grown entry for those layers.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((16,)), DCTSparseDense(8, density=0.25)])
+    >>> model.compile("adam", "mse")
+    >>> x, y = np.ones((64, 16)), np.ones((64, 8))
+    >>> data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    >>> rigl = DynamicSparsity("rigl", data=data, update_every=2)
+    >>> history = model.fit(data, epochs=2, verbose=0, callbacks=[rigl])
+    >>> model.layers[0].nnz
+    32
+    """
+
+    def __init__(
+        self,
+        method="rigl",
+        data=None,
+        update_every=100,
+        drop_fraction=0.3,
+        end_step=None,
+        seed=0,
+        block_elements=2**22,
+        max_scored_elements=2**26,
+        candidates=8,
+    ):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(
+                f"Argument `method` must be one of {METHODS}; received method={method!r}."
+            )
+        if method == "rigl" and data is None:
+            raise ValueError(
+                "Argument `data` is required for method='rigl': the batches (x, y) on "
+                "which the dense gradient is measured (e.g. the training dataset)."
+            )
+        for name, value in (
+            ("update_every", update_every),
+            ("block_elements", block_elements),
+            ("max_scored_elements", max_scored_elements),
+            ("candidates", candidates),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"Argument `{name}` must be a positive integer; received {name}={value!r}."
+                )
+        if not 0.0 <= float(drop_fraction) <= 1.0:
+            raise ValueError(
+                "Argument `drop_fraction` must be in [0, 1]; received "
+                f"drop_fraction={drop_fraction!r}."
+            )
+        if end_step is not None and (
+            isinstance(end_step, bool) or not isinstance(end_step, int) or end_step < 1
+        ):
+            raise ValueError(
+                "Argument `end_step` must be None or a positive integer; received "
+                f"end_step={end_step!r}."
+            )
+        self.method = method
+        self.data = data
+        self.update_every = update_every
+        self.drop_fraction = float(drop_fraction)
+        self.end_step = end_step
+        self.seed = int(seed)
+        self.block_elements = block_elements
+        self.max_scored_elements = max_scored_elements
+        self.candidates = candidates
+        self.updates = []
+        self._layers = []
+        self._batches = None
+        self._gradient_fn = None
+        self._last_update = None
+        self._end_step = None
+
+    # -- keras hooks ------------------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        self._layers = sparse_layers(self.model)
+        for layer in self._layers:
+            if layer.sparse_format != "values":
+                raise ValueError(
+                    f"DynamicSparsity needs sparse_format='values'; layer '{layer.name}' "
+                    f"uses sparse_format={layer.sparse_format!r}."
+                )
+        self._end_step = self.end_step
+        if self._end_step is None:
+            steps, epochs = self.params.get("steps"), self.params.get("epochs")
+            if not steps or not epochs:
+                raise ValueError(
+                    "DynamicSparsity cannot infer `end_step`: model.fit does not know the "
+                    "number of steps per epoch. Pass end_step=... explicitly."
+                )
+            self._end_step = max(1, int(0.75 * steps * epochs))
+        self._last_update = self._step() // self.update_every
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        if step // self.update_every == self._last_update:
+            return
+        self._last_update = step // self.update_every
+        fraction = regrowth.cosine_drop_fraction(step, self.drop_fraction, self._end_step)
+        if fraction > 0:
+            self.update(step, fraction)
+
+    # -- the update -------------------------------------------------------------------------
+
+    def _step(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def update(self, step, fraction):
+        """Moves `fraction` of every layer's nonzeros now (called by `fit`; public for tests).
+
+        Args:
+            step: The step, recorded in `updates` and mixed into the random streams.
+            fraction: Fraction of each layer's nonzeros to drop and regrow.
+        """
+        if not self._layers:
+            self._layers = sparse_layers(self.model)
+        rng = np.random.default_rng([self.seed, int(step)])
+        counts = {}
+        for layer in self._layers:
+            rows, cols = layer.sparse_weight.matrix_shape
+            free = rows * cols - layer.nnz
+            counts[id(layer)] = min(int(fraction * layer.nnz), free)
+        if not any(counts.values()):
+            return
+        gradients = self._dense_gradient_inputs() if self.method == "rigl" else None
+        for layer in self._layers:
+            count = counts[id(layer)]
+            if count:
+                grown = self._update_layer(layer, count, gradients, rng)
+                self.updates.append(
+                    {"step": int(step), "layer": layer.name, "moved": int(count),
+                     "grown": grown}
+                )
+
+    def _update_layer(self, layer, count, gradients, rng):
+        weight = layer.sparse_weight
+        num_rows, num_cols = weight.matrix_shape
+        positions = keras.ops.convert_to_numpy(weight.indices)
+        keys = regrowth.flat_keys(positions[0], positions[1], num_rows)
+        values = keras.ops.convert_to_numpy(weight.values)
+        dropped = regrowth.smallest_magnitude(values, count, rng)
+        if self.method == "set":
+            grown = regrowth.sample_free_positions(num_rows, num_cols, keys, count, rng)
+        else:
+            grown = self._top_gradient_positions(layer, gradients[id(layer)], keys, count, rng)
+        new_keys, source = regrowth.merge_support(keys, dropped, grown)
+        rows, cols = regrowth.positions_of(new_keys, num_rows)
+        weight.indices.assign(np.stack([rows, cols]).astype(np.int32))
+        weight.values.assign(regrowth.carry_over(values, source))
+        for slot in optimizer_slots(self.model.optimizer, weight.values):
+            slot.assign(regrowth.carry_over(keras.ops.convert_to_numpy(slot), source))
+        return grown
+
+    def _top_gradient_positions(self, layer, records, keys, count, rng):
+        num_rows, num_cols = layer.sparse_weight.matrix_shape
+        top = regrowth.TopScores(count, num_rows, keys, rng)
+        if num_rows * num_cols > self.max_scored_elements:
+            if isinstance(layer, _DCTSparseConvBase):
+                raise ValueError(
+                    f"Layer '{layer.name}' has a {num_rows} x {num_cols} kernel, more than "
+                    f"max_scored_elements={self.max_scored_elements} entries; RigL scores "
+                    "every position of conv kernels. Raise max_scored_elements."
+                )
+            free = num_rows * num_cols - keys.size
+            candidates = regrowth.sample_free_positions(
+                num_rows, num_cols, keys, min(free, self.candidates * count), rng
+            )
+            rows, cols = regrowth.positions_of(candidates, num_rows)
+            scores = sum(
+                _sampled_dense_gradient(inputs, grads, rows, cols, self.block_elements)
+                for inputs, grads, _ in records
+            )
+            top.offer(candidates, np.abs(scores))
+            return top.keys()
+        blocks = layer.kernel_gradient_blocks(self.block_elements)
+        if len(blocks) == 1 and num_rows * num_cols > self.block_elements:
+            raise ValueError(
+                f"Layer '{layer.name}' computes its {num_rows} x {num_cols} kernel gradient "
+                f"in one block, more than block_elements={self.block_elements} entries "
+                "(grouped and depthwise kernels are not split). Raise block_elements."
+            )
+        for first, last in blocks:
+            block = sum(
+                layer.kernel_gradient(inputs, grads, context, first, last)
+                for inputs, grads, context in records
+            )
+            top.add(first, np.abs(keras.ops.convert_to_numpy(block)))
+        return top.keys()
+
+    def _dense_gradient_inputs(self):
+        # One batch through the model with every layer's probe set, in a tf.function.
+        """`{id(layer): [(inputs, output_gradient, context), ...]}` for one batch of `data`."""
+        if self._batches is None:
+            self._batches = _cycle(self.data)
+        batch = next(self._batches)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        if self._gradient_fn is None:
+            self._gradient_fn = _gradient_step(self.model, self._layers)
+        inputs, gradients, contexts = self._gradient_fn(x, y, sample_weight)
+        records = {id(layer): [] for layer in self._layers}
+        for owner, inp, grad, context in zip(
+            self._probe_owners, inputs, gradients, contexts
+        ):
+            records[owner].append((inp, grad, context))
+        return records
+
+    @property
+    def _probe_owners(self):
+        return self._gradient_fn.owners
+
+
+def _cycle(data):
+    while True:
+        empty = True
+        for batch in data:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("Argument `data` of DynamicSparsity yielded no batch.")
+
+
+class _GradientStep:
+    """A `tf.function` returning each DCTpS layer call's input and linear-output gradient."""
+
+    def __init__(self, model, layers):
+        self.model = model
+        self.layers = layers
+        self.owners = None
+        self.contexts = None
+        self._function = tf.function(self._step, reduce_retracing=True)
+
+    def __call__(self, x, y, sample_weight):
+        inputs, gradients = self._function(x, y, sample_weight)
+        return inputs, gradients, self.contexts
+
+    def _step(self, x, y, sample_weight):
+        records = []
+
+        def probe(layer, inputs, outputs, context):
+            tape.watch(outputs)
+            records.append((layer, inputs, outputs, context))
+            return outputs
+
+        with tf.GradientTape() as tape:
+            for layer in self.layers:
+                layer.linear_output_probe = probe
+            try:
+                y_pred = self.model(x, training=True)
+            finally:
+                for layer in self.layers:
+                    layer.linear_output_probe = None
+            loss = self.model.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+        gradients = tape.gradient(loss, [outputs for _, _, outputs, _ in records])
+        self.owners = [id(layer) for layer, _, _, _ in records]
+        self.contexts = [context for _, _, _, context in records]
+        inputs = [inputs for _, inputs, _, _ in records]
+        gradients = [
+            tf.zeros_like(outputs) if grad is None else grad
+            for grad, (_, _, outputs, _) in zip(gradients, records)
+        ]
+        return inputs, gradients
+
+
+def _gradient_step(model, layers):
+    return _GradientStep(model, layers)
+
+
+def _sampled_dense_gradient(inputs, gradients, rows, cols, block_elements):
+    """`sum_batch inputs[:, rows] * gradients[:, cols]` in chunks of the candidates."""
+    inputs = tf.reshape(inputs, (-1, inputs.shape[-1]))
+    gradients = tf.reshape(gradients, (-1, gradients.shape[-1]))
+    batch = max(1, int(inputs.shape[0] or 1))
+    chunk = max(1, block_elements // batch)
+    scores = []
+    for start in range(0, len(rows), chunk):
+        picked = tf.gather(inputs, rows[start:start + chunk], axis=1) * tf.gather(
+            gradients, cols[start:start + chunk], axis=1
+        )
+        scores.append(keras.ops.convert_to_numpy(tf.reduce_sum(picked, axis=0)))
+    return np.concatenate(scores)
+
+
+class RigL(DynamicSparsity):
+    """`DynamicSparsity(method="rigl", ...)`: regrow where the dense gradient is largest.
+
+    Args:
+        data: The batches `(x, y)` the dense gradient is measured on.
+        **kwargs: Any other argument of `DynamicSparsity`.
+
+    Example:
+
+    >>> data = tf.data.Dataset.from_tensor_slices((np.ones((8, 4)), np.ones((8, 2)))).batch(4)
+    >>> RigL(data, update_every=50).method
+    'rigl'
+    """
+
+    def __init__(self, data, **kwargs):
+        super().__init__("rigl", data=data, **kwargs)
+
+
+class SET(DynamicSparsity):
+    """`DynamicSparsity(method="set", ...)`: regrow at random free positions.
+
+    Args:
+        **kwargs: Any argument of `DynamicSparsity` but `method` and `data`.
+
+    Example:
+
+    >>> SET(update_every=50, drop_fraction=0.3).method
+    'set'
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__("set", **kwargs)
+
