@@ -50,6 +50,14 @@ SCHEDULES = ("constant", "cosine")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 DISTRIBUTE = ("none", "multi-worker")
 
+# Sparse training (keras_dctsparse.DynamicSparsity): how the positions of S move
+# during training. The defaults of `train` and `sweep` are these constants.
+SPARSE_TRAININGS = ("static", "rigl", "set")
+DEFAULT_SPARSE_TRAINING = "static"
+DEFAULT_UPDATE_EVERY = 100  # optimizer steps between position updates
+DEFAULT_DROP_FRACTION = 0.3  # fraction of nonzeros moved at the first update (cosine decay)
+DEFAULT_END_FRACTION = 0.75  # fraction of all training steps after which positions stay fixed
+
 # Test-only hook: extra Keras callbacks appended to every `train` run.
 _EXTRA_CALLBACKS: list = []
 
@@ -132,6 +140,26 @@ def _split(text):
     return value
 
 
+def _fraction(name, low_open):
+    """Parser of a number in [0, 1] (`low_open=False`) or (0, 1] (`low_open=True`)."""
+    interval = "(0, 1]" if low_open else "[0, 1]"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a number in {interval}, got {text!r}"
+            ) from None
+        if math.isnan(value) or not (
+            (0.0 < value if low_open else 0.0 <= value) and value <= 1.0
+        ):
+            raise argparse.ArgumentTypeError(f"{name} must be in {interval}, got {text}")
+        return value
+
+    return parse
+
+
 def _add_data_args(parser, need_dataset=True):
     parser.add_argument(
         "--dataset", choices=DATASETS, required=need_dataset, help="dataset name"
@@ -168,6 +196,37 @@ def _add_train_args(parser, sweep=False):
         )
         parser.add_argument("--offset", choices=OFFSETS, default="dct", help="offset")
         parser.add_argument("--seed", type=int, default=0, help="random seed")
+        parser.add_argument(
+            "--sparse-training",
+            choices=SPARSE_TRAININGS,
+            default=DEFAULT_SPARSE_TRAINING,
+            help="static: the positions of S stay where they were drawn; rigl: every "
+            "--update-every steps drop the smallest-magnitude nonzeros of each layer and "
+            "regrow as many where the dense gradient is largest (RigL); set: regrow at "
+            f"random positions (SET) (default {DEFAULT_SPARSE_TRAINING})",
+        )
+    parser.add_argument(
+        "--update-every",
+        type=_positive_int("--update-every"),
+        default=DEFAULT_UPDATE_EVERY,
+        help="rigl/set: optimizer steps between position updates "
+        f"(default {DEFAULT_UPDATE_EVERY})",
+    )
+    parser.add_argument(
+        "--drop-fraction",
+        type=_fraction("--drop-fraction", low_open=False),
+        default=DEFAULT_DROP_FRACTION,
+        help="rigl/set: fraction of each layer's nonzeros moved at the first update, in "
+        "[0, 1]; it decays by a cosine to 0 at the end step "
+        f"(default {DEFAULT_DROP_FRACTION})",
+    )
+    parser.add_argument(
+        "--end-fraction",
+        type=_fraction("--end-fraction", low_open=True),
+        default=DEFAULT_END_FRACTION,
+        help="rigl/set: fraction of all training steps after which the positions stay "
+        f"fixed, in (0, 1] (default {DEFAULT_END_FRACTION})",
+    )
     parser.add_argument(
         "--distribution",
         choices=DISTRIBUTIONS,
@@ -289,11 +348,13 @@ def build_parser():
 
     sweep = commands.add_parser(
         "sweep",
-        help="train every density x offset x seed and summarise",
-        description="Train every combination of --densities x --offsets x --seeds "
-        "into OUT/d<density>_<offset>_s<seed> (density 1 is the dense baseline: "
-        "offset none only), then write OUT/results.md (one row per density: "
-        "dense / DCTpS / plain sparse final test accuracy, mean ± std (min-max) "
+        help="train every density x offset x sparse training x seed and summarise",
+        description="Train every combination of --densities x --offsets x "
+        "--sparse-trainings x --seeds into OUT/d<density>_<offset>_s<seed> (static) or "
+        "OUT/d<density>_<offset>_<sparse training>_s<seed> (rigl, set); density 1 is "
+        "the dense baseline: offset none, static only. Then write OUT/results.md (one "
+        "row per density, one column per variant: dense / DCTpS / DCTpS + RigL / ... / "
+        "plain sparse final test accuracy, mean ± std (min-max) "
         "over the seeds), OUT/results.csv and OUT/accuracy.png (the plot needs "
         "matplotlib: pip install matplotlib; it is skipped with a note otherwise). "
         "Finished runs are not repeated when the sweep is rerun.",
@@ -301,6 +362,14 @@ def build_parser():
     _add_train_args(sweep, sweep=True)
     sweep.add_argument("--densities", type=_densities, nargs="+", required=True)
     sweep.add_argument("--offsets", choices=OFFSETS, nargs="+", default=["dct", "none"])
+    sweep.add_argument(
+        "--sparse-trainings",
+        choices=SPARSE_TRAININGS,
+        nargs="+",
+        default=[DEFAULT_SPARSE_TRAINING],
+        help="the --sparse-training variants to run at every density below 1 "
+        f"(default {DEFAULT_SPARSE_TRAINING})",
+    )
     sweep.add_argument("--seeds", type=int, nargs="+", default=[0])
     return parser
 
@@ -493,6 +562,14 @@ def train(args):
     started = time.time()
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow call.
     multi_worker = getattr(args, "distribute", "none") == "multi-worker"
+    sparse_training = getattr(args, "sparse_training", "static")
+    if multi_worker and sparse_training != "static":
+        raise CLIError(
+            f"--sparse-training {sparse_training} is not supported with --distribute "
+            "multi-worker (its custom training loop does not run DynamicSparsity); use "
+            "--sparse-training static or train in one process",
+            status=2,
+        )
     strategy = _multi_worker_strategy() if multi_worker else None
 
     import keras
@@ -520,10 +597,19 @@ def train(args):
     backup_dir = os.path.join(out, "backup" if strategy is None else "checkpoints")
     resuming = os.path.isdir(backup_dir) and bool(os.listdir(backup_dir))
     elapsed_before = float(state.get("elapsed_s", 0.0)) if (state and resuming) else 0.0
-    store_elapsed = runs.elapsed_callback(out, config, started, elapsed_before)
     logs_dir = os.path.join(out, "logs")
     train_data = data.make_train_dataset(
         x_train, y_train, args.batch_size, augment=args.augment, seed=args.seed
+    )
+    dynamic = _dynamic_sparsity(args, train_data, steps_per_epoch * args.epochs)
+    counted_before = {}
+    if dynamic is not None and state and resuming:
+        counted_before = {key: int(state.get(key, 0)) for key in _UPDATE_COUNTS}
+    store_elapsed = runs.elapsed_callback(
+        out, config, started, elapsed_before,
+        extra_state=None if dynamic is None else (
+            lambda: _update_counts(dynamic, counted_before)
+        ),
     )
     validation = None
     if dataset.x_val is not None:
@@ -534,6 +620,8 @@ def train(args):
         callbacks = [
             EnforceSparsity(),
             keras.callbacks.BackupAndRestore(backup_dir),
+            # After BackupAndRestore: on a resume it reads the restored step count.
+            *([] if dynamic is None else [dynamic]),
             keras.callbacks.CSVLogger(os.path.join(out, "metrics.csv"), append=resuming),
             store_elapsed,
             *_tensorboard_callback(logs_dir, args.verbose),
@@ -576,8 +664,54 @@ def train(args):
             return None
         model = _plain_copy(result.model, build)
 
+    sparse = {"method": sparse_training}
+    if dynamic is not None:
+        sparse.update(
+            update_every=dynamic.update_every,
+            drop_fraction=dynamic.drop_fraction,
+            end_fraction=args.end_fraction,
+            end_step=dynamic.end_step,
+            **_update_counts(dynamic, counted_before),
+        )
     return _finish_run(args, model, dataset, out, config, started, elapsed_before, resuming,
-                       backup_dir if strategy is not None else None)
+                       backup_dir if strategy is not None else None, sparse)
+
+
+# Counts of a dynamic sparse run, stored in run_config.json so that a resumed run adds
+# them up: updates (steps at which positions moved) and positions moved (summed over
+# layers and updates).
+_UPDATE_COUNTS = ("position_updates", "positions_moved")
+
+
+def _update_counts(callback, before):
+    """`_UPDATE_COUNTS` of `callback.updates` plus those of earlier parts of the run."""
+    steps = {update["step"] for update in callback.updates}
+    moved = sum(update["moved"] for update in callback.updates)
+    return {
+        "position_updates": before.get("position_updates", 0) + len(steps),
+        "positions_moved": before.get("positions_moved", 0) + moved,
+    }
+
+
+def _dynamic_sparsity(args, train_data, total_steps):
+    """The `DynamicSparsity` callback of `--sparse-training rigl/set` (None for static).
+
+    RigL measures the dense gradient on batches of the training pipeline. The end
+    step is `--end-fraction` of all training steps (at least 1).
+    """
+    method = getattr(args, "sparse_training", "static")
+    if method == "static":
+        return None
+    from keras_dctsparse.dynamic_sparsity import DynamicSparsity
+
+    return DynamicSparsity(
+        method,
+        data=train_data if method == "rigl" else None,
+        update_every=args.update_every,
+        drop_fraction=args.drop_fraction,
+        end_step=max(1, int(args.end_fraction * total_steps)),
+        seed=args.seed,
+    )
 
 
 def _plain_copy(distributed_model, build):
@@ -593,7 +727,7 @@ def _plain_copy(distributed_model, build):
 
 
 def _finish_run(args, model, dataset, out, config, started, elapsed_before, resuming,
-                checkpoints=None):
+                checkpoints=None, sparse_training=None):
     """Evaluates on the test set and writes the outputs of a finished run."""
     from keras_dctsparse import data
     from keras_dctsparse.report import sparsity_report
@@ -611,13 +745,15 @@ def _finish_run(args, model, dataset, out, config, started, elapsed_before, resu
         "total_dense_params": int(report.total.dense_params),
         "wall_time_s": wall,
         "resumed": resuming,
+        "sparse_training": sparse_training or {"method": "static"},
         "args": used,
     }
     _write_text(os.path.join(out, "sparsity_report.md"), report.to_table() + "\n")
     _atomic_save_keras(model, os.path.join(out, "model.keras"))
     _export_savedmodel(model, os.path.join(out, "saved_model"), check=False)
     _write_text(os.path.join(out, "results.json"), json.dumps(results, indent=2) + "\n")
-    runs.write_run_state(out, config, wall, finished=True)
+    counts = {k: v for k, v in results["sparse_training"].items() if k in _UPDATE_COUNTS}
+    runs.write_run_state(out, config, wall, finished=True, **counts)
     if checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     print(
@@ -625,6 +761,12 @@ def _finish_run(args, model, dataset, out, config, started, elapsed_before, resu
         f"{results['test_loss']:.4f}  nnz: {results['total_nnz']}  "
         f"wall time: {wall:.1f}s  -> {out}"
     )
+    if "position_updates" in results["sparse_training"]:
+        print(
+            f"{results['sparse_training']['method']}: "
+            f"{results['sparse_training']['position_updates']} position updates, "
+            f"{results['sparse_training']['positions_moved']} positions moved"
+        )
     logs_dir = os.path.join(out, "logs")
     if os.path.isdir(logs_dir):
         print(f"TensorBoard: tensorboard --logdir {shlex.quote(logs_dir)}")
@@ -720,21 +862,28 @@ def export(args):
     print(f"exported {args.format} to {args.output}")
 
 
-def _run_name(density, offset, seed):
-    return f"d{density:g}_{offset}_s{seed}"
+def _run_name(density, offset, seed, sparse_training="static"):
+    """`d<density>_<offset>_s<seed>`, with `_<sparse training>` before `_s` unless static."""
+    method = "" if sparse_training == "static" else f"_{sparse_training}"
+    return f"d{density:g}_{offset}{method}_s{seed}"
 
 
-def _sweep_grid(densities, offsets, seeds):
-    """The `(density, offset, seed)` runs of a sweep.
+def _sweep_grid(densities, offsets, seeds, sparse_trainings=("static",)):
+    """The `(density, offset, sparse_training, seed)` runs of a sweep.
 
     Density 1 is the dense baseline: it runs once per seed with offset "none"
-    (a DCT offset on a fully dense S is neither the baseline nor sparse),
-    whatever `offsets` says.
+    and static positions (a DCT offset on a fully dense S is neither the
+    baseline nor sparse, and a dense S has no positions to move), whatever
+    `offsets` and `sparse_trainings` say.
     """
     grid = []
     for density in densities:
-        for offset in ("none",) if density == 1.0 else offsets:
-            grid.extend((density, offset, seed) for seed in seeds)
+        if density == 1.0:
+            variants = [("none", "static")]
+        else:
+            variants = [(o, t) for o in offsets for t in sparse_trainings]
+        for offset, method in variants:
+            grid.extend((density, offset, method, seed) for seed in seeds)
     return grid
 
 
@@ -745,13 +894,19 @@ def sweep(args):
 
     out = _prepare_out(args.out)
     rows = []
-    for density, offset, seed in _sweep_grid(args.densities, args.offsets, args.seeds):
-        run_dir = os.path.join(out, _run_name(density, offset, seed))
+    grid = _sweep_grid(
+        args.densities, args.offsets, args.seeds,
+        getattr(args, "sparse_trainings", [DEFAULT_SPARSE_TRAINING]),
+    )
+    for density, offset, method, seed in grid:
+        run_dir = os.path.join(out, _run_name(density, offset, seed, method))
         result_path = os.path.join(run_dir, "results.json")
         run_args = argparse.Namespace(**vars(args))
-        for name in ("densities", "offsets", "seeds"):
-            delattr(run_args, name)
+        for name in ("densities", "offsets", "seeds", "sparse_trainings"):
+            if hasattr(run_args, name):
+                delattr(run_args, name)
         run_args.density, run_args.offset, run_args.seed = density, offset, seed
+        run_args.sparse_training = method
         run_args.out, run_args.distribute = run_dir, "none"
         if os.path.isdir(run_dir):
             _check_run_config(run_dir, runs.run_config(run_args))
@@ -760,12 +915,13 @@ def sweep(args):
                 result = json.load(file)
             print(f"[sweep] {run_dir}: done already")
         else:
-            print(f"[sweep] density={density:g} offset={offset} seed={seed}")
+            extra = "" if method == "static" else f" sparse_training={method}"
+            print(f"[sweep] density={density:g} offset={offset}{extra} seed={seed}")
             keras.backend.clear_session()
             result = train(run_args)
-        rows.append((density, offset, seed, result))
+        rows.append((density, offset, seed, result, method))
     summary = sweep_tables.summarise(rows)
-    total_run_time = sum(result["wall_time_s"] for *_, result in rows)
+    total_run_time = sum(row[3]["wall_time_s"] for row in rows)
     sweep_tables.write_sweep_tables(
         out, summary, args, getattr(args, "command_line", None), total_run_time
     )

@@ -6,33 +6,70 @@ import os
 from keras_dctsparse import atomic
 
 
-def _label(density, offset):
+SPARSE_TRAININGS = ("static", "rigl", "set")
+_METHOD_NAMES = {"rigl": "RigL", "set": "SET"}
+
+# Column (and plot) order of the variants: dense, then per offset static and dynamic.
+LABELS = (
+    "dense",
+    "DCTpS", "DCTpS + RigL", "DCTpS + SET",
+    "plain sparse", "plain sparse + RigL", "plain sparse + SET",
+)
+
+
+def label(density, offset, sparse_training="static"):
+    """The name of a sweep variant: "dense", "DCTpS", "plain sparse + RigL", ...
+
+    Args:
+        density: The density (1 is the dense baseline).
+        offset: "dct" or "none".
+        sparse_training: "static", "rigl" or "set".
+
+    Returns:
+        The label, one of `LABELS`.
+    """
     if density == 1.0:
         return "dense"
-    return "DCTpS" if offset == "dct" else "plain sparse"
+    name = "DCTpS" if offset == "dct" else "plain sparse"
+    if sparse_training in (None, "static"):
+        return name
+    return f"{name} + {_METHOD_NAMES[sparse_training]}"
+
+
+def _order(entry):
+    return LABELS.index(entry["label"]) if entry["label"] in LABELS else len(LABELS)
 
 
 def summarise(rows):
-    """One dict per (density, offset) of `(density, offset, seed, results)` rows.
+    """One dict per (density, offset, sparse training) of the sweep's rows.
 
-    Each has the label (dense / DCTpS / plain sparse), the number of seeds,
-    the final test accuracy's mean, sample std, min and max, the mean wall
-    time and the nnz, sorted by decreasing density.
+    Args:
+        rows: `(density, offset, seed, results)` or `(density, offset, seed,
+            results, sparse_training)` tuples (4-tuples are static runs).
+
+    Returns:
+        Dicts with the label (dense / DCTpS / DCTpS + RigL / ... / plain sparse,
+        see `label`), the number of seeds, the final test accuracy's mean,
+        sample std, min and max, the mean wall time and the nnz, sorted by
+        decreasing density and then in `LABELS` order.
     """
     import numpy as np
 
     groups = {}
-    for density, offset, _seed, result in rows:
-        groups.setdefault((density, offset), []).append(result)
+    for row in rows:
+        density, offset, _seed, result = row[:4]
+        method = row[4] if len(row) > 4 else "static"
+        groups.setdefault((density, offset, method), []).append(result)
     summary = []
-    for (density, offset), results in groups.items():
+    for (density, offset, method), results in groups.items():
         accuracy = np.array([r["test_accuracy"] for r in results], dtype=float)
         wall = np.array([r["wall_time_s"] for r in results], dtype=float)
         summary.append(
             {
                 "density": density,
                 "offset": offset,
-                "label": _label(density, offset),
+                "sparse_training": method,
+                "label": label(density, offset, method),
                 "seeds": len(results),
                 "accuracy_mean": float(accuracy.mean()),
                 "accuracy_std": float(accuracy.std(ddof=1)) if len(results) > 1 else 0.0,
@@ -42,7 +79,7 @@ def summarise(rows):
                 "nnz": int(results[0]["total_nnz"]),
             }
         )
-    summary.sort(key=lambda s: (-s["density"], s["offset"]))
+    summary.sort(key=lambda s: (-s["density"], _order(s), s["offset"], s["sparse_training"]))
     return summary
 
 
@@ -58,8 +95,10 @@ def _cell(entry):
 def sweep_markdown(summary, title=None, command=None, wall_time_s=None):
     """The Markdown results table of a sweep: one row per density.
 
-    Columns: density, nnz, then for dense / DCTpS / plain sparse the final
-    test accuracy in percent as `mean ± sample std (min-max)` over the seeds.
+    Columns: density, nnz, then for each variant present (dense, DCTpS,
+    DCTpS + RigL, DCTpS + SET, plain sparse, plain sparse + RigL, ...: see
+    `LABELS`) the final test accuracy in percent as `mean ± sample std
+    (min-max)` over the seeds.
 
     Args:
         summary: The list of dicts from `summarise`.
@@ -71,7 +110,8 @@ def sweep_markdown(summary, title=None, command=None, wall_time_s=None):
         The Markdown text.
     """
     by_key = {(s["density"], s["label"]): s for s in summary}
-    columns = [c for c in ("dense", "DCTpS", "plain sparse") if any(k[1] == c for k in by_key)]
+    present = {s["label"] for s in summary}
+    columns = [c for c in LABELS if c in present] + sorted(present - set(LABELS))
     seeds = sorted({s["seeds"] for s in summary})
     lines = []
     if title:
@@ -105,6 +145,7 @@ def write_sweep_tables(out, summary, args, command, wall_time_s):
     fields = [
         "density",
         "offset",
+        "sparse_training",
         "label",
         "seeds",
         "accuracy_mean",
@@ -117,12 +158,18 @@ def write_sweep_tables(out, summary, args, command, wall_time_s):
     with open(os.path.join(out, "results.csv"), "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(summary)
+        writer.writerows({"sparse_training": "static", **entry} for entry in summary)
     title = (
         f"{args.model} on {args.dataset}, {args.epochs} epochs, {args.distribution} "
         f"allocation, {args.optimizer} lr {args.lr:g} ({args.schedule}), batch "
         f"{args.batch_size}"
     )
+    if any(entry.get("sparse_training", "static") != "static" for entry in summary):
+        title += (
+            f"; RigL/SET: update every {args.update_every} steps, drop fraction "
+            f"{args.drop_fraction:g}, positions fixed after {args.end_fraction:g} of "
+            "the steps"
+        )
     text = sweep_markdown(summary, title, command, wall_time_s)
     atomic.write_text(os.path.join(out, "results.md"), text)
     print(text)
@@ -139,17 +186,17 @@ def plot(out, summary, model_name=""):
         print("note: matplotlib is not installed, skipping accuracy.png (pip install matplotlib)")
         return None
     figure, axes = plt.subplots(figsize=(5, 3.5))
-    for label in ("DCTpS", "plain sparse"):
-        points = sorted((s for s in summary if s["label"] == label), key=lambda s: s["density"])
-        if points:
-            axes.errorbar(
-                [s["density"] for s in points],
-                [s["accuracy_mean"] for s in points],
-                yerr=[s["accuracy_std"] for s in points],
-                marker="o",
-                capsize=3,
-                label=label,
-            )
+    present = {s["label"] for s in summary} - {"dense"}
+    for name in [c for c in LABELS if c in present] + sorted(present - set(LABELS)):
+        points = sorted((s for s in summary if s["label"] == name), key=lambda s: s["density"])
+        axes.errorbar(
+            [s["density"] for s in points],
+            [s["accuracy_mean"] for s in points],
+            yerr=[s["accuracy_std"] for s in points],
+            marker="o",
+            capsize=3,
+            label=name,
+        )
     for dense in (s for s in summary if s["label"] == "dense"):
         axes.axhline(dense["accuracy_mean"], color="gray", linestyle="--", label="dense")
         axes.plot([1.0], [dense["accuracy_mean"]], "ks")
