@@ -244,6 +244,16 @@ def test_sweep(tmp_path, capsys):
           "--out", "x"], "--epochs"),
         (["sweep", "--model", "lenet300100", "--dataset", "digits", "--densities", "2",
           "--out", "x"], "--densities"),
+        (["train", "--model", "lenet300100", "--dataset", "digits", "--sparse-training",
+          "prune", "--out", "x"], "--sparse-training"),
+        (["train", "--model", "lenet300100", "--dataset", "digits", "--update-every", "0",
+          "--out", "x"], "--update-every must be a positive integer, got 0"),
+        (["train", "--model", "lenet300100", "--dataset", "digits", "--drop-fraction",
+          "1.5", "--out", "x"], "--drop-fraction must be in [0, 1], got 1.5"),
+        (["train", "--model", "lenet300100", "--dataset", "digits", "--end-fraction",
+          "0", "--out", "x"], "--end-fraction must be in (0, 1], got 0"),
+        (["sweep", "--model", "lenet300100", "--dataset", "digits", "--densities", "0.1",
+          "--sparse-trainings", "static", "dst", "--out", "x"], "--sparse-trainings"),
         (["export", "--model-path", "m.keras", "--format", "onnx", "--output", "o"],
          "--format"),
         ([], "COMMAND"),
@@ -658,3 +668,155 @@ def test_jit_compile_on_compiles_the_whole_train_step_with_xla(tmp_path, monkeyp
     assert seen and seen[0] is True
     with open(out / "results.json") as file:
         assert json.load(file)["test_accuracy"] > 0.3  # one epoch, as test_train_writes_outputs
+
+
+# ------------------------------------------------ dynamic sparse training (RigL, SET)
+
+
+def _positions(path):
+    """`{layer name: (2, nnz) positions}` of the DCTpS layers of a saved model."""
+    model = keras.saving.load_model(path)
+    return {
+        layer.name: keras.ops.convert_to_numpy(layer.sparse_weight.indices)
+        for layer in model.layers
+        if hasattr(layer, "sparse_weight")
+    }
+
+
+@pytest.fixture(scope="module")
+def dynamic_runs(tmp_path_factory):
+    """Static, RigL and SET runs of the same seed (2 epochs of 23 steps, updates every 2)."""
+    base = tmp_path_factory.mktemp("dynamic")
+    mp = pytest.MonkeyPatch()
+    _use_fallback_models_if_needed(mp)
+    try:
+        for method in ("static", "rigl", "set"):
+            argv = _train_argv(base / method, "--sparse-training", method,
+                               "--update-every", "2", epochs=2)
+            assert cli.main(argv) == 0, method
+    finally:
+        mp.undo()
+    return base
+
+
+@pytest.mark.parametrize("method", ["rigl", "set"])
+def test_dynamic_sparse_training_moves_positions(dynamic_runs, method):
+    static = _positions(dynamic_runs / "static" / "model.keras")
+    moved = _positions(dynamic_runs / method / "model.keras")
+    assert static.keys() == moved.keys() and static
+    for name, positions in moved.items():
+        assert positions.shape == static[name].shape  # per-layer nnz unchanged
+        assert len({tuple(p) for p in positions.T}) == positions.shape[1]  # unique
+    # The same seed draws the same initial positions; only the dynamic runs move them.
+    assert any(not np.array_equal(moved[n], static[n]) for n in static)
+    results = json.loads((dynamic_runs / method / "results.json").read_text())
+    sparse = results["sparse_training"]
+    # digits: 1437 examples / batch 64 = 23 steps per epoch, 46 in all; the end step
+    # is int(0.75 * 46) = 34, so positions move at steps 2, 4, ..., 32.
+    assert sparse["method"] == method and sparse["update_every"] == 2
+    assert sparse["drop_fraction"] == 0.3 and sparse["end_fraction"] == 0.75
+    assert sparse["end_step"] == 34 and sparse["position_updates"] == 16
+    assert sparse["positions_moved"] > 0
+    assert results["args"]["sparse_training"] == method
+    assert results["args"]["update_every"] == 2
+    static_results = json.loads((dynamic_runs / "static" / "results.json").read_text())
+    assert static_results["sparse_training"] == {"method": "static"}
+    assert static_results["args"]["update_every"] is None  # no effect on a static run
+
+
+class _RecordPositions(keras.callbacks.Callback):
+    """Records the positions of the DCTpS layers at the start and at every epoch end."""
+
+    def __init__(self):
+        super().__init__()
+        self.at_begin, self.at_epoch_end = None, {}
+
+    def _positions(self):
+        return [keras.ops.convert_to_numpy(layer.sparse_weight.indices)
+                for layer in self.model.layers if hasattr(layer, "sparse_weight")]
+
+    def on_train_begin(self, logs=None):
+        self.at_begin = self._positions()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.at_epoch_end[epoch] = self._positions()
+
+
+def test_dynamic_run_resumes_its_positions_and_schedule(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    made = []
+    real = cli._dynamic_sparsity
+
+    def capture(*args):
+        made.append(real(*args))
+        return made[-1]
+
+    monkeypatch.setattr(cli, "_dynamic_sparsity", capture)
+    argv = _train_argv(out, "--sparse-training", "rigl", "--update-every", "2", epochs=4)
+    first = _RecordPositions()
+    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [first, _Interrupt()])
+    assert cli.main(argv) == 130  # interrupted at the start of epoch 3 (step 46)
+    assert [u["step"] for u in made[0].updates][-1] == 46
+    # Other sparse-training settings do not resume it.
+    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [])
+    capsys.readouterr()
+    assert cli.main(argv[:-1] + ["3"]) == 2
+    assert "--update-every 2 (stored) vs 3 (given)" in capsys.readouterr().err
+    set_argv = list(argv)
+    set_argv[set_argv.index("rigl")] = "set"
+    assert cli.main(set_argv) == 2
+    assert "--sparse-training 'rigl' (stored) vs 'set' (given)" in capsys.readouterr().err
+
+    second = _RecordPositions()
+    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [second])
+    assert cli.main(argv) == 0
+    # The resumed run starts from the positions backed up after epoch 2 ...
+    for begin, backed_up in zip(second.at_begin, first.at_epoch_end[1]):
+        np.testing.assert_array_equal(begin, backed_up)
+    # ... and continues the schedule at step 48 (92 steps in all, end step 69; at step
+    # 68 the cosine-decayed fraction, 0.3 * (1 + cos(pi * 68 / 69)) / 2 = 1.6e-4, moves
+    # no position of the largest layer, 1920 nonzeros).
+    steps = sorted({u["step"] for u in made[-1].updates})
+    assert steps == list(range(48, 67, 2))
+    results = json.loads((out / "results.json").read_text())
+    assert results["resumed"] is True
+    assert results["sparse_training"]["position_updates"] == len(range(2, 67, 2))
+    moved = sum(u["moved"] for c in (made[0], made[-1]) for u in c.updates)
+    assert results["sparse_training"]["positions_moved"] == moved
+
+
+def test_dynamic_sparse_training_is_refused_with_multi_worker(tmp_path, capsys):
+    argv = _train_argv(tmp_path / "run", "--sparse-training", "set",
+                       "--distribute", "multi-worker")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--sparse-training set" in err and "multi-worker" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_sweep_with_dynamic_sparse_training(tmp_path):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--model", "lenet300100", "--dataset", "digits",
+            "--densities", "1", "0.1", "--offsets", "dct", "--sparse-trainings", "static",
+            "rigl", "--seeds", "0", "--epochs", "1", "--train-limit", "256",
+            "--batch-size", "64", "--update-every", "2", "--verbose", "0", "--out", str(out)]
+    assert cli.main(argv) == 0
+    runs_made = sorted(p for p in os.listdir(out) if p.startswith("d"))
+    # Static runs keep their folder names (old sweeps resume); density 1 runs once.
+    assert runs_made == ["d0.1_dct_rigl_s0", "d0.1_dct_s0", "d1_none_s0"]
+    rigl = json.loads((out / "d0.1_dct_rigl_s0" / "results.json").read_text())
+    assert rigl["sparse_training"]["method"] == "rigl"
+    assert rigl["sparse_training"]["position_updates"] > 0
+    with open(out / "results.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["density"], r["offset"], r["sparse_training"], r["label"]) for r in rows] == [
+        ("1.0", "none", "static", "dense"),
+        ("0.1", "dct", "static", "DCTpS"),
+        ("0.1", "dct", "rigl", "DCTpS + RigL"),
+    ]
+    lines = (out / "results.md").read_text().splitlines()
+    assert lines[2] == ("| density | nnz | dense test acc. (%) | DCTpS test acc. (%) | "
+                        "DCTpS + RigL test acc. (%) |")
+    assert "RigL/SET: update every 2 steps" in lines[0]
+    assert lines[4].startswith("| 1 | ") and lines[4].count(" - ") == 2
+    assert lines[5].startswith("| 0.1 | ") and lines[5].count(" - ") == 1  # no dense
