@@ -7,9 +7,13 @@ Usage (also ``python -m keras_dctsparse ...``)::
     dctsparse evaluate --model-path runs/lenet_d001/model.keras --dataset mnist --data-dir DIR
     dctsparse export --model-path runs/lenet_d001/model.keras --format tflite --output lenet.tflite
     dctsparse sweep --model lenet300100 --dataset digits --densities 1 0.1 0.01 \\
-        --offsets dct none --seeds 0 1 2 --epochs 5 --out runs/sweep
+        --offsets dct none --sparse-trainings static rigl --seeds 0 1 2 --epochs 5 \\
+        --out runs/sweep
 
-``--density 1 --offset none`` is the dense baseline. Training can be
+``--density 1 --offset none`` is the dense baseline. ``--sparse-training rigl``
+(or ``set``) moves the positions of S during training (see
+``keras_dctsparse.DynamicSparsity``; ``--update-every``, ``--drop-fraction``,
+``--end-fraction``); ``static`` keeps them where they were drawn. Training can be
 interrupted and resumed: rerunning the same ``train`` command with the same
 ``--out`` continues from ``OUT/backup`` (Keras ``BackupAndRestore``; with
 ``--distribute multi-worker``, from ``OUT/checkpoints``). The run's arguments
@@ -55,7 +59,7 @@ DISTRIBUTE = ("none", "multi-worker")
 SPARSE_TRAININGS = ("static", "rigl", "set")
 DEFAULT_SPARSE_TRAINING = "static"
 DEFAULT_UPDATE_EVERY = 100  # optimizer steps between position updates
-DEFAULT_DROP_FRACTION = 0.3  # fraction of nonzeros moved at the first update (cosine decay)
+DEFAULT_DROP_FRACTION = 0.3  # fraction of nonzeros moved per update at step 0 (cosine decay)
 DEFAULT_END_FRACTION = 0.75  # fraction of all training steps after which positions stay fixed
 
 # Test-only hook: extra Keras callbacks appended to every `train` run.
@@ -216,8 +220,8 @@ def _add_train_args(parser, sweep=False):
         "--drop-fraction",
         type=_fraction("--drop-fraction", low_open=False),
         default=DEFAULT_DROP_FRACTION,
-        help="rigl/set: fraction of each layer's nonzeros moved at the first update, in "
-        "[0, 1]; it decays by a cosine to 0 at the end step "
+        help="rigl/set: fraction of each layer's nonzeros moved per update, in [0, 1], "
+        "decaying by a cosine from this value at step 0 to 0 at the end step "
         f"(default {DEFAULT_DROP_FRACTION})",
     )
     parser.add_argument(
