@@ -8,12 +8,21 @@ operation (matmul, convolution) and the shape of their kernel.
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_dctsparse.layers import validation
+from keras_dctsparse.layers.sparse_weight import TENSORFLOW
 from keras_dctsparse.layers.sparse_weight import SparseWeight
-from keras_dctsparse.ops.sparse_matmul import SPARSE_KERNELS
-from keras_dctsparse.ops.sparse_matmul import XLA_KERNELS
+from keras_dctsparse.ops import kernel_choice
+from keras_dctsparse.ops import keras_ops
+
+if TENSORFLOW:
+    import tensorflow as tf
+
+    from keras_dctsparse.ops.sparse_matmul import XLA_KERNELS
+
+#: `sparse_kernel` values of the dense layers (`"csr"` needs the TensorFlow backend).
+SPARSE_KERNELS = ("auto",) + kernel_choice.KERNELS
 
 
 class DCTSparseLayer(keras.layers.Layer):
@@ -93,12 +102,19 @@ class DCTSparseLayer(keras.layers.Layer):
         self.sparse_kernel_name = validation.check_choice(
             "sparse_kernel", sparse_kernel, SPARSE_KERNELS
         )
-        # The CSR kernels have no XLA implementation: a model using them must not
-        # be compiled whole by XLA (Keras checks this for jit_compile="auto").
-        # "auto" never picks CSR inside an XLA compilation.
-        self.supports_jit = (
-            self.sparse_format == "masked" or self.sparse_kernel_name in XLA_KERNELS
-        )
+        if TENSORFLOW:
+            # The CSR kernels have no XLA implementation: a model using them must not
+            # be compiled whole by XLA (Keras checks this for jit_compile="auto").
+            # "auto" never picks CSR inside an XLA compilation.
+            self.supports_jit = (
+                self.sparse_format == "masked" or self.sparse_kernel_name in XLA_KERNELS
+            )
+        elif self.sparse_kernel_name not in ("auto",) + keras_ops.GENERIC_KERNELS:
+            raise ValueError(
+                f"sparse_kernel={self.sparse_kernel_name!r} needs the TensorFlow backend; "
+                f"KERAS_BACKEND is {keras.backend.backend()!r}, where sparse_kernel may be "
+                f"one of {('auto',) + keras_ops.GENERIC_KERNELS}."
+            )
         self.sparse_weight = None
         self._alpha = None
         self.bias = None
@@ -158,14 +174,25 @@ class DCTSparseLayer(keras.layers.Layer):
             )
 
     def transform_dtype(self):
-        """dtype in which the transform and the sparse kernels run."""
-        return tf.float64 if self.compute_dtype == "float64" else tf.float32
+        """dtype in which the transform and the sparse kernels run (float32 or float64).
+
+        A `tf.DType` on the TensorFlow backend, else the dtype's name.
+        """
+        name = "float64" if self.compute_dtype == "float64" else "float32"
+        return tf.as_dtype(name) if TENSORFLOW else name
+
+    def alpha_as(self, dtype):
+        """`alpha` as a tensor of `dtype` (`keras.ops`)."""
+        return ops.cast(ops.convert_to_tensor(self._alpha), dtype)
 
     def linear_sum(self, offset_output, sparse_output):
         """`alpha * offset + sparse` (the offset may be None)."""
         outputs = sparse_output
         if offset_output is not None:
-            alpha = tf.cast(tf.convert_to_tensor(self._alpha), outputs.dtype)
+            if TENSORFLOW:
+                alpha = tf.cast(tf.convert_to_tensor(self._alpha), outputs.dtype)
+            else:
+                alpha = self.alpha_as(outputs.dtype)
             outputs = outputs + alpha * offset_output
         return outputs
 
@@ -224,7 +251,7 @@ class DCTSparseLayer(keras.layers.Layer):
 
     def finish(self, outputs):
         """Casts to the compute dtype, adds the bias and applies the activation."""
-        outputs = tf.cast(outputs, self.compute_dtype)
+        outputs = ops.cast(outputs, self.compute_dtype)
         if self.bias is not None:
             outputs = outputs + self.bias
         if self.activation is not None:

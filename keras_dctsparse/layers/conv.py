@@ -34,13 +34,19 @@ import math
 import numbers
 
 import keras
-import tensorflow as tf
+from keras import ops
 from keras.src.ops.operation_utils import compute_conv_output_shape
 
 from keras_dctsparse.layers import validation
 from keras_dctsparse.layers.base import DCTSparseLayer
-from keras_dctsparse.ops import conv_offset as conv_ops
-from keras_dctsparse.ops import sparse_conv as sparse_conv_ops
+from keras_dctsparse.layers.sparse_weight import TENSORFLOW
+from keras_dctsparse.ops import keras_ops
+
+if TENSORFLOW:
+    import tensorflow as tf
+
+    from keras_dctsparse.ops import conv_offset as conv_ops
+    from keras_dctsparse.ops import sparse_conv as sparse_conv_ops
 
 OFFSET_METHODS = ("auto", "fused", "direct", "matmul", "fft")
 CONV_SPARSE_KERNELS = ("auto", "dense", "sparse")
@@ -227,6 +233,17 @@ class _DCTSparseConvBase(DCTSparseLayer):
                 "`strides > 1` is not supported together with `dilation_rate > 1`; received "
                 f"strides={self.strides} and dilation_rate={self.dilation_rate}."
             )
+        if not TENSORFLOW:
+            # keras.ops has no sparse conv and no factored offset: one conv with
+            # alpha * Kd + S ("fused"; "direct" is the same function at twice the cost).
+            if self.conv_sparse_kernel == "sparse" or self.offset_method in ("matmul", "fft"):
+                raise ValueError(
+                    f"sparse_kernel={self.conv_sparse_kernel!r} with "
+                    f"offset_method={self.offset_method!r} needs the TensorFlow backend; "
+                    f"KERAS_BACKEND is {keras.backend.backend()!r}, where the conv layers "
+                    "run one convolution with alpha * Kd + S (sparse_kernel='auto' or "
+                    "'dense', offset_method='auto', 'fused' or 'direct')."
+                )
         # S is applied as a dense conv of its scattered kernel: no CSR kernel, XLA is fine.
         self.supports_jit = True
         self.input_spec = keras.layers.InputSpec(ndim=rank + 2)
@@ -308,8 +325,7 @@ class _DCTSparseConvBase(DCTSparseLayer):
     def _effective_kernel(self, dtype):
         offset = None
         if self.offset == "dct":
-            alpha = tf.cast(tf.convert_to_tensor(self._alpha), dtype)
-            offset = alpha * self._offset_kernel(self._in_channels, dtype)
+            offset = self.alpha_as(dtype) * self._offset_kernel(self._in_channels, dtype)
         return self.sparse_weight.dense_kernel(dtype, offset)
 
     def _plan(self, x, padding):
@@ -373,6 +389,8 @@ class _DCTSparseConvBase(DCTSparseLayer):
         over batch and space instead: measured 0.15 ms (LeNet-5's conv1, batch 128, 2
         cores) of a 3.3 ms training step.
         """
+        if not TENSORFLOW:
+            return super().finish(outputs)
         outputs = tf.cast(outputs, self.compute_dtype)
         if self.bias is not None:
             outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
@@ -381,10 +399,36 @@ class _DCTSparseConvBase(DCTSparseLayer):
         return outputs
 
     def call(self, inputs):
-        return self.forward(inputs)
+        if not TENSORFLOW:
+            return self._generic_forward(inputs)
+        return self.call_with_kernel(inputs)
 
-    def forward(self, inputs, kernel_fn=None):
-        """The layer's computation, optionally with a kernel supplied by `kernel_fn`.
+    def _generic_forward(self, inputs):
+        """`call` in `keras.ops` for the non-TF backends: one conv with `alpha * Kd + S`."""
+        dtype = self.transform_dtype()
+        x = ops.cast(inputs, dtype)
+        if self.data_format == "channels_first":
+            x = ops.transpose(x, [0, *range(2, self.rank + 2), 1])
+        padding = self.padding
+        if padding == "causal":
+            left = (self.kernel_size[0] - 1) * self.dilation_rate[0]
+            x = ops.pad(x, [(0, 0), (left, 0), (0, 0)])
+            padding = "valid"
+        linear = keras_ops.convolve(
+            x,
+            self._effective_kernel(dtype),
+            self.strides,
+            padding,
+            self.dilation_rate,
+            depthwise=self.depthwise,
+        )
+        outputs = self.finish(self.observe_linear_output(x, linear, padding=padding))
+        if self.data_format == "channels_first":
+            outputs = ops.transpose(outputs, [0, self.rank + 1, *range(1, self.rank + 1)])
+        return outputs
+
+    def call_with_kernel(self, inputs, kernel_fn=None):
+        """The layer's computation on TensorFlow, optionally with a kernel supplied by `kernel_fn`.
 
         Args:
             inputs: The layer's input (its `data_format`).
@@ -423,6 +467,11 @@ class _DCTSparseConvBase(DCTSparseLayer):
         if self.data_format == "channels_first":
             outputs = tf.transpose(outputs, [0, self.rank + 1, *range(1, self.rank + 1)])
         return outputs
+
+    if TENSORFLOW:
+        # The name `keras_dctsparse.export.tflite` calls. Not defined on the other backends:
+        # under PyTorch `forward` is the `torch.nn.Module` method Keras's layers run through.
+        forward = call_with_kernel
 
     def kernel_gradient(self, inputs, output_gradient, context, first_col, last_col):
         # The convolution is linear in its kernel: its gradient w.r.t. a zero kernel of
@@ -512,6 +561,10 @@ class _GroupedConv(_DCTSparseConvBase):
         return self.filters
 
     def _offset_kernel(self, in_channels, dtype, anchor=None):
+        if not TENSORFLOW:
+            return keras_ops.conv_offset_kernel(
+                self.kernel_size, in_channels, self.filters, self.groups, dtype
+            )
         return conv_ops.conv_offset_kernel(
             self.kernel_size, in_channels, self.filters, self.groups, dtype, anchor
         )
@@ -673,6 +726,10 @@ class DCTSparseDepthwiseConv2D(_DCTSparseConvBase):
         return in_channels * self.depth_multiplier
 
     def _offset_kernel(self, in_channels, dtype, anchor=None):
+        if not TENSORFLOW:
+            return keras_ops.depthwise_offset_kernel(
+                self.kernel_size, in_channels, self.depth_multiplier, dtype
+            )
         return conv_ops.depthwise_offset_kernel(
             self.kernel_size, in_channels, self.depth_multiplier, dtype, anchor
         )

@@ -1,11 +1,17 @@
 """`DCTSparseDense`: a dense layer whose weight is `alpha * D + S`."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_dctsparse.layers import validation
 from keras_dctsparse.layers.base import DCTSparseLayer
-from keras_dctsparse.ops.transforms import dct_offset
+from keras_dctsparse.layers.sparse_weight import TENSORFLOW
+from keras_dctsparse.ops import keras_ops
+
+if TENSORFLOW:
+    import tensorflow as tf
+
+    from keras_dctsparse.ops.transforms import dct_offset
 
 
 @keras.saving.register_keras_serializable(package="keras_dctsparse")
@@ -95,13 +101,15 @@ class DCTSparseDense(DCTSparseLayer):
         self._check_built("kernel")
         input_dim = self.sparse_weight.kernel_shape[0]
         dtype = self.transform_dtype()
-        kernel = tf.cast(self.sparse_weight.dense_kernel(), dtype)
+        kernel = ops.cast(self.sparse_weight.dense_kernel(), dtype)
         if self.offset == "dct":
-            offset_kernel = dct_offset(tf.eye(input_dim, dtype=dtype), self.units)
-            kernel += tf.cast(tf.convert_to_tensor(self._alpha), dtype) * offset_kernel
+            offset_kernel = ops.transpose(keras_ops.dct_block(self.units, input_dim, dtype))
+            kernel += self.alpha_as(dtype) * offset_kernel
         return kernel
 
     def call(self, inputs):
+        if not TENSORFLOW:
+            return self._generic_call(inputs)
         input_dim = self.sparse_weight.kernel_shape[0]
         x = tf.cast(inputs, self.transform_dtype())
         flatten = x.shape.rank != 2
@@ -116,6 +124,17 @@ class DCTSparseDense(DCTSparseLayer):
         if flatten:
             outputs = tf.reshape(outputs, tf.concat([leading_shape, [self.units]], 0))
         return outputs
+
+    def _generic_call(self, inputs):
+        """`call` in `keras.ops` (`keras_dctsparse.ops.keras_ops`), for the non-TF backends."""
+        input_dim = self.sparse_weight.kernel_shape[0]
+        x = ops.cast(inputs, self.transform_dtype())
+        leading = ops.shape(x)[:-1]
+        x = ops.reshape(x, (-1, input_dim))
+        alpha = self.alpha_as(x.dtype) if self.offset == "dct" else None
+        linear = self.sparse_weight.matmul(x, offset_scale=alpha)
+        outputs = self.finish(self.observe_linear_output(x, linear))
+        return ops.reshape(outputs, (*leading, self.units))
 
     def kernel_gradient(self, inputs, output_gradient, context, first_col, last_col):
         return tf.matmul(inputs, output_gradient[:, first_col:last_col], transpose_a=True)

@@ -19,16 +19,24 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras.src.initializers.random_initializers import VarianceScaling
-from keras.src.initializers.random_initializers import compute_fans
+from keras import ops
+from keras.initializers import VarianceScaling
 
-from keras_dctsparse.ops.sparse_conv import scatter_kernel
-from keras_dctsparse.ops.sparse_matmul import offset_sparse_matmul
-from keras_dctsparse.ops.sparse_matmul import sparse_matmul
+from keras_dctsparse.ops import keras_ops
+from keras_dctsparse.ops.keras_ops import compute_fans
 from keras_dctsparse.ops.support import num_nonzeros
 from keras_dctsparse.ops.support import sample_support
-from keras_dctsparse.ops.transforms import dct_offset
+
+#: Whether the layers run on the TensorFlow kernels (`KERAS_BACKEND="tensorflow"`). Every
+#: other backend runs the `keras.ops` implementation of `keras_dctsparse.ops.keras_ops`.
+TENSORFLOW = keras.backend.backend() == "tensorflow"
+if TENSORFLOW:
+    import tensorflow as tf
+
+    from keras_dctsparse.ops.sparse_conv import scatter_kernel
+    from keras_dctsparse.ops.sparse_matmul import offset_sparse_matmul
+    from keras_dctsparse.ops.sparse_matmul import sparse_matmul
+    from keras_dctsparse.ops.transforms import dct_offset
 
 
 def matrix_shape(kernel_shape):
@@ -178,9 +186,33 @@ class SparseWeight:
             )
 
     def _positions(self):
+        if not TENSORFLOW:
+            indices = ops.convert_to_tensor(self.indices)
+            return indices[0], indices[1]
         # One unstack op rather than two strided slices per call.
         rows, cols = tf.unstack(tf.convert_to_tensor(self.indices), num=2)
         return rows, cols
+
+    def _masked_dense_kernel(self):
+        """The masked kernel with its pruned entries zero (`keras.ops`)."""
+        # A select, not a product: a non-finite pruned entry must not leak.
+        kernel = ops.convert_to_tensor(self.masked_kernel)
+        return ops.where(ops.convert_to_tensor(self.mask) > 0, kernel, ops.zeros_like(kernel))
+
+    def _generic_matmul(self, x, offset_scale):
+        """`matmul` in `keras.ops` (`keras_dctsparse.ops.keras_ops`): the non-TF backends."""
+        units = self.matrix_shape[1]
+        if self.sparse_format == "masked":
+            kernel = ops.cast(ops.reshape(self._masked_dense_kernel(), self.matrix_shape), x.dtype)
+            outputs = ops.matmul(x, kernel)
+        else:
+            rows, cols = self._positions()
+            outputs = keras_ops.sparse_matmul(
+                x, ops.convert_to_tensor(self.values), rows, cols, units, kernel=self.kernel
+            )
+        if offset_scale is not None:
+            outputs = outputs + offset_scale * keras_ops.dct_offset(x, units)
+        return outputs
 
     def matmul(self, x, offset_scale=None):
         """`x @ S`, plus `offset_scale * D x` when `offset_scale` is given.
@@ -193,6 +225,8 @@ class SparseWeight:
         Returns:
             Tensor of shape `(batch, cols)`, the dtype of `x`.
         """
+        if not TENSORFLOW:
+            return self._generic_matmul(x, offset_scale)
         units = self.matrix_shape[1]
         if self.sparse_format == "masked":
             outputs = tf.matmul(x, tf.reshape(self.dense_kernel(), self.matrix_shape))
@@ -222,6 +256,15 @@ class SparseWeight:
         Returns:
             A tensor of the kernel shape.
         """
+        if not TENSORFLOW:
+            if self.sparse_format == "masked":
+                kernel = self._masked_dense_kernel()
+                kernel = kernel if dtype is None else ops.cast(kernel, dtype)
+                return kernel if base is None else kernel + base
+            rows, cols = self._positions()
+            values = ops.convert_to_tensor(self.values)
+            values = values if dtype is None else ops.cast(values, dtype)
+            return keras_ops.scatter_kernel(values, rows, cols, self.kernel_shape, base)
         if self.sparse_format == "masked":
             # tf.where, not a product: a non-finite pruned entry must not leak.
             kernel = tf.convert_to_tensor(self.masked_kernel)
@@ -234,7 +277,13 @@ class SparseWeight:
         return scatter_kernel(values, rows, cols, self.kernel_shape, base)
 
     def sparse_tensor(self):
-        """`S` as a `tf.SparseTensor` of the kernel shape, in canonical order."""
+        """`S` as a `tf.SparseTensor` of the kernel shape, in canonical order (TensorFlow only)."""
+        if not TENSORFLOW:
+            raise NotImplementedError(
+                "SparseWeight.sparse_tensor() returns a tf.SparseTensor and needs the "
+                f"TensorFlow backend; KERAS_BACKEND is {keras.backend.backend()!r}. Use "
+                "`dense_kernel()`, or `values` and `indices`, instead."
+            )
         if self.sparse_format == "masked":
             # From the mask, so kept entries that are currently zero stay listed.
             indices = tf.where(tf.convert_to_tensor(self.mask) > 0)

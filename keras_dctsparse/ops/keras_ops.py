@@ -1,0 +1,368 @@
+"""The DCTpS math in `keras.ops`: the implementation for the JAX and PyTorch backends.
+
+Under `KERAS_BACKEND="tensorflow"` the layers use the TensorFlow kernels of
+`transforms`, `sparse_matmul`, `sparse_conv` and `conv_offset` (CSR products, XLA
+clusters, `tf.signal`, the sparse convolution). Under every other backend they use the
+functions here, written with `keras.ops` only, so they run (and differentiate, and
+compile under `jax.jit`) wherever Keras does. They compute the same functions as the
+TensorFlow kernels to rounding:
+
+- `dct_offset`: `D x`, the first `units` orthonormal DCT-II coefficients of `x`
+  zero-padded to `N = max(n, units)`, by Makhoul's algorithm (one real FFT of length `N`,
+  any `N`); its gradient is the autodiff of the same ops (the DCT-III).
+- `sparse_matmul`: `x @ S` from the values and (row, column) positions of `S`, by
+  `"gather"` (take + multiply + segment sum, `batch * nnz` work) or `"materialized"`
+  (scatter into a temporary dense `(n, m)` kernel, then a dense matmul).
+- `dct_block`, `conv_offset_kernel`, `depthwise_offset_kernel`: the frozen offset
+  kernels of the convolutions, regenerated from `arange` and `cos` on every call (never
+  stored, not saved).
+- `scatter_kernel`, `convolve`: the dense kernel `base + S` and the convolution applying
+  it.
+
+Nothing here is a weight: the only tensors built are `O(N)` twiddle tables (numpy
+constants of the traced function) and the conv offset tables, `O(P * c_out)`.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_dctsparse.ops import kernel_choice
+
+__all__ = [
+    "GENERIC_KERNELS",
+    "choose_kernel",
+    "compute_fans",
+    "conv_offset_kernel",
+    "convolve",
+    "dct2_ortho",
+    "dct_block",
+    "dct_offset",
+    "depthwise_offset_kernel",
+    "scatter_kernel",
+    "sparse_matmul",
+]
+
+#: The sparse matmul kernels of this module (`"csr"` exists only on TensorFlow).
+GENERIC_KERNELS = ("gather", "materialized")
+
+
+def compute_fans(shape):
+    """`(fan_in, fan_out)` of a kernel shape, as Keras's variance-scaling initializers count them.
+
+    Args:
+        shape: Kernel shape (`(n, m)` for a dense kernel, `(*kernel_size, c_in, c_out)`
+            for a convolution).
+
+    Returns:
+        `(fan_in, fan_out)` as floats.
+
+    Example:
+
+    >>> compute_fans((3, 3, 16, 32))
+    (144.0, 288.0)
+    """
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 0:
+        return 1.0, 1.0
+    if len(shape) == 1:
+        return float(shape[0]), float(shape[0])
+    receptive_field = math.prod(shape[:-2])
+    return float(shape[-2] * receptive_field), float(shape[-1] * receptive_field)
+
+
+# -- the DCT offset of dense layers ------------------------------------------------------------
+
+
+def dct2_ortho(x):
+    """Orthonormal DCT-II of the last axis of a rank-2 tensor (Makhoul's algorithm, any length).
+
+    `v = [x0, x2, x4, ..., x5, x3, x1]`, `V = rfft(v)` (length `N`),
+    `X[k] = s_k Re(w_k V[k])` and `X[N - k] = -s_{N-k} Im(w_k V[k])` with
+    `w_k = exp(-i pi k / (2N))`.
+
+    Args:
+        x: float32/float64 tensor of shape `(rows, N)`, static `N >= 2`.
+
+    Returns:
+        Tensor of the same shape and dtype: `x @ C_N^T`.
+
+    Example:
+
+    >>> y = dct2_ortho(keras.ops.ones((1, 4)))
+    >>> [round(float(v), 4) + 0.0 for v in keras.ops.convert_to_numpy(y)[0]]
+    [2.0, 0.0, 0.0, 0.0]
+    """
+    length = int(x.shape[-1])
+    half_up = (length + 1) // 2
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    reordered = ops.concatenate([x[:, 0::2], ops.flip(x[:, 1::2], axis=1)], axis=1)
+    real, imag = ops.rfft(reordered)  # bins 0 .. N // 2
+    angle = -np.pi * np.arange(length // 2 + 1) / (2 * length)
+    cos = ops.convert_to_tensor(np.cos(angle), dtype)
+    sin = ops.convert_to_tensor(np.sin(angle), dtype)
+    low = real * cos - imag * sin  # X[0 .. N // 2] (unscaled)
+    high = -ops.flip((real * sin + imag * cos)[:, 1:half_up], axis=1)  # X[N // 2 + 1 ..]
+    scale = np.full(length, np.sqrt(2.0 / length))
+    scale[0] = np.sqrt(1.0 / length)
+    return ops.concatenate([low, high], axis=1) * ops.convert_to_tensor(scale, dtype)
+
+
+def dct_offset(x, units):
+    """`D x`: the first `units` orthonormal DCT-II coefficients of the last axis of `x`.
+
+    `x` is zero-padded (or not) to `N = max(n, units)`; all singular values of the implied
+    `(units x n)` matrix are 1. Same function as `keras_dctsparse.ops.transforms.dct_offset`.
+
+    Args:
+        x: float tensor of shape `(..., n)` with a static last dimension.
+        units: Number of output coefficients `m`.
+
+    Returns:
+        Tensor of shape `(..., units)`, the dtype of `x`.
+
+    Example:
+
+    >>> dct_offset(keras.ops.ones((2, 4)), 3).shape
+    (2, 3)
+    """
+    n = int(x.shape[-1])
+    units = int(units)
+    length = max(n, units)
+    if length == 1:
+        return x  # the 1-point ortho DCT-II is the identity
+    leading = ops.shape(x)[:-1]
+    flat = ops.reshape(x, (-1, n))
+    if length > n:
+        flat = ops.pad(flat, [(0, 0), (0, length - n)])
+    y = dct2_ortho(flat)[:, :units]
+    return ops.reshape(y, (*leading, units))
+
+
+def dct_block(rows, cols, dtype="float32"):
+    """Top-left `(rows, cols)` block of the orthonormal DCT-II matrix `C_N`, `N = max(rows, cols)`.
+
+    Generated from `arange` and `cos` (never stored). The angle index `k (2j + 1)` is
+    reduced mod `4N` in int64 arithmetic before the float conversion, so the block is
+    accurate for large `N`.
+
+    Args:
+        rows: Number of rows (output size).
+        cols: Number of columns (input size).
+        dtype: Float dtype of the result.
+
+    Returns:
+        A `(rows, cols)` tensor.
+
+    Example:
+
+    >>> tuple(dct_block(2, 4).shape)
+    (2, 4)
+    """
+    n = max(int(rows), int(cols))
+    table_dtype = "float64" if keras.backend.standardize_dtype(dtype) == "float64" else "float32"
+    k = ops.arange(rows, dtype="int32")
+    j = ops.arange(cols, dtype="int32")
+    # k * (2j + 1) < 2 * N**2 fits int32 (JAX's default integer) while N < 32768; larger
+    # blocks take their angle indices from numpy in int64.
+    if 2 * n * n < 2**31:
+        index = (k[:, None] * (2 * j[None, :] + 1)) % (4 * n)
+        angle = ops.cast(index, table_dtype) * (math.pi / (2 * n))
+        cos = ops.cos(angle)
+    else:
+        index = (np.arange(rows, dtype=np.int64)[:, None]
+                 * (2 * np.arange(cols, dtype=np.int64)[None, :] + 1)) % (4 * n)
+        cos = ops.convert_to_tensor(np.cos(index * (math.pi / (2 * n))), table_dtype)
+    scale = np.full((int(rows), 1), math.sqrt(2.0 / n))
+    scale[0] = math.sqrt(1.0 / n)
+    return ops.cast(ops.convert_to_tensor(scale, table_dtype) * cos, dtype)
+
+
+# -- the DCT offset kernels of convolutions ------------------------------------------------------
+
+
+def conv_offset_kernel(kernel_size, in_channels, filters, groups=1, dtype="float32"):
+    """The frozen DCT offset kernel `Kd` in Keras Conv layout `(*kernel_size, c_in / groups, c_out)`.
+
+    Same kernel as `keras_dctsparse.ops.conv_offset.conv_offset_kernel`:
+    `Kd[..., ch, o] = C_N[o, p * c_in_g + ch]` for spatial tap `p` (row-major), with
+    `P = prod(kernel_size) * c_in_g` and `N = max(P, filters)`.
+
+    Args:
+        kernel_size: Tuple of spatial kernel sizes.
+        in_channels: Input channels of the whole layer.
+        filters: Output channels of the whole layer.
+        groups: Number of groups (divides `in_channels` and `filters`).
+        dtype: Float dtype of the kernel.
+
+    Returns:
+        A `(*kernel_size, in_channels // groups, filters)` tensor.
+
+    Example:
+
+    >>> tuple(conv_offset_kernel((3, 3), 16, 32).shape)
+    (3, 3, 16, 32)
+    """
+    kernel_size = tuple(int(k) for k in kernel_size)
+    in_group = int(in_channels) // int(groups)
+    patch = math.prod(kernel_size) * in_group
+    block = ops.transpose(dct_block(filters, patch, dtype))  # (P, c_out)
+    return ops.reshape(block, (*kernel_size, in_group, int(filters)))
+
+
+def depthwise_offset_kernel(kernel_size, in_channels, depth_multiplier, dtype="float32"):
+    """The frozen DCT offset kernel in Keras DepthwiseConv layout `(*kernel_size, c_in, dm)`.
+
+    Same kernel as `keras_dctsparse.ops.conv_offset.depthwise_offset_kernel`:
+    `K[i, j, ch, m] = C_N[ch * dm + m, i * k_w + j]`, `N = max(kh * kw, c_in * dm)`.
+
+    Args:
+        kernel_size: Tuple of spatial kernel sizes.
+        in_channels: Input channels `c_in`.
+        depth_multiplier: Outputs per input channel `dm`.
+        dtype: Float dtype of the kernel.
+
+    Returns:
+        A `(*kernel_size, in_channels, depth_multiplier)` tensor.
+
+    Example:
+
+    >>> tuple(depthwise_offset_kernel((3, 3), 8, 2).shape)
+    (3, 3, 8, 2)
+    """
+    kernel_size = tuple(int(k) for k in kernel_size)
+    block = ops.transpose(
+        dct_block(int(in_channels) * int(depth_multiplier), math.prod(kernel_size), dtype)
+    )  # (P, c_in * dm)
+    return ops.reshape(block, (*kernel_size, int(in_channels), int(depth_multiplier)))
+
+
+# -- the sparse part -------------------------------------------------------------------------------
+
+
+def scatter_kernel(values, rows, cols, kernel_shape, base=None):
+    """`base + S` as a dense tensor of `kernel_shape` (a temporary, never a weight).
+
+    Args:
+        values: `(nnz,)` values of `S`.
+        rows: `(nnz,)` int rows of the `(prod(kernel_shape[:-1]), kernel_shape[-1])` view.
+        cols: `(nnz,)` int columns.
+        kernel_shape: Shape of the kernel.
+        base: None, or a tensor of `kernel_shape` (the dtype of `values`) added to `S`.
+
+    Returns:
+        A tensor of `kernel_shape`.
+
+    Example:
+
+    >>> k = scatter_kernel(keras.ops.ones((2,)), np.array([0, 1]), np.array([1, 0]), (2, 2))
+    >>> keras.ops.convert_to_numpy(k).tolist()
+    [[0.0, 1.0], [1.0, 0.0]]
+    """
+    kernel_shape = tuple(int(d) for d in kernel_shape)
+    num_rows = math.prod(kernel_shape[:-1])
+    positions = ops.stack([ops.cast(rows, "int32"), ops.cast(cols, "int32")], axis=1)
+    matrix = ops.scatter(positions, values, (num_rows, kernel_shape[-1]))
+    kernel = ops.reshape(matrix, kernel_shape)
+    return kernel if base is None else kernel + base
+
+
+def choose_kernel(input_dim, units, nnz, batch, dtype="float32"):
+    """The cheaper of `GENERIC_KERNELS` for a layer by `kernel_choice.estimated_step_costs`.
+
+    Args:
+        input_dim: Number of inputs `n`.
+        units: Number of outputs `m`.
+        nnz: Number of nonzeros of `S`.
+        batch: Rows of the input, or None (`kernel_choice.ASSUMED_BATCH`).
+        dtype: Float dtype.
+
+    Returns:
+        `"gather"` or `"materialized"`.
+
+    Example:
+
+    >>> choose_kernel(100_000, 100_000, 10, batch=4)
+    'gather'
+    """
+    batch = kernel_choice.ASSUMED_BATCH if batch is None else batch
+    costs = kernel_choice.estimated_step_costs(input_dim, units, nnz, batch, dtype)
+    return min(GENERIC_KERNELS, key=lambda name: costs.get(name, math.inf))
+
+
+def sparse_matmul(x, values, rows, cols, units, kernel="auto"):
+    """`x @ S` for `S` given by its values at `(rows, cols)` of an `(n, units)` matrix.
+
+    Args:
+        x: float tensor of shape `(batch, n)`.
+        values: `(nnz,)` values (cast to the dtype of `x`).
+        rows: `(nnz,)` int rows.
+        cols: `(nnz,)` int columns.
+        units: Number of columns `m` of `S`.
+        kernel: `"auto"` (`choose_kernel`), `"gather"` or `"materialized"`.
+
+    Returns:
+        Tensor of shape `(batch, units)`, the dtype of `x`.
+
+    Example:
+
+    >>> y = sparse_matmul(keras.ops.ones((1, 3)), keras.ops.ones((2,)),
+    ...                   np.array([0, 2]), np.array([1, 1]), units=2)
+    >>> keras.ops.convert_to_numpy(y).tolist()
+    [[0.0, 2.0]]
+    """
+    n = int(x.shape[-1])
+    nnz = int(values.shape[0])
+    values = ops.cast(values, x.dtype)
+    if kernel == "auto":
+        kernel = choose_kernel(n, units, nnz, x.shape[0], keras.backend.standardize_dtype(x.dtype))
+    if kernel == "materialized":
+        return ops.matmul(x, scatter_kernel(values, rows, cols, (n, units)))
+    if kernel != "gather":
+        raise ValueError(
+            f"Argument `kernel` must be one of {('auto',) + GENERIC_KERNELS} under the "
+            f"{keras.backend.backend()!r} backend; received kernel={kernel!r}."
+        )
+    products = ops.take(x, ops.cast(rows, "int32"), axis=1) * values  # (batch, nnz)
+    summed = ops.segment_sum(
+        ops.transpose(products), ops.cast(cols, "int32"), num_segments=int(units)
+    )  # (units, batch)
+    return ops.transpose(summed)
+
+
+# -- convolutions ----------------------------------------------------------------------------------
+
+
+def convolve(x, kernel, strides, padding, dilation_rate, depthwise=False):
+    """Channels_last convolution of `x` by a Keras-layout kernel (grouped from its shape).
+
+    Args:
+        x: `(batch, *spatial, c_in)` tensor.
+        kernel: `(*kernel_size, c_in / groups, c_out)` (or depthwise
+            `(*kernel_size, c_in, dm)`) tensor.
+        strides: Tuple of strides.
+        padding: `"valid"` or `"same"`.
+        dilation_rate: Tuple of dilation rates.
+        depthwise: Whether `kernel` is a depthwise kernel.
+
+    Returns:
+        The channels_last output.
+
+    Example:
+
+    >>> y = convolve(keras.ops.ones((1, 5, 5, 2)), keras.ops.ones((3, 3, 2, 4)),
+    ...              (1, 1), "valid", (1, 1))
+    >>> tuple(y.shape)
+    (1, 3, 3, 4)
+    """
+    if depthwise:
+        return ops.depthwise_conv(
+            x, kernel, strides=strides, padding=padding, data_format="channels_last",
+            dilation_rate=dilation_rate,
+        )
+    return ops.conv(
+        x, kernel, strides=strides, padding=padding, data_format="channels_last",
+        dilation_rate=dilation_rate,
+    )
