@@ -70,5 +70,11 @@ class EnforceSparsity(keras.callbacks.Callback):
         self._enforce()
 
     def _enforce(self):
+        if not self._masked_layers:
+            return
+        # On JAX `fit` keeps the state outside the variables between epochs; reading
+        # `self.model` writes it back (Keras's `Callback.model` syncs it) before the
+        # assignment, and the next step then reads the enforced values.
+        self.model  # noqa: B018 (the property's side effect)
         for layer in self._masked_layers:
             layer.sparse_weight.enforce_mask()
