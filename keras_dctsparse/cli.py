@@ -57,9 +57,16 @@ DISTRIBUTE = ("none", "multi-worker")
 # Sparse training (keras_dctsparse.DynamicSparsity): how the positions of S move
 # during training. The defaults of `train` and `sweep` are these constants.
 SPARSE_TRAININGS = ("static", "rigl", "set")
-DEFAULT_SPARSE_TRAINING = "static"
-DEFAULT_UPDATE_EVERY = 100  # optimizer steps between position updates
-DEFAULT_DROP_FRACTION = 0.3  # fraction of nonzeros moved per update at step 0 (cosine decay)
+
+# The default recipe: the best found for the zoo's LeNets on an MNIST validation split
+# (benchmarks/mnist_recipes.py; README "Results: MNIST"). `train` and `sweep` use these.
+DEFAULT_DISTRIBUTION = "epl"
+DEFAULT_OPTIMIZER = "adam"
+DEFAULT_LR = 1e-2
+DEFAULT_SCHEDULE = "cosine"
+DEFAULT_SPARSE_TRAINING = "rigl"  # in one process; multi-worker training stays static
+DEFAULT_UPDATE_EVERY = 50  # optimizer steps between position updates
+DEFAULT_DROP_FRACTION = 0.5  # fraction of nonzeros moved per update at step 0 (cosine decay)
 DEFAULT_END_FRACTION = 0.75  # fraction of all training steps after which positions stay fixed
 
 # Test-only hook: extra Keras callbacks appended to every `train` run.
@@ -203,11 +210,12 @@ def _add_train_args(parser, sweep=False):
         parser.add_argument(
             "--sparse-training",
             choices=SPARSE_TRAININGS,
-            default=DEFAULT_SPARSE_TRAINING,
+            default=None,
             help="static: the positions of S stay where they were drawn; rigl: every "
             "--update-every steps drop the smallest-magnitude nonzeros of each layer and "
             "regrow as many where the dense gradient is largest (RigL); set: regrow at "
-            f"random positions (SET) (default {DEFAULT_SPARSE_TRAINING})",
+            f"random positions (SET) (default {DEFAULT_SPARSE_TRAINING}; static with "
+            "--distribute multi-worker, which supports only static)",
         )
     parser.add_argument(
         "--update-every",
@@ -234,18 +242,24 @@ def _add_train_args(parser, sweep=False):
     parser.add_argument(
         "--distribution",
         choices=DISTRIBUTIONS,
-        default="uniform",
-        help="how the density is spread over layers",
+        default=DEFAULT_DISTRIBUTION,
+        help=f"how the density is spread over layers (default {DEFAULT_DISTRIBUTION})",
     )
     parser.add_argument("--epochs", type=_positive_int("--epochs"), default=10)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    parser.add_argument("--lr", type=_positive_float("--lr"), default=1e-3)
+    parser.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default=DEFAULT_OPTIMIZER,
+        help=f"(default {DEFAULT_OPTIMIZER})",
+    )
+    parser.add_argument(
+        "--lr", type=_positive_float("--lr"), default=DEFAULT_LR,
+        help=f"learning rate (default {DEFAULT_LR:g})",
+    )
     parser.add_argument(
         "--schedule",
         choices=SCHEDULES,
-        default="constant",
+        default=DEFAULT_SCHEDULE,
         help="learning-rate schedule: constant, or cosine decay from --lr to 0 over "
-        "all training steps",
+        f"all training steps (default {DEFAULT_SCHEDULE})",
     )
     parser.add_argument(
         "--validation-split",
@@ -566,6 +580,8 @@ def train(args):
     started = time.time()
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow call.
     multi_worker = getattr(args, "distribute", "none") == "multi-worker"
+    if getattr(args, "sparse_training", "static") is None:
+        args.sparse_training = "static" if multi_worker else DEFAULT_SPARSE_TRAINING
     sparse_training = getattr(args, "sparse_training", "static")
     if multi_worker and sparse_training != "static":
         raise CLIError(

@@ -190,7 +190,7 @@ def test_sweep(tmp_path, capsys):
     argv = ["sweep", "--model", "lenet300100", "--dataset", "digits",
             "--densities", "1", "0.1", "--offsets", "dct", "none", "--seeds", "0", "1",
             "--epochs", "1", "--batch-size", "64", "--schedule", "cosine",
-            "--verbose", "0", "--out", str(out)]
+            "--sparse-trainings", "static", "--verbose", "0", "--out", str(out)]
     assert cli.main(argv) == 0
     with open(out / "results.csv") as file:
         rows = list(csv.DictReader(file))
@@ -390,7 +390,7 @@ def test_export_tflite_onto_a_folder_or_foreign_file(trained, tmp_path, capsys):
     "change,named",
     [
         (["--density", "0.05"], ["--density 0.1 (stored) vs 0.05 (given)"]),
-        (["--seed", "3", "--lr", "0.01"], ["--seed 0 (stored) vs 3 (given)", "--lr 0.001"]),
+        (["--seed", "3", "--lr", "0.003"], ["--seed 0 (stored) vs 3 (given)", "--lr 0.01"]),
     ],
 )
 def test_resume_with_other_arguments_is_refused(tmp_path, monkeypatch, capsys, change, named):
@@ -714,7 +714,8 @@ def test_dynamic_sparse_training_moves_positions(dynamic_runs, method):
     # digits: 1437 examples / batch 64 = 23 steps per epoch, 46 in all; the end step
     # is int(0.75 * 46) = 34, so positions move at steps 2, 4, ..., 32.
     assert sparse["method"] == method and sparse["update_every"] == 2
-    assert sparse["drop_fraction"] == 0.3 and sparse["end_fraction"] == 0.75
+    assert sparse["drop_fraction"] == cli.DEFAULT_DROP_FRACTION
+    assert sparse["end_fraction"] == cli.DEFAULT_END_FRACTION == 0.75
     assert sparse["end_step"] == 34 and sparse["position_updates"] == 16
     assert sparse["positions_moved"] > 0
     assert results["args"]["sparse_training"] == method
