@@ -320,3 +320,24 @@ def test_mirrored_replicas_hold_the_same_positions():
         timeout=600,
     )
     assert "MIRRORED OK" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_rigl_on_a_layer_too_big_to_score_densely():
+    # 100,000 x 100,000 (1e10 entries) at density 1e-6: RigL scores sampled free
+    # candidates; nothing of size n * m is allocated.
+    rng = np.random.default_rng()
+    x = rng.standard_normal((4, 100_000)).astype("float32")
+    y = rng.standard_normal((4, 100_000)).astype("float32")
+    layer = DCTSparseDense(100_000, density=1e-6, seed=0, sparse_initializer="random_normal")
+    model = keras.Sequential([keras.Input((100_000,)), layer])
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    model.fit(data, epochs=1, verbose=0)
+    before = column_major_keys(layer)
+    callback = RigL(data, candidates=4, seed=0)
+    callback.set_model(model)
+    callback.update(step=1, fraction=0.5)
+    after = column_major_keys(layer)
+    assert after.size == before.size == 10_000 and np.all(np.diff(after) > 0)
+    assert np.setdiff1d(after, before).size == 5_000
+    assert after.max() < 100_000 * 100_000
