@@ -21,7 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import markdown_table  # noqa: E402
-from keras_dctsparse import data  # noqa: E402
+from keras_dctsparse.experiments import data  # noqa: E402
 from keras_dctsparse import models  # noqa: E402
 from keras_dctsparse.callbacks import EnforceSparsity  # noqa: E402
 

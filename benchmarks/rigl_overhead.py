@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from common import markdown_table  # noqa: E402
-from keras_dctsparse import data  # noqa: E402
+from keras_dctsparse.experiments import data  # noqa: E402
 from keras_dctsparse import models  # noqa: E402
 from keras_dctsparse.dynamic_sparsity import DynamicSparsity  # noqa: E402
 

@@ -26,7 +26,7 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from common import markdown_table  # noqa: E402
 import keras_dctsparse  # noqa: E402,F401  (registers the layers)
-from keras_dctsparse import data  # noqa: E402
+from keras_dctsparse.experiments import data  # noqa: E402
 from keras_dctsparse.export import export_tflite  # noqa: E402
 
 

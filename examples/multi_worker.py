@@ -58,7 +58,7 @@ def worker(args):
     from sklearn.datasets import load_digits
 
     from keras_dctsparse import DCTSparseDense
-    from keras_dctsparse.data import make_train_dataset
+    from keras_dctsparse.experiments.data import make_train_dataset
     from keras_dctsparse.training import fit_multi_worker, worker_directory
 
     keras.utils.set_random_seed(0)

@@ -2,7 +2,7 @@
 
 import sys
 
-from keras_dctsparse.cli import main
+from keras_dctsparse.experiments.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

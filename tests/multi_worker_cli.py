@@ -16,7 +16,7 @@ import sys
 import keras
 import numpy as np
 
-from keras_dctsparse import cli
+from keras_dctsparse.experiments import cli
 
 
 class KillAfterEpoch(keras.callbacks.Callback):

@@ -18,7 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_dctsparse import cli, data, training
+from keras_dctsparse import training
+from keras_dctsparse.experiments import cli, data
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "multi_worker_cli.py")

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dctsparse import cli
+from keras_dctsparse.experiments import cli
 from keras_dctsparse.layers import DCTSparseDense
 from keras_dctsparse.ops.tflite_ops import tflite_op_names
 
@@ -496,7 +496,7 @@ def test_help_and_argument_errors_do_not_import_tensorflow():
         )
         assert proc.returncode == (0 if argv == ["--help"] else 2)
         imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
-        assert "keras_dctsparse.cli" in imported
+        assert "keras_dctsparse.experiments.cli" in imported
         assert "tensorflow" not in imported and "keras" not in imported
 
 

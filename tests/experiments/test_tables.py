@@ -1,9 +1,9 @@
-"""Tests for keras_dctsparse.sweep_tables: the summary, table and plot of a sweep."""
+"""Tests for keras_dctsparse.experiments.tables: the summary, table and plot of a sweep."""
 
 import numpy as np
 import pytest
 
-from keras_dctsparse import sweep_tables
+from keras_dctsparse.experiments import tables as sweep_tables
 
 
 def _result(accuracy, nnz=100, wall=2.0):

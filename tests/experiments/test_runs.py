@@ -1,10 +1,10 @@
-"""Tests for keras_dctsparse.runs: the stored configuration of a train run."""
+"""Tests for keras_dctsparse.experiments.runs: the stored configuration of a train run."""
 
 import argparse
 
 import pytest
 
-from keras_dctsparse import runs
+from keras_dctsparse.experiments import runs
 
 
 def _args(**changes):

@@ -1,4 +1,4 @@
-"""Tests for keras_dctsparse.data (offline: real MNIST files, fakes, TFDS mocks)."""
+"""Tests for keras_dctsparse.experiments.data (offline: real MNIST files, fakes, TFDS mocks)."""
 
 import gzip
 import os
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dctsparse import data
-from keras_dctsparse.data import (
+from keras_dctsparse.experiments import data
+from keras_dctsparse.experiments.data import (
     DATASETS,
     DatasetUnavailableError,
     load_dataset,
@@ -18,7 +18,7 @@ from keras_dctsparse.data import (
     read_idx,
 )
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MNIST_DIR = os.environ.get(
     "DCTSPARSE_MNIST_DIR", os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
 )
