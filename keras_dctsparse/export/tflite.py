@@ -674,7 +674,18 @@ def _all_layers(model):
     return found
 
 
+def _check_backend():
+    """Raises if Keras does not run on TensorFlow: the export traces the layers' TF kernels."""
+    if keras.backend.backend() != "tensorflow":
+        raise TFLiteExportError(
+            "TFLite export needs the TensorFlow backend; KERAS_BACKEND is "
+            f"{keras.backend.backend()!r}. Save the model (`model.save('m.keras')`), load it "
+            "in a process started with KERAS_BACKEND=tensorflow and export it there."
+        )
+
+
 def _check_layers(layers):
+    _check_backend()
     for layer in layers:
         if isinstance(layer, DCTSparseLayer) and not isinstance(layer, EXPORTABLE_LAYERS):
             raise NotImplementedError(

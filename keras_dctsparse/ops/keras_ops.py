@@ -317,7 +317,10 @@ def sparse_matmul(x, values, rows, cols, units, kernel="auto"):
     nnz = int(values.shape[0])
     values = ops.cast(values, x.dtype)
     if kernel == "auto":
-        kernel = choose_kernel(n, units, nnz, x.shape[0], keras.backend.standardize_dtype(x.dtype))
+        batch = x.shape[0]
+        # An unknown or symbolic batch (e.g. jax2tf's shape polymorphism in `model.export`).
+        batch = batch if isinstance(batch, int) else None
+        kernel = choose_kernel(n, units, nnz, batch, keras.backend.standardize_dtype(x.dtype))
     if kernel == "materialized":
         return ops.matmul(x, scatter_kernel(values, rows, cols, (n, units)))
     if kernel != "gather":

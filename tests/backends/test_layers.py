@@ -297,3 +297,41 @@ def test_tensorflow_only_options_are_clear_errors():
     layer.build((None, 3))
     with pytest.raises(NotImplementedError, match="needs the TensorFlow backend"):
         layer.sparse_kernel
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="TFLite export is tested in tests/export")
+def test_tflite_export_says_it_needs_tensorflow(tmp_path):
+    model = keras.Sequential([keras.Input((16,)), DCTSparseDense(4)])
+    with pytest.raises(keras_dctsparse.export.TFLiteExportError,
+                       match=f"TFLite export needs the TensorFlow backend; KERAS_BACKEND is "
+                             f"'{BACKEND}'"):
+        keras_dctsparse.export_tflite(model, str(tmp_path / "model.tflite"))
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch",
+    reason="Keras 3.15's model.export fails under PyTorch 2.13 for keras.layers.Dense too "
+           "(torch.export: structure of inputs and dynamic_shapes differ)",
+)
+def test_savedmodel_export_serves_same_outputs(tmp_path):
+    import tensorflow as tf
+
+    rng = _rng()
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        DCTSparseConv2D(4, 3, density=0.3),
+        DCTSparseDepthwiseConv2D(3, density=0.5),
+        keras.layers.Flatten(),
+        DCTSparseDense(5, density=0.2),
+    ])
+    for layer in model.layers:
+        if hasattr(layer, "sparse_weight"):
+            randomize(layer, rng)
+    model.export(str(tmp_path / "saved"), verbose=False)
+    x = rng.standard_normal((3, 8, 8, 3)).astype(np.float32)
+    restored = tf.saved_model.load(str(tmp_path / "saved"))  # kept: owns the variables
+    served = restored.serve(x).numpy()
+    assert_close(served, model.predict(x, verbose=0))
