@@ -125,7 +125,7 @@ def dct_offset(x, units):
 
     Example:
 
-    >>> dct_offset(keras.ops.ones((2, 4)), 3).shape
+    >>> tuple(dct_offset(keras.ops.ones((2, 4)), 3).shape)
     (2, 3)
     """
     n = int(x.shape[-1])
