@@ -54,6 +54,12 @@ CONFIGS = {
     "RigL, ends at 90%": dict(RIGL, end_fraction=0.9),
     "RigL, S at 1/3 the lr (alpha, biases 3x)": dict(RIGL, lr=3e-2, sparse_lr_factor=1 / 3),
     "RigL, 30 epochs": dict(RIGL, epochs=30),
+    "RigL, drop 0.5, every 50, ERK": dict(RIGL, drop_fraction=0.5, update_every=50,
+                                          distribution="erk"),
+    "RigL, drop 0.5, every 50, Adam 3e-3": dict(RIGL, drop_fraction=0.5, update_every=50,
+                                                lr=3e-3),
+    "RigL, drop 0.5, every 50, batch 64": dict(RIGL, drop_fraction=0.5, update_every=50,
+                                               batch_size=64),
     "static, 30 epochs": dict(BASE, epochs=30),
 }
 

@@ -225,9 +225,12 @@ class DynamicSparsity(keras.callbacks.Callback):
         new_keys, source = regrowth.merge_support(keys, dropped, grown)
         rows, cols = regrowth.positions_of(new_keys, num_rows)
         weight.indices.assign(np.stack([rows, cols]).astype(np.int32))
-        weight.values.assign(regrowth.carry_over(values, source))
-        for slot in optimizer_slots(self.model.optimizer, weight.values):
-            slot.assign(regrowth.carry_over(keras.ops.convert_to_numpy(slot), source))
+        # Values and optimizer slots: entry k takes old entry source[k], or 0 (index nnz).
+        variables = [weight.values, *optimizer_slots(self.model.optimizer, weight.values)]
+        _carry_over(
+            [variable.value for variable in variables],
+            tf.constant(np.where(source < 0, source.size, source), tf.int32),
+        )
         return grown
 
     def _top_gradient_positions(self, layer, records, keys, count, rng):
@@ -286,6 +289,14 @@ class DynamicSparsity(keras.callbacks.Callback):
     @property
     def _probe_owners(self):
         return self._gradient_fn.owners
+
+
+@tf.function(reduce_retracing=True)
+def _carry_over(variables, index):
+    """`v.assign(concat([v, [0]])[index])` for each variable, in one graph call."""
+    for variable in variables:
+        extended = tf.concat([variable, tf.zeros([1], variable.dtype)], 0)
+        variable.assign(tf.gather(extended, index))
 
 
 def _cycle(data):
