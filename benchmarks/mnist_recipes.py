@@ -23,14 +23,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from common import markdown_table  # noqa: E402
-from keras_dctsparse.experiments import data  # noqa: E402
+from keras_dctsparse import DCTSparseDense  # noqa: E402
 from keras_dctsparse import models  # noqa: E402
+from keras_dctsparse.experiments import data  # noqa: E402
 from keras_dctsparse.dynamic_sparsity import DynamicSparsity  # noqa: E402
 
 BASE = dict(
     offset="dct", distribution="epl", lr=1e-2, schedule="cosine", warmup_epochs=0,
     batch_size=128, sparse_training="static", update_every=100, drop_fraction=0.3,
-    end_fraction=0.75, sparse_lr_factor=1.0, standardize=False, epochs=None,
+    end_fraction=0.75, sparse_lr_factor=1.0, standardize=False, epochs=None, layer_nnz=None,
 )
 RIGL = dict(BASE, sparse_training="rigl")
 CONFIGS = {
@@ -77,6 +78,21 @@ class ScaledAdam(keras.optimizers.Adam):
         super().update_step(gradient, variable, learning_rate)
 
 
+def lenet300100_with_nnz(input_shape, layer_nnz, offset, seed):
+    """LeNet-300-100 with the given nonzeros per layer (an allocation outside the four rules)."""
+    model = keras.Sequential([keras.Input(input_shape), keras.layers.Flatten()])
+    inputs = 1
+    for size in input_shape:
+        inputs *= size
+    for index, (units, nnz) in enumerate(zip((300, 100, 10), layer_nnz)):
+        model.add(DCTSparseDense(
+            units, density=nnz / (inputs * units), offset=offset, seed=seed + index,
+            activation="softmax" if units == 10 else "relu",
+        ))
+        inputs = units
+    return model
+
+
 def train(model_name, dataset, density, config, seed, epochs):
     epochs = config["epochs"] or epochs
     x_train, x_val = dataset.x_train, dataset.x_val
@@ -84,11 +100,18 @@ def train(model_name, dataset, density, config, seed, epochs):
         mean, std = x_train.mean(), x_train.std()
         x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
     keras.utils.set_random_seed(seed)
-    model = models.build_model(
-        model_name, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
-        density=density, distribution=config["distribution"], offset=config["offset"],
-        seed=seed,
-    )
+    if config["layer_nnz"] is not None:
+        if model_name != "lenet300100":
+            raise ValueError("--allocation applies to lenet300100 only")
+        model = lenet300100_with_nnz(
+            dataset.input_shape, config["layer_nnz"], config["offset"], seed
+        )
+    else:
+        model = models.build_model(
+            model_name, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+            density=density, distribution=config["distribution"], offset=config["offset"],
+            seed=seed,
+        )
     steps_per_epoch = -(-len(x_train) // config["batch_size"])
     steps = epochs * steps_per_epoch
     lr = config["lr"]
@@ -134,7 +157,16 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--log", default=None, help="append each run as a JSON line here")
+    parser.add_argument(
+        "--allocation", default=None,
+        help="lenet300100: nonzeros per layer, e.g. 30,36,200 (then --densities is only a "
+        "label); runs each --configs entry with this allocation instead of its rule",
+    )
     args = parser.parse_args()
+    if args.allocation:
+        layer_nnz = tuple(int(v) for v in args.allocation.split(","))
+        for name in args.configs:
+            CONFIGS[name] = dict(CONFIGS[name], layer_nnz=layer_nnz)
     dataset = data.load_dataset("mnist", args.data_dir, validation_split=1 / 6, seed=0)
     assert len(dataset.x_train) == 50000 and len(dataset.x_val) == 10000
     start = time.time()
@@ -147,6 +179,7 @@ def main():
                 acc, wall = train(args.model, dataset, density, CONFIGS[name], seed, args.epochs)
                 accs.append(100 * acc)
                 record = dict(model=args.model, config=name, density=density, seed=seed,
+                              allocation=args.allocation,
                               val_accuracy=100 * acc,
                               epochs=CONFIGS[name]["epochs"] or args.epochs, fit_s=wall)
                 print(json.dumps(record), flush=True)
