@@ -5,6 +5,11 @@ is a fixed orthonormal DCT-II operator applied by a fast transform (never
 stored), `S` a trainable sparse operator (`SparseWeight`) and `alpha` one
 trainable scalar. Subclasses say what `D(x)` and `S(x)` are for their
 operation (matmul, convolution) and the shape of their kernel.
+
+Each layer type has one backend dispatch, in its `call`: on TensorFlow
+(`sparse_weight.TENSORFLOW`) the TF kernels of `keras_dctsparse.ops` (CSR, XLA
+clusters, sparse conv, factored offsets); on every other backend `keras.ops`
+through `keras_dctsparse.ops.keras_ops`. Weights are identical on all backends.
 """
 
 import keras

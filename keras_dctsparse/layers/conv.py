@@ -3,8 +3,13 @@
 Every layer computes `activation(conv(x, alpha * Kd + S) + bias)` (method.md section 2):
 `Kd` is the frozen DCT offset kernel of `keras_dctsparse.ops.conv_offset` (output channel `c`
 is the `c`-th orthonormal DCT-II coefficient of each flattened, channel-fastest patch), never
-stored: it is regenerated in-graph from `tf.range`/`cos` on every call. `S` is the trainable
+stored: it is regenerated in-graph from `range`/`cos` on every call. `S` is the trainable
 sparse part (`SparseWeight`) with the shape of the Keras kernel, and `alpha` one scalar.
+
+Backends: what follows is the TensorFlow path. Under JAX and PyTorch (`call` ->
+`_generic_forward`) every layer runs one `keras.ops.conv`/`depthwise_conv` with the dense
+temporary kernel `alpha * Kd + S` (`keras_dctsparse.ops.keras_ops`); `sparse_kernel="sparse"`
+and `offset_method="matmul"`/`"fft"` need TensorFlow and are refused there.
 
 How `S` is applied (`sparse_kernel`) and how the offset is applied (`offset_method`):
 

@@ -22,13 +22,19 @@ class DCTSparseDense(DCTSparseLayer):
     of the input, where, for `n` inputs and `m = units` outputs, `D x` is the
     first `m` coefficients of the orthonormal DCT-II of `x` zero-padded to
     `N = max(n, m)` (a fixed operator whose singular values are all 1, applied
-    with `tf.signal.dct` and never stored), `S` is a sparse `(m x n)` matrix with
+    by a real FFT and never stored), `S` is a sparse `(m x n)` matrix with
     `round(density * n * m)` trainable entries at random positions chosen from
     `seed`, and `alpha` is one trainable scalar (Price & Tanner, ICML 2021).
     In Keras kernel terms the effective kernel is `alpha * D^T + S^T`.
 
     Like `keras.layers.Dense`, inputs of any rank `(..., n)` are accepted and
     the output has shape `(..., units)`.
+
+    Backends: on TensorFlow the kernels of `keras_dctsparse.ops.sparse_matmul`
+    (CSR, gather, materialized, XLA clusters); on JAX and PyTorch the
+    `keras.ops` implementation of `keras_dctsparse.ops.keras_ops` (`"gather"`
+    and `"materialized"`; `"csr"` is refused there). The weights, and so the
+    `.keras` files, are the same on every backend.
 
     Args:
         units: Positive integer, dimensionality of the output space.
