@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from keras_dctsparse.experiments import cli
+from keras_dctsparse.experiments import train
 
 
 class KillAfterEpoch(keras.callbacks.Callback):
@@ -48,7 +49,7 @@ def main():
         worker, epoch = map(int, os.environ["DCTSPARSE_TEST_KILL"].split(":"))
         if worker == index:
             callbacks.append(KillAfterEpoch(epoch))
-    cli._EXTRA_CALLBACKS = callbacks
+    train._EXTRA_CALLBACKS = callbacks
     return cli.main(sys.argv[1:])
 
 

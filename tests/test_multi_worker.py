@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dctsparse import training
-from keras_dctsparse.experiments import cli, data
+from keras_dctsparse.experiments import cli, common, data
+from keras_dctsparse.experiments import train as train_command
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "multi_worker_cli.py")
@@ -96,13 +97,13 @@ def reference_losses(argv):
     args = cli.build_parser().parse_args(argv)
     keras.backend.clear_session()
     keras.utils.set_random_seed(args.seed)
-    dataset = cli._load_data(args)
+    dataset = common.load_data(args)
     x, y = dataset.x_train[: args.train_limit], dataset.y_train[: args.train_limit]
     steps = -(-len(x) // args.batch_size)
     train_data = data.make_train_dataset(x, y, args.batch_size, seed=args.seed)
     result = training.fit_multi_worker(
         tf.distribute.get_strategy(),
-        lambda: cli._compile(cli._build_model(args, dataset), args, steps * args.epochs),
+        lambda: train_command.compile_model(train_command.build_model(args, dataset), args, steps * args.epochs),
         train_data,
         args.epochs,
         os.path.join(args.out, "reference-checkpoints"),

@@ -12,6 +12,17 @@ import time
 
 from keras_dctsparse import atomic
 
+__all__ = [
+    "RUN_CONFIG_FILE",
+    "RUN_CONFIG_KEYS",
+    "RunConfigError",
+    "check_run_config",
+    "elapsed_callback",
+    "flag",
+    "run_config",
+    "write_run_state",
+]
+
 # The `train` arguments that define a run (stored in OUT/run_config.json and
 # compared on resume). --out, --data-dir, --download and --verbose do not.
 RUN_CONFIG_KEYS = (

@@ -5,8 +5,8 @@ import os
 
 from keras_dctsparse import atomic
 
+__all__ = ["LABELS", "label", "plot", "summarise", "sweep_markdown", "write_sweep_tables"]
 
-SPARSE_TRAININGS = ("static", "rigl", "set")
 _METHOD_NAMES = {"rigl": "RigL", "set": "SET"}
 
 # Column (and plot) order of the variants: dense, then per offset static and dynamic.

@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 
 from keras_dctsparse.experiments import cli
+from keras_dctsparse.experiments import common
+from keras_dctsparse.experiments import recipe
+from keras_dctsparse.experiments import train as train_command
 from keras_dctsparse.layers import DCTSparseDense
 from keras_dctsparse.ops.tflite_ops import tflite_op_names
 
@@ -173,11 +176,11 @@ class _Interrupt(keras.callbacks.Callback):
 
 def test_resume_after_interruption(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [_Interrupt()])
+    monkeypatch.setattr(train_command, "_EXTRA_CALLBACKS", [_Interrupt()])
     assert cli.main(_train_argv(out, epochs=4)) == 130
     assert "resume" in capsys.readouterr().err
     assert (out / "backup").is_dir() and not (out / "results.json").exists()
-    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [])
+    monkeypatch.setattr(train_command, "_EXTRA_CALLBACKS", [])
     assert cli.main(_train_argv(out, epochs=4)) == 0
     with open(out / "metrics.csv") as file:
         epochs = [int(row["epoch"]) for row in csv.DictReader(file)]
@@ -395,9 +398,9 @@ def test_export_tflite_onto_a_folder_or_foreign_file(trained, tmp_path, capsys):
 )
 def test_resume_with_other_arguments_is_refused(tmp_path, monkeypatch, capsys, change, named):
     out = tmp_path / "run"
-    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [_Interrupt()])
+    monkeypatch.setattr(train_command, "_EXTRA_CALLBACKS", [_Interrupt()])
     assert cli.main(_train_argv(out, epochs=4)) == 130
-    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [])
+    monkeypatch.setattr(train_command, "_EXTRA_CALLBACKS", [])
     capsys.readouterr()
     before = _snapshot(out)
     argv = _train_argv(out, epochs=4)
@@ -432,7 +435,7 @@ def test_out_under_a_read_only_folder(tmp_path, monkeypatch, capsys):
         def makedirs(path, *args, **kwargs):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
-        monkeypatch.setattr(cli.os, "makedirs", makedirs)
+        monkeypatch.setattr(common.os, "makedirs", makedirs)
     else:
         parent.chmod(0o500)
     try:
@@ -533,11 +536,11 @@ def test_redirected_run_prints_only_our_lines(tmp_path):
 
 def test_resumed_wall_time_counts_all_parts(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [_Interrupt()])
+    monkeypatch.setattr(train_command, "_EXTRA_CALLBACKS", [_Interrupt()])
     assert cli.main(_train_argv(out, epochs=4)) == 130
     first_part = json.loads((out / "run_config.json").read_text())["elapsed_s"]
     assert first_part > 0
-    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [])
+    monkeypatch.setattr(train_command, "_EXTRA_CALLBACKS", [])
     started = time.time()
     assert cli.main(_train_argv(out, epochs=4)) == 0
     second_part = time.time() - started
@@ -595,7 +598,7 @@ def test_full_disk_while_saving_keras_keeps_previous(run_copy, monkeypatch):
     monkeypatch.setattr(keras.Model, "save", save)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(OSError, match="No space left"):
-        cli._atomic_save_keras(model, str(path))
+        common.atomic_save_keras(model, str(path))
     assert path.read_bytes() == before and not _leftovers(run_copy)
 
 
@@ -612,7 +615,7 @@ def test_full_disk_while_exporting_savedmodel_keeps_previous(run_copy, monkeypat
     monkeypatch.setattr(keras.Model, "export", export)
     model = keras.saving.load_model(run_copy / "model.keras")
     with pytest.raises(OSError, match="No space left"):
-        cli._export_savedmodel(model, str(target))
+        common.export_savedmodel(model, str(target))
     assert _snapshot(target) == before and not _leftovers(run_copy)
 
 
@@ -632,7 +635,7 @@ def test_full_disk_while_writing_results_keeps_previous(run_copy, monkeypatch):
     before = path.read_bytes()
     monkeypatch.setattr(os, "fdopen", _half_writing_fdopen(os.fdopen))
     with pytest.raises(OSError, match="No space left"):
-        cli._write_text(str(path), json.dumps({"test_accuracy": 0.0}))
+        common.write_text(str(path), json.dumps({"test_accuracy": 0.0}))
     assert path.read_bytes() == before and not _leftovers(run_copy)
 
 
@@ -714,8 +717,8 @@ def test_dynamic_sparse_training_moves_positions(dynamic_runs, method):
     # digits: 1437 examples / batch 64 = 23 steps per epoch, 46 in all; the end step
     # is int(0.75 * 46) = 34, so positions move at steps 2, 4, ..., 32.
     assert sparse["method"] == method and sparse["update_every"] == 2
-    assert sparse["drop_fraction"] == cli.DEFAULT_DROP_FRACTION
-    assert sparse["end_fraction"] == cli.DEFAULT_END_FRACTION == 0.75
+    assert sparse["drop_fraction"] == recipe.DEFAULT_DROP_FRACTION
+    assert sparse["end_fraction"] == recipe.DEFAULT_END_FRACTION == 0.75
     assert sparse["end_step"] == 34 and sparse["position_updates"] == 16
     assert sparse["positions_moved"] > 0
     assert results["args"]["sparse_training"] == method
@@ -746,20 +749,20 @@ class _RecordPositions(keras.callbacks.Callback):
 def test_dynamic_run_resumes_its_positions_and_schedule(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     made = []
-    real = cli._dynamic_sparsity
+    real = train_command._dynamic_sparsity
 
     def capture(*args):
         made.append(real(*args))
         return made[-1]
 
-    monkeypatch.setattr(cli, "_dynamic_sparsity", capture)
+    monkeypatch.setattr(train_command, "_dynamic_sparsity", capture)
     argv = _train_argv(out, "--sparse-training", "rigl", "--update-every", "2", epochs=4)
     first = _RecordPositions()
-    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [first, _Interrupt()])
+    monkeypatch.setattr(train_command, "_EXTRA_CALLBACKS", [first, _Interrupt()])
     assert cli.main(argv) == 130  # interrupted at the start of epoch 3 (step 46)
     assert [u["step"] for u in made[0].updates][-1] == 46
     # Other sparse-training settings do not resume it.
-    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [])
+    monkeypatch.setattr(train_command, "_EXTRA_CALLBACKS", [])
     capsys.readouterr()
     assert cli.main(argv[:-1] + ["3"]) == 2
     assert "--update-every 2 (stored) vs 3 (given)" in capsys.readouterr().err
@@ -769,7 +772,7 @@ def test_dynamic_run_resumes_its_positions_and_schedule(tmp_path, monkeypatch, c
     assert "--sparse-training 'rigl' (stored) vs 'set' (given)" in capsys.readouterr().err
 
     second = _RecordPositions()
-    monkeypatch.setattr(cli, "_EXTRA_CALLBACKS", [second])
+    monkeypatch.setattr(train_command, "_EXTRA_CALLBACKS", [second])
     assert cli.main(argv) == 0
     # The resumed run starts from the positions backed up after epoch 2 ...
     for begin, backed_up in zip(second.at_begin, first.at_epoch_end[1]):
