@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from keras_dctsparse import DCTSparseConv2D
 from keras_dctsparse import DCTSparseDense
+from keras_dctsparse import DCTSparseDepthwiseConv2D
 from keras_dctsparse import RigL
 from keras_dctsparse import SET
 from keras_dctsparse import DynamicSparsity
@@ -341,3 +342,32 @@ def test_rigl_on_a_layer_too_big_to_score_densely():
     assert after.size == before.size == 10_000 and np.all(np.diff(after) > 0)
     assert np.setdiff1d(after, before).size == 5_000
     assert after.max() < 100_000 * 100_000
+
+
+def test_rigl_depthwise_conv_matches_numpy():
+    rng = np.random.default_rng()
+    x = rng.normal(size=(3, 6, 6, 4)).astype("float32")
+    y = rng.normal(size=(3, 6, 6, 8)).astype("float32")
+    layer = DCTSparseDepthwiseConv2D(
+        3, depth_multiplier=2, padding="same", density=0.3, offset=None, use_bias=False,
+        seed=5,
+    )
+    model = keras.Sequential([keras.Input((6, 6, 4)), layer])
+    trained_one_step(model, x, y)
+    # (batch, h, w, taps, channel) patches; output channel c * 2 + m.
+    patches = im2col(x.astype(np.float64), (3, 3), (1, 1), "same", (1, 1))
+    patches = patches.reshape(*patches.shape[:-1], 9, 4)
+
+    def kernel():
+        return sparse_matrix(layer).reshape(9, 4, 2)  # matrix view (taps * c, m)
+
+    def predict():
+        return np.einsum("bhwtc,tcm->bhwcm", patches, kernel()).reshape(3, 6, 6, 8)
+
+    def dense_gradient():
+        residual = (predict() - y).reshape(3, 6, 6, 4, 2)
+        gradient = np.einsum("bhwtc,bhwcm->tcm", patches, residual) * 2.0 / y.size
+        return gradient.reshape(36, 2)
+
+    check_update(model, layer, x, y, dense_gradient)
+    np.testing.assert_allclose(model.predict(x, verbose=0), predict(), rtol=1e-4, atol=1e-5)
