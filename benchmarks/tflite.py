@@ -65,9 +65,9 @@ from keras_dctsparse import models  # noqa: E402
 from keras_dctsparse.export import convert_tflite  # noqa: E402
 from keras_dctsparse.export.tflite import sparse_entries  # noqa: E402
 from keras_dctsparse.layers import DCTSparseLayer  # noqa: E402
-from keras_dctsparse.ops.tflite_ops import dct_offset_builtin  # noqa: E402
-from keras_dctsparse.ops.tflite_ops import tflite_constant_bytes  # noqa: E402
-from keras_dctsparse.ops.tflite_ops import tflite_op_names  # noqa: E402
+from keras_dctsparse.export.builtin_ops import dct_offset_builtin  # noqa: E402
+from keras_dctsparse.export.flatbuffer import tflite_constant_bytes  # noqa: E402
+from keras_dctsparse.export.flatbuffer import tflite_op_names  # noqa: E402
 
 SIZES = (784, 300, 100, 10)
 ACTIVATIONS = ("relu", "relu", "softmax")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from keras_dctsparse.ops.tflite_ops import tflite_op_names
+from keras_dctsparse.export.flatbuffer import tflite_op_names
 
 
 def assert_no_flex_ops(tflite_bytes):

@@ -11,7 +11,7 @@ Each `DCTSparseDense` is exported as
     activation(alpha * dct_offset_builtin(x, units)
                + sparse_matmul_builtin(x, values, rows, cols, units) + bias)
 
-(`keras_dctsparse.ops.tflite_ops`) with its weights as constants: `D` stays an
+(`keras_dctsparse.export.builtin_ops`) with its weights as constants: `D` stays an
 implicit fast transform (`RFFT2D`, `MUL`, ... with O(N) constants) and `S`
 stays `nnz` float32 values plus `nnz` int32 packed positions `row * m + col`
 (split at run time by `FLOOR_DIV`/`FLOOR_MOD`; used by `GATHER`, `MUL`,
@@ -36,7 +36,7 @@ invocation, into a TFLite resource variable: one `IF` on a "built" flag
 layers) and assigns the kernels; every call then reads them and runs plain
 `FULLY_CONNECTED` / `CONV_2D` / `DEPTHWISE_CONV_2D`. The file still holds
 only the nonzeros (the zero initial values the converter stores for the
-variables are removed, `tflite_ops.clear_variable_initial_values`).
+variables are removed, `flatbuffer.clear_variable_initial_values`).
 
 All other layers (Dense, Conv2D, Activation, Flatten, Reshape, Dropout,
 BatchNormalization, pooling, ...) are called as they are, in inference mode,
@@ -70,13 +70,23 @@ from keras_dctsparse.layers.conv import _DCTSparseConvBase
 from keras_dctsparse.layers.conv import _GroupedConv
 from keras_dctsparse.layers.dense import DCTSparseDense
 from keras_dctsparse.ops.conv_offset import dct_block
-from keras_dctsparse.ops.tflite_ops import CONSTANTS
-from keras_dctsparse.ops.tflite_ops import clear_variable_initial_values
-from keras_dctsparse.ops.tflite_ops import dct_offset_builtin
-from keras_dctsparse.ops.tflite_ops import run_time_zero
-from keras_dctsparse.ops.tflite_ops import sparse_matmul_builtin
-from keras_dctsparse.ops.tflite_ops import strip_tensor_names
-from keras_dctsparse.ops.tflite_ops import tflite_op_names
+from keras_dctsparse.export.builtin_ops import CONSTANTS
+from keras_dctsparse.export.builtin_ops import dct_offset_builtin
+from keras_dctsparse.export.builtin_ops import run_time_zero
+from keras_dctsparse.export.builtin_ops import sparse_matmul_builtin
+from keras_dctsparse.export.flatbuffer import clear_variable_initial_values
+from keras_dctsparse.export.flatbuffer import strip_tensor_names
+from keras_dctsparse.export.flatbuffer import tflite_op_names
+
+__all__ = [
+    "DEFAULT_MAX_KERNEL_BYTES",
+    "FORMS",
+    "QUANTIZATIONS",
+    "TFLiteExportError",
+    "builtin_ops_mode",
+    "convert_tflite",
+    "export_tflite",
+]
 
 QUANTIZATIONS = (None, "float16", "dynamic_int8")
 FORMS = ("implicit", "built_once", "auto")
@@ -131,7 +141,7 @@ def export_call(
     Args:
         layer: A built `DCTSparseDense` or DCTpS convolution.
         dct_constants: `"stored"` or `"computed"` tables of a Dense layer's
-            fast DCT (`tflite_ops.dct_offset_builtin`); convolutions always
+            fast DCT (`builtin_ops.dct_offset_builtin`); convolutions always
             compute their `COS` table.
         quantization: None, `"float16"` (left to the converter) or
             `"dynamic_int8"` (the sparse values stored as int8 with one
@@ -206,9 +216,11 @@ def delta_encode(packed):
 
     Example:
 
-    >>> order, start, gaps = delta_encode(np.array([70000, 5, 300], np.int32))
+    >>> order, start, gaps = delta_encode(np.array([7000, 5, 300], np.int32))
     >>> order.tolist(), start, (gaps.astype(int) + 32768).tolist()
-    ([1, 2, 0], 5, [0, 295, 69700])
+    ([1, 2, 0], 5, [0, 295, 6700])
+    >>> delta_encode(np.array([70000, 5], np.int32)) is None  # a gap of 69995
+    True
     """
     packed = np.asarray(packed, dtype=np.int64)
     if packed.size == 0:

@@ -21,7 +21,7 @@ from keras_dctsparse.experiments import common
 from keras_dctsparse.experiments import recipe
 from keras_dctsparse.experiments import train as train_command
 from keras_dctsparse.layers import DCTSparseDense
-from keras_dctsparse.ops.tflite_ops import tflite_op_names
+from keras_dctsparse.export.flatbuffer import tflite_op_names
 
 MNIST_DIR = os.environ.get("DCTSPARSE_MNIST_DIR", "/work/shared/data/mnist")
 

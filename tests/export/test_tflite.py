@@ -25,8 +25,8 @@ from keras_dctsparse.export.tflite import pack_positions
 from keras_dctsparse.export.tflite import quantize_int8
 from keras_dctsparse.export.tflite import sparse_entries
 from keras_dctsparse.layers import DCTSparseLayer
-from keras_dctsparse.ops.tflite_ops import tflite_constant_bytes
-from keras_dctsparse.ops.tflite_ops import tflite_op_names
+from keras_dctsparse.export.flatbuffer import tflite_constant_bytes
+from keras_dctsparse.export.flatbuffer import tflite_op_names
 from tflite_checks import assert_no_flex_ops
 from tflite_checks import largest_constant_bytes
 from tflite_checks import relative_error
