@@ -30,6 +30,8 @@ _PUBLIC = {
     "models": "keras_dctsparse.models",
 }
 
+__all__ = sorted(_PUBLIC)
+
 
 def __getattr__(name):
     if name not in _PUBLIC:

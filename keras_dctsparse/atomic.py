@@ -13,6 +13,18 @@ import os
 import shutil
 import tempfile
 
+__all__ = [
+    "OutputExistsError",
+    "SAVEDMODEL_ENTRIES",
+    "check_target",
+    "is_savedmodel",
+    "is_tflite",
+    "make_public",
+    "replace_directory",
+    "write_file",
+    "write_text",
+]
+
 # What `model.export` / `tf.saved_model.save` put in a SavedModel folder.
 SAVEDMODEL_ENTRIES = frozenset(
     {"saved_model.pb", "saved_model.pbtxt", "variables", "assets", "fingerprint.pb",

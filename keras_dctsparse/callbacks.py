@@ -4,6 +4,8 @@ import keras
 
 from keras_dctsparse.layers.base import DCTSparseLayer
 
+__all__ = ["EnforceSparsity", "sparse_layers"]
+
 
 def sparse_layers(model):
     """All DCTpS layers of `model`, nested models and layers included, in order.

@@ -8,7 +8,6 @@ and get the original weights (BatchNorm statistics, ...).
 """
 
 import keras
-from keras.src.models.functional import Functional
 
 from keras_dctsparse.allocation import METHODS
 from keras_dctsparse.allocation import _check_density
@@ -103,6 +102,15 @@ def _sparse_config(layer, density, seed, offset, sparse_format, layer_kwargs):
     return new_config
 
 
+def _is_functional(model):
+    """Whether `model` is a Functional `keras.Model` (built from inputs and outputs).
+
+    Keras has no public name for its Functional class; it is the model class that
+    is also a `keras.Function` (a graph of operations from inputs to outputs).
+    """
+    return isinstance(model, keras.Model) and isinstance(model, keras.Function)
+
+
 def sparsify(
     model,
     density,
@@ -176,7 +184,7 @@ def sparsify(
     >>> sum(layer.nnz for layer in sparse.layers)
     2382
     """
-    if not isinstance(model, (keras.Sequential, Functional)):
+    if not (isinstance(model, keras.Sequential) or _is_functional(model)):
         raise ValueError(
             "sparsify supports only Sequential and Functional Keras models; received "
             f"a {type(model).__name__}. Subclassed models cannot be cloned layer by "
@@ -224,7 +232,7 @@ def sparsify(
         return clone
 
     input_tensors = None
-    if isinstance(model, Functional):
+    if _is_functional(model):
         # New inputs with the original input layers' names (clone_model would
         # name them after the symbolic tensors).
         input_tensors = keras.tree.map_structure(

@@ -40,6 +40,14 @@ import tensorflow as tf
 
 from keras_dctsparse import atomic
 
+__all__ = [
+    "FitResult",
+    "cluster_task",
+    "fit_multi_worker",
+    "per_example_loss",
+    "worker_directory",
+]
+
 
 @dataclasses.dataclass
 class FitResult:
