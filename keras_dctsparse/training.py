@@ -246,7 +246,10 @@ def fit_multi_worker(
     ...     model.compile("sgd", "mse")
     ...     return model
     >>> data = tf.data.Dataset.from_tensor_slices((np.ones((8, 4)), np.ones((8, 3)))).batch(4)
-    >>> result = fit_multi_worker(strategy, build, data, 2, "/tmp/ckpt")  # doctest: +SKIP
+    >>> import tempfile
+    >>> result = fit_multi_worker(strategy, build, data, 2, tempfile.mkdtemp(), verbose=0)
+    >>> len(result.history["loss"]), result.is_chief
+    (2, True)
     """
     metrics = dict(metrics or {})
     metric_names = list(metrics)
