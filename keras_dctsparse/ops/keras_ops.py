@@ -264,7 +264,10 @@ def scatter_kernel(values, rows, cols, kernel_shape, base=None):
     kernel_shape = tuple(int(d) for d in kernel_shape)
     num_rows = math.prod(kernel_shape[:-1])
     positions = ops.stack([ops.cast(rows, "int32"), ops.cast(cols, "int32")], axis=1)
-    matrix = ops.scatter(positions, values, (num_rows, kernel_shape[-1]))
+    # scatter_update, not scatter: the positions are distinct, and Keras 3.15's PyTorch
+    # `scatter` loops over the entries in Python (seconds for a few thousand).
+    zeros = ops.zeros((num_rows, kernel_shape[-1]), values.dtype)
+    matrix = ops.scatter_update(zeros, positions, values)
     kernel = ops.reshape(matrix, kernel_shape)
     return kernel if base is None else kernel + base
 
