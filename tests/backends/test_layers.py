@@ -335,3 +335,33 @@ def test_savedmodel_export_serves_same_outputs(tmp_path):
     restored = tf.saved_model.load(str(tmp_path / "saved"))  # kept: owns the variables
     served = restored.serve(x).numpy()
     assert_close(served, model.predict(x, verbose=0))
+
+
+# -- dtypes ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mixed_float16():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    yield
+    keras.config.set_dtype_policy(previous)
+
+
+def test_mixed_precision_outputs_float16_matching_reference(mixed_float16):
+    rng = _rng()
+    dense = DCTSparseDense(7, density=0.3)
+    conv = DCTSparseConv2D(5, 3, density=0.3)
+    dense.build((None, 20))
+    conv.build((None, 6, 6, 3))
+    randomize(dense, rng)
+    randomize(conv, rng)
+    # The variables stay float32; the transform runs in float32, the output is float16.
+    assert dense.sparse_weight.values.dtype == "float32" and dense.bias.dtype == "float32"
+    x = rng.standard_normal((4, 20)).astype(np.float32)
+    xc = rng.standard_normal((2, 6, 6, 3)).astype(np.float32)
+    y, yc = dense(x), conv(xc)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    assert keras.backend.standardize_dtype(yc.dtype) == "float16"
+    assert_close(to_numpy(y), dense_reference(dense, x)[0], rtol=3e-3)
+    assert_close(to_numpy(yc), conv_reference(conv, xc)[0], rtol=3e-3)
