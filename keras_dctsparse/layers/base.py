@@ -194,11 +194,7 @@ class DCTSparseLayer(keras.layers.Layer):
         """`alpha * offset + sparse` (the offset may be None)."""
         outputs = sparse_output
         if offset_output is not None:
-            if TENSORFLOW:
-                alpha = tf.cast(tf.convert_to_tensor(self._alpha), outputs.dtype)
-            else:
-                alpha = self.alpha_as(outputs.dtype)
-            outputs = outputs + alpha * offset_output
+            outputs = outputs + self.alpha_as(outputs.dtype) * offset_output
         return outputs
 
     def combine(self, offset_output, sparse_output):
