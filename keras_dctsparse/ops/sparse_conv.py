@@ -332,7 +332,11 @@ def sparse_conv2d(
 
         return tf.transpose(yc, [1, 2, 3, 0]), grad
 
-    return convolve(x, values)
+    outputs = convolve(x, values)
+    # The static output shape (lost in the chunked XLA gathers when the batch is unknown):
+    # a following Flatten + Dense needs it.
+    outputs.set_shape([x.shape[0], *geometry.out, filters])
+    return outputs
 
 
 def sparse_conv(

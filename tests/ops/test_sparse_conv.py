@@ -186,3 +186,17 @@ def test_scatter_kernel_and_gradients(with_base, shape, nnz, method):
                                dk.reshape(height, width)[rows, cols], rtol=1e-12)
     if with_base:
         np.testing.assert_allclose(tape.gradient(loss, base).numpy(), dk, rtol=1e-12)
+
+
+def test_static_output_shape_with_unknown_batch():
+    # Regression: with an unknown batch the output lost its spatial sizes, so a
+    # Flatten + Dense after a sparse conv failed to build (LeNet-5 at density 0.001).
+    values, rows, cols = tf.ones((3,)), tf.constant([0, 9, 30]), tf.constant([0, 1, 5])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 14, 14, 6))])
+    def convolve(x):
+        y = sc.sparse_conv2d(x, values, rows, cols, 5, 16)
+        assert y.shape.as_list() == [None, 10, 10, 16], y.shape
+        return y
+
+    assert convolve(tf.ones((2, 14, 14, 6))).shape == (2, 10, 10, 16)
