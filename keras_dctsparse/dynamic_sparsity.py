@@ -30,6 +30,8 @@ from keras_dctsparse.callbacks import sparse_layers
 from keras_dctsparse.layers.conv import _DCTSparseConvBase
 from keras_dctsparse.ops import regrowth
 
+__all__ = ["DynamicSparsity", "RigL", "SET", "optimizer_slots"]
+
 METHODS = ("rigl", "set")
 
 
@@ -84,7 +86,7 @@ class DynamicSparsity(keras.callbacks.Callback):
     >>> x, y = np.ones((64, 16)), np.ones((64, 8))
     >>> data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     >>> rigl = DynamicSparsity("rigl", data=data, update_every=2)
-    >>> history = model.fit(data, epochs=2, verbose=0, callbacks=[rigl])
+    >>> history = model.fit(data, epochs=2, verbose=0, shuffle=False, callbacks=[rigl])
     >>> model.layers[0].nnz
     32
     """

@@ -18,6 +18,11 @@ import math
 
 import numpy as np
 
+__all__ = [
+    "TopScores", "carry_over", "cosine_drop_fraction", "flat_keys", "largest",
+    "merge_support", "positions_of", "sample_free_positions", "smallest_magnitude",
+]
+
 
 def cosine_drop_fraction(step, initial_fraction, end_step):
     """The fraction of each layer's nonzeros to move at `step`: cosine decay to 0 at `end_step`.
@@ -35,8 +40,8 @@ def cosine_drop_fraction(step, initial_fraction, end_step):
 
     Example:
 
-    >>> cosine_drop_fraction(50, 0.3, 100)
-    0.15000000000000002
+    >>> round(cosine_drop_fraction(50, 0.3, 100), 6)
+    0.15
     """
     if step >= end_step or step < 0:
         return 0.0
