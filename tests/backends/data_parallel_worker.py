@@ -4,8 +4,11 @@ Trains a small model with `keras.distribution.DataParallel` on CPU devices and w
 what the test compares: the loss of every step and every weight before and after
 training, in `DIR/{model}-{process}.npz` (`{model}-ref.npz` for the one-process run).
 Models: `dense` (plain `keras.layers.Dense`, the control), `dctps` (`DCTSparseDense`,
-values and masked storage), `conv` (`DCTSparseConv2D` + `DCTSparseDense`). One process
-trains them one after another (JAX and the cluster start once).
+values and masked storage, explicit position seeds), `conv` (`DCTSparseConv2D` +
+`DCTSparseDense`), `dctps_unseeded` (`dctps` with `seed=None`: positions drawn under
+`keras.utils.set_random_seed` only). One process trains them one after another (JAX and
+the cluster start once); a model that raises leaves its traceback in
+`DIR/{model}-{process}.error` and the next model runs.
 
     KERAS_BACKEND=jax python tests/backends/data_parallel_worker.py \
         --models dense,dctps,conv --processes 2 --process-id 0 --port 12345 --out DIR
@@ -24,6 +27,7 @@ same data, generated from a fixed seed.
 import argparse
 import os
 import sys
+import traceback
 
 GLOBAL_BATCH = 16
 STEPS = 6
@@ -33,7 +37,7 @@ CLASSES = 5
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="dense,dctps,conv")
+    parser.add_argument("--models", default="dense,dctps,conv,dctps_unseeded")
     parser.add_argument("--processes", type=int, choices=[1, 2], required=True)
     parser.add_argument("--process-id", type=int, default=0)
     parser.add_argument("--port", type=int, default=0)
@@ -72,13 +76,17 @@ def build_model(model_kind):
             keras.layers.Dense(32, activation="relu"),
             keras.layers.Dense(CLASSES),
         ]
-    elif model_kind == "dctps":
-        # Explicit seeds: the positions must be the same in every process.
+    elif model_kind in ("dctps", "dctps_unseeded"):
+        # The positions must be the same in every process: explicit seeds, or (unseeded)
+        # drawn from the global random state that set_random_seed fixes in each process.
+        seeds = (0, 1, 2) if model_kind == "dctps" else (None, None, None)
         layers = [
             keras.Input((FEATURES,)),
-            DCTSparseDense(32, density=0.2, activation="relu", seed=0),
-            DCTSparseDense(16, density=0.3, sparse_format="masked", activation="relu", seed=1),
-            DCTSparseDense(CLASSES, density=0.5, seed=2),
+            DCTSparseDense(32, density=0.2, activation="relu", seed=seeds[0]),
+            DCTSparseDense(
+                16, density=0.3, sparse_format="masked", activation="relu", seed=seeds[1]
+            ),
+            DCTSparseDense(CLASSES, density=0.5, seed=seeds[2]),
         ]
     else:
         layers = [
@@ -178,7 +186,15 @@ def main(argv):
     os.makedirs(args.out, exist_ok=True)
     tag = "ref" if args.processes == 1 else str(args.process_id)
     for model_kind in args.models.split(","):
-        losses, initial, final, trainable = train(model_kind, args.process_id, args.processes)
+        try:
+            losses, initial, final, trainable = train(
+                model_kind, args.process_id, args.processes
+            )
+        except Exception:  # recorded for the test, which fails with it
+            with open(os.path.join(args.out, f"{model_kind}-{tag}.error"), "w") as file:
+                file.write(traceback.format_exc())
+            print(f"process {tag}: {model_kind}: failed:\n{traceback.format_exc()[-3000:]}")
+            continue
         arrays = {"losses": losses, "trainable": np.asarray(trainable)}
         arrays.update({"initial:" + path: value for path, value in initial.items()})
         arrays.update({"final:" + path: value for path, value in final.items()})

@@ -4,8 +4,9 @@ Two worker processes (`data_parallel_worker.py`, `KERAS_BACKEND=jax`, one CPU de
 each, gloo collectives) join one JAX cluster and train the same model, each feeding its
 half of every global batch; a third process trains the same model on the same global
 batches alone, without distribution. Checked for a DCTpS model of `DCTSparseDense`
-layers (values and masked storage), one with a `DCTSparseConv2D`, and plain
-`keras.layers.Dense` (the control):
+layers (values and masked storage), one with a `DCTSparseConv2D`, plain
+`keras.layers.Dense` (the control), and the DCTpS model with `seed=None` (xfail: its
+positions differ between processes, see UNSEEDED):
 
 - both processes end with identical weights (bit for bit: two-process all-reduce sums
   are the same on both), and every trainable weight has moved from its initial value;
@@ -30,7 +31,16 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 WORKER = os.path.join(HERE, "data_parallel_worker.py")
-MODELS = ("dense", "dctps", "conv")
+MODELS = ("dense", "dctps", "conv", "dctps_unseeded")
+# Layers with seed=None draw their positions from fresh OS entropy (ops.support.sample_support),
+# not from the global random state that keras.utils.set_random_seed and
+# keras.distribution.initialize make equal in every process; JAX then refuses the
+# int32 positions weight, which differs between processes.
+UNSEEDED = (
+    "seed=None positions come from fresh entropy, different in each process "
+    "(keras_dctsparse.layers.sparse_weight.SparseWeight.build should draw the seed from "
+    "the global random state when seed is None)"
+)
 TIMEOUT = 180  # seconds for all three processes (about 15 s on two cores)
 # Lines of JAX/TF start-up noise left out of the failure output.
 NOISE = ("oneDNN", "cuda", "absl::InitializeLog", "[Gloo] Rank")
@@ -105,11 +115,22 @@ def runs(tmp_path_factory):
 
 
 def _load(out, model, tag):
+    error = os.path.join(out, f"{model}-{tag}.error")
+    if os.path.exists(error):
+        with open(error) as file:
+            pytest.fail(f"{model} failed in process {tag}:\n{_clean(file.read())[-4000:]}")
     with np.load(os.path.join(out, f"{model}-{tag}.npz")) as arrays:
         return {key: arrays[key] for key in arrays.files}
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize(
+    "model",
+    [
+        pytest.param(model, marks=pytest.mark.xfail(reason=UNSEEDED, strict=True))
+        if model == "dctps_unseeded" else model
+        for model in MODELS
+    ],
+)
 def test_two_processes_match_one(runs, model):
     first, second, reference = (_load(runs, model, tag) for tag in ("0", "1", "ref"))
     assert sorted(first) == sorted(second) == sorted(reference)
