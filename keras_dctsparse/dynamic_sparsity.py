@@ -20,17 +20,36 @@ scored on a sample of `candidates` random free positions per grown entry instead
 (gathered products, O(batch * candidates * grown) memory); conv kernels above it
 are refused with an error, as are grouped/depthwise kernels (one block) above
 `block_elements`.
+
+Backends: the same callbacks run under `KERAS_BACKEND` = `tensorflow`, `jax` and
+`torch`. The input of every DCTpS layer's linear map and the loss gradient of its
+linear output are taken from one forward and backward pass with the layers'
+`linear_output_probe` set: a `tf.function` with a `GradientTape` on TensorFlow;
+on JAX a jitted `jax.vjp` of `model.compute_loss_and_updates` with respect to zero
+perturbations added to the linear outputs; on PyTorch eager autograd with respect
+to the same perturbations. The kernel-gradient blocks are `x^T g` (dense layers)
+and, for convolutions, the vector-Jacobian product of the layer's convolution with
+respect to a zero kernel (`kernel_gradient` on TensorFlow, `keras.ops.conv` /
+`depthwise_conv` elsewhere). Positions, values and optimizer slots are rewritten
+through `Variable.assign` (on JAX `fit` first writes its state back into the
+variables when the callback reads `self.model`).
 """
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_dctsparse.callbacks import sparse_layers
 from keras_dctsparse.layers.conv import _DCTSparseConvBase
+from keras_dctsparse.layers.dense import DCTSparseDense
+from keras_dctsparse.ops import keras_ops
 from keras_dctsparse.ops import regrowth
 
-__all__ = ["DynamicSparsity", "RigL", "SET", "optimizer_slots"]
+BACKEND = keras.backend.backend()
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+
+__all__ = ["DynamicSparsity", "RigL", "SET", "kernel_gradient", "optimizer_slots"]
 
 METHODS = ("rigl", "set")
 
@@ -65,8 +84,9 @@ class DynamicSparsity(keras.callbacks.Callback):
         method: `"rigl"` (grow where the dense gradient is largest) or `"set"`
             (grow at random).
         data: RigL only: the batches the dense gradient is measured on, an iterable
-            of `(x, y)` or `(x, y, sample_weight)` (a `tf.data.Dataset`, typically
-            the training data; it is cycled through, one batch per update).
+            of `(x, y)` or `(x, y, sample_weight)` (a `tf.data.Dataset` or a list of
+            numpy batches, typically the training data; it is cycled through, one
+            batch per update).
         update_every: Optimizer steps between updates (RigL's `delta T`).
         drop_fraction: Fraction of each layer's nonzeros moved at step 0; it decays
             by a cosine to 0 at `end_step`.
@@ -84,9 +104,9 @@ class DynamicSparsity(keras.callbacks.Callback):
     >>> model = keras.Sequential([keras.Input((16,)), DCTSparseDense(8, density=0.25)])
     >>> model.compile("adam", "mse")
     >>> x, y = np.ones((64, 16)), np.ones((64, 8))
-    >>> data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    >>> data = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
     >>> rigl = DynamicSparsity("rigl", data=data, update_every=2)
-    >>> history = model.fit(data, epochs=2, verbose=0, shuffle=False, callbacks=[rigl])
+    >>> history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[rigl])
     >>> model.layers[0].nnz
     32
     """
@@ -193,8 +213,10 @@ class DynamicSparsity(keras.callbacks.Callback):
             step: The step, recorded in `updates` and mixed into the random streams.
             fraction: Fraction of each layer's nonzeros to drop and regrow.
         """
+        # On JAX, reading `self.model` writes fit's state back into the variables.
+        model = self.model
         if not self._layers:
-            self._layers = sparse_layers(self.model)
+            self._layers = sparse_layers(model)
         rng = np.random.default_rng([self.seed, int(step)])
         counts = {}
         for layer in self._layers:
@@ -229,10 +251,15 @@ class DynamicSparsity(keras.callbacks.Callback):
         weight.indices.assign(np.stack([rows, cols]).astype(np.int32))
         # Values and optimizer slots: entry k takes old entry source[k], or 0 (index nnz).
         variables = [weight.values, *optimizer_slots(self.model.optimizer, weight.values)]
-        _carry_over(
-            [variable.value for variable in variables],
-            tf.constant(np.where(source < 0, source.size, source), tf.int32),
-        )
+        if BACKEND == "tensorflow":
+            _carry_over(
+                [variable.value for variable in variables],
+                tf.constant(np.where(source < 0, source.size, source), tf.int32),
+            )
+        else:
+            for variable in variables:
+                old = ops.convert_to_numpy(variable)
+                variable.assign(regrowth.carry_over(old, source).astype(old.dtype))
         return grown
 
     def _top_gradient_positions(self, layer, records, keys, count, rng):
@@ -265,7 +292,7 @@ class DynamicSparsity(keras.callbacks.Callback):
             )
         for first, last in blocks:
             block = sum(
-                layer.kernel_gradient(inputs, grads, context, first, last)
+                kernel_gradient(layer, inputs, grads, context, first, last)
                 for inputs, grads, context in records
             )
             top.add(first, np.abs(keras.ops.convert_to_numpy(block)))
@@ -277,6 +304,8 @@ class DynamicSparsity(keras.callbacks.Callback):
         if self._batches is None:
             self._batches = _cycle(self.data)
         batch = next(self._batches)
+        if BACKEND != "tensorflow":
+            batch = keras.tree.map_structure(_to_backend_tensor, batch)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         if self._gradient_fn is None:
             self._gradient_fn = _gradient_step(self.model, self._layers)
@@ -293,12 +322,25 @@ class DynamicSparsity(keras.callbacks.Callback):
         return self._gradient_fn.owners
 
 
-@tf.function(reduce_retracing=True)
 def _carry_over(variables, index):
-    """`v.assign(concat([v, [0]])[index])` for each variable, in one graph call."""
+    """`v.assign(concat([v, [0]])[index])` for each variable, in one graph call (TF)."""
     for variable in variables:
         extended = tf.concat([variable, tf.zeros([1], variable.dtype)], 0)
         variable.assign(tf.gather(extended, index))
+
+
+if BACKEND == "tensorflow":
+    _carry_over = tf.function(_carry_over, reduce_retracing=True)
+
+
+def _to_backend_tensor(value):
+    """A batch element (numpy, `tf.Tensor` from a `tf.data` pipeline, ...) as a tensor of
+    the active backend (None stays None)."""
+    if value is None:
+        return None
+    if type(value).__module__.startswith("tensorflow") and hasattr(value, "numpy"):
+        value = value.numpy()
+    return ops.convert_to_tensor(value)
 
 
 def _cycle(data):
@@ -355,22 +397,225 @@ class _GradientStep:
         return inputs, gradients
 
 
+class _JaxGradientStep:
+    """The JAX counterpart of `_GradientStep`: a jitted `jax.vjp` of the unscaled loss of
+    `model.compute_loss_and_updates` w.r.t. zero perturbations added, through the
+    probe, to every DCTpS linear output (their cotangents are the output gradients).
+    The inputs come back as auxiliary outputs. The perturbations' shapes (and the
+    layers' contexts) come from a `jax.eval_shape` pass, once per batch signature."""
+
+    def __init__(self, model, layers):
+        import jax
+
+        self._jax = jax
+        self.model = model
+        self.layers = layers
+        self.owners = None
+        self.contexts = None
+        self._signatures = {}
+        self._function = jax.jit(self._step)
+
+    def _state(self):
+        model = self.model
+        optimizer = model.optimizer
+        return (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in model.metrics_variables],
+            [v.value for v in optimizer.variables] if optimizer is not None else [],
+        )
+
+    def _forward(self, probe, state, x, y, sample_weight):
+        trainable, non_trainable, metrics, optimizer_variables = state
+        for layer in self.layers:
+            layer.linear_output_probe = probe
+        try:
+            _, (loss, _, _, _) = self.model.compute_loss_and_updates(
+                trainable, non_trainable, metrics, x, y, sample_weight, training=True,
+                optimizer_variables=optimizer_variables,
+            )
+        finally:
+            for layer in self.layers:
+                layer.linear_output_probe = None
+        return loss
+
+    def _shapes(self, state, x, y, sample_weight):
+        jax = self._jax
+        key = str(jax.tree_util.tree_map(lambda t: (tuple(t.shape), str(t.dtype)),
+                                         (x, y, sample_weight)))
+        if key not in self._signatures:
+            records = []
+
+            def record(layer, inputs, outputs, context):
+                records.append((id(layer), context, jax.ShapeDtypeStruct(outputs.shape,
+                                                                         outputs.dtype)))
+                return outputs
+
+            jax.eval_shape(lambda s, a, b, c: self._forward(record, s, a, b, c),
+                           state, x, y, sample_weight)
+            self._signatures[key] = records
+        return self._signatures[key]
+
+    def __call__(self, x, y, sample_weight):
+        jnp = self._jax.numpy
+        state = self._state()
+        records = self._shapes(state, x, y, sample_weight)
+        self.owners = [owner for owner, _, _ in records]
+        self.contexts = [context for _, context, _ in records]
+        perturbations = [jnp.zeros(spec.shape, spec.dtype) for _, _, spec in records]
+        inputs, gradients = self._function(perturbations, state, x, y, sample_weight)
+        return inputs, gradients, self.contexts
+
+    def _step(self, perturbations, state, x, y, sample_weight):
+        def loss(perturbations):
+            inputs = []
+
+            def probe(layer, layer_inputs, outputs, context):
+                inputs.append(layer_inputs)
+                return outputs + perturbations[len(inputs) - 1]
+
+            return self._forward(probe, state, x, y, sample_weight), inputs
+
+        value, vjp, inputs = self._jax.vjp(loss, perturbations, has_aux=True)
+        (gradients,) = vjp(self._jax.numpy.ones_like(value))
+        return inputs, gradients
+
+
+class _TorchGradientStep:
+    """The PyTorch counterpart of `_GradientStep`: one eager forward pass in which the
+    probe adds a zero perturbation (`requires_grad`) to every DCTpS linear output, then
+    `torch.autograd.grad` of the loss w.r.t. the perturbations (the model's own `.grad`
+    fields are left untouched)."""
+
+    def __init__(self, model, layers):
+        self.model = model
+        self.layers = layers
+        self.owners = None
+        self.contexts = None
+
+    def __call__(self, x, y, sample_weight):
+        import torch
+
+        records = []
+
+        def probe(layer, inputs, outputs, context):
+            perturbation = torch.zeros_like(outputs, requires_grad=True)
+            records.append((id(layer), inputs.detach(), perturbation, context))
+            return outputs + perturbation
+
+        with torch.enable_grad():
+            for layer in self.layers:
+                layer.linear_output_probe = probe
+            try:
+                y_pred = self.model(x, training=True)
+            finally:
+                for layer in self.layers:
+                    layer.linear_output_probe = None
+            loss = self.model.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            perturbations = [perturbation for _, _, perturbation, _ in records]
+            gradients = torch.autograd.grad(loss, perturbations, allow_unused=True)
+        self.owners = [owner for owner, _, _, _ in records]
+        self.contexts = [context for _, _, _, context in records]
+        inputs = [inputs for _, inputs, _, _ in records]
+        gradients = [
+            torch.zeros_like(p) if g is None else g for g, p in zip(gradients, perturbations)
+        ]
+        return inputs, gradients, self.contexts
+
+
 def _gradient_step(model, layers):
-    return _GradientStep(model, layers)
+    if BACKEND == "tensorflow":
+        return _GradientStep(model, layers)
+    if BACKEND == "jax":
+        return _JaxGradientStep(model, layers)
+    if BACKEND == "torch":
+        return _TorchGradientStep(model, layers)
+    raise ValueError(
+        "DynamicSparsity(method='rigl') supports the tensorflow, jax and torch backends; "
+        f"KERAS_BACKEND is {BACKEND!r}."
+    )
+
+
+def _linear_vjp(function, shape, dtype, cotangent):
+    """The gradient of `sum(function(k) * cotangent)` w.r.t. `k` at `k = 0` (JAX, PyTorch).
+
+    For a `function` linear in `k` (a convolution by the kernel `k`) this is its
+    transpose applied to `cotangent`: the kernel gradient for that output gradient.
+    """
+    if BACKEND == "jax":
+        import jax
+
+        _, vjp = jax.vjp(function, jax.numpy.zeros(shape, dtype))
+        return vjp(cotangent)[0]
+    import torch
+
+    kernel = torch.zeros(shape, dtype=cotangent.dtype, device=cotangent.device,
+                         requires_grad=True)
+    with torch.enable_grad():
+        outputs = function(kernel)
+        (gradient,) = torch.autograd.grad(outputs, kernel, grad_outputs=cotangent)
+    return gradient
+
+
+def kernel_gradient(layer, inputs, output_gradient, context, first_col, last_col):
+    """`layer`'s dense kernel gradient, columns `[first_col, last_col)`, on any backend.
+
+    On TensorFlow the layer's own `kernel_gradient`. On JAX and PyTorch: `x^T g` for
+    `DCTSparseDense` (`keras.ops.matmul`), and for the conv layers the vector-Jacobian
+    product of `keras.ops.conv` / `depthwise_conv` w.r.t. a zero kernel of the block's
+    output channels (grouped and depthwise kernels: one block); other layer types use
+    their own `kernel_gradient`.
+
+    Args:
+        layer: A DCTpS layer.
+        inputs: The linear map's input, as the layer passed it to its probe.
+        output_gradient: The loss gradient w.r.t. the linear output.
+        context: The context the layer passed to its probe (e.g. padding).
+        first_col: First column of the block.
+        last_col: One past the last column of the block.
+
+    Returns:
+        A `(rows, last_col - first_col)` tensor of the backend.
+    """
+    if BACKEND == "tensorflow":
+        return layer.kernel_gradient(inputs, output_gradient, context, first_col, last_col)
+    if isinstance(layer, DCTSparseDense):
+        return ops.matmul(ops.transpose(inputs), output_gradient[:, first_col:last_col])
+    if not isinstance(layer, _DCTSparseConvBase):
+        return layer.kernel_gradient(inputs, output_gradient, context, first_col, last_col)
+    kernel_shape = layer.sparse_weight.kernel_shape
+    blocked = layer.groups == 1 and not layer.depthwise
+    if not blocked and (first_col, last_col) != (0, kernel_shape[-1]):
+        raise ValueError("Grouped and depthwise kernels have one gradient block.")
+    if blocked:
+        output_gradient = output_gradient[..., first_col:last_col]
+
+    def convolve(kernel):
+        return keras_ops.convolve(
+            inputs, kernel, layer.strides, context["padding"], layer.dilation_rate,
+            depthwise=layer.depthwise,
+        )
+
+    gradient = _linear_vjp(
+        convolve, (*kernel_shape[:-1], last_col - first_col), inputs.dtype, output_gradient
+    )
+    return ops.reshape(gradient, (-1, last_col - first_col))
 
 
 def _sampled_dense_gradient(inputs, gradients, rows, cols, block_elements):
     """`sum_batch inputs[:, rows] * gradients[:, cols]` in chunks of the candidates."""
-    inputs = tf.reshape(inputs, (-1, inputs.shape[-1]))
-    gradients = tf.reshape(gradients, (-1, gradients.shape[-1]))
-    batch = max(1, int(inputs.shape[0] or 1))
+    inputs = ops.reshape(inputs, (-1, ops.shape(inputs)[-1]))
+    gradients = ops.reshape(gradients, (-1, ops.shape(gradients)[-1]))
+    batch = max(1, int(ops.shape(inputs)[0] or 1))
     chunk = max(1, block_elements // batch)
     scores = []
     for start in range(0, len(rows), chunk):
-        picked = tf.gather(inputs, rows[start:start + chunk], axis=1) * tf.gather(
+        picked = ops.take(inputs, rows[start:start + chunk], axis=1) * ops.take(
             gradients, cols[start:start + chunk], axis=1
         )
-        scores.append(keras.ops.convert_to_numpy(tf.reduce_sum(picked, axis=0)))
+        scores.append(ops.convert_to_numpy(ops.sum(picked, axis=0)))
     return np.concatenate(scores)
 
 
@@ -383,7 +628,7 @@ class RigL(DynamicSparsity):
 
     Example:
 
-    >>> data = tf.data.Dataset.from_tensor_slices((np.ones((8, 4)), np.ones((8, 2)))).batch(4)
+    >>> data = [(np.ones((4, 4)), np.ones((4, 2)))] * 2
     >>> RigL(data, update_every=50).method
     'rigl'
     """
