@@ -16,6 +16,7 @@ _PUBLIC = {
     "DCTSparseConv1D": "keras_dctsparse.layers",
     "DCTSparseConv2D": "keras_dctsparse.layers",
     "DCTSparseDepthwiseConv2D": "keras_dctsparse.layers",
+    "DCTSparseEinsumDense": "keras_dctsparse.layers",
     "EnforceSparsity": "keras_dctsparse.callbacks",
     "DynamicSparsity": "keras_dctsparse.dynamic_sparsity",
     "RigL": "keras_dctsparse.dynamic_sparsity",

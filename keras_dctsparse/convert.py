@@ -1,8 +1,9 @@
 """`sparsify`: turn a dense Keras model into a DCT-plus-sparse one.
 
-Every `keras.layers.Dense`, `Conv1D`, `Conv2D` and `DepthwiseConv2D` (those
-exact classes) is replaced by the matching DCTpS layer with the same
-configuration; the densities come from `allocate_densities` over the kernel
+Every layer whose exact class is one a registered DCTpS layer type replaces
+(`DCTSparseLayer.layer_types()`: `keras.layers.Dense`, `Conv1D`, `Conv2D`,
+`DepthwiseConv2D`, `EinsumDense`) is replaced by that type, configured by its
+`config_from` hook; the densities come from `allocate_densities` over the kernel
 shapes of the replaced layers. All other layers are cloned from their config
 and get the original weights (BatchNorm statistics, ...).
 """
@@ -12,74 +13,10 @@ import keras
 from keras_dctsparse.allocation import METHODS
 from keras_dctsparse.allocation import _check_density
 from keras_dctsparse.allocation import allocate_densities
-from keras_dctsparse.layers.conv import DCTSparseConv1D
-from keras_dctsparse.layers.conv import DCTSparseConv2D
-from keras_dctsparse.layers.conv import DCTSparseDepthwiseConv2D
-from keras_dctsparse.layers.dense import DCTSparseDense
+from keras_dctsparse.layers import DCTSparseLayer
 from keras_dctsparse.report import ordered_layers
 
 __all__ = ["sparsify"]
-
-_REPLACEMENTS = {
-    keras.layers.Dense: DCTSparseDense,
-    keras.layers.Conv1D: DCTSparseConv1D,
-    keras.layers.Conv2D: DCTSparseConv2D,
-    keras.layers.DepthwiseConv2D: DCTSparseDepthwiseConv2D,
-}
-
-# Config keys carried over unchanged (when present) to the DCTpS layer.
-_COMMON_KEYS = (
-    "name",
-    "trainable",
-    "dtype",
-    "activation",
-    "use_bias",
-    "bias_initializer",
-    "bias_regularizer",
-    "bias_constraint",
-    "activity_regularizer",
-)
-_CONV_KEYS = ("kernel_size", "strides", "padding", "data_format", "dilation_rate")
-_KEYS = {
-    keras.layers.Dense: ("units",),
-    keras.layers.Conv1D: _CONV_KEYS + ("filters", "groups"),
-    keras.layers.Conv2D: _CONV_KEYS + ("filters", "groups"),
-    keras.layers.DepthwiseConv2D: _CONV_KEYS + ("depth_multiplier",),
-}
-_REGULARIZER_KEY = {
-    keras.layers.Dense: "kernel_regularizer",
-    keras.layers.Conv1D: "kernel_regularizer",
-    keras.layers.Conv2D: "kernel_regularizer",
-    keras.layers.DepthwiseConv2D: "depthwise_regularizer",
-}
-
-
-def _kernel_shape(layer):
-    """Shape of the layer's kernel, read from the built layer or from its config."""
-    for attribute in ("_kernel", "kernel", "depthwise_kernel"):
-        try:
-            kernel = getattr(layer, attribute, None)
-        except Exception:  # a property of an unbuilt layer
-            kernel = None
-        if isinstance(kernel, keras.Variable):
-            return tuple(int(d) for d in kernel.shape)
-    try:
-        input_shape = tuple(layer.input.shape)
-    except (AttributeError, ValueError):
-        raise ValueError(
-            f"sparsify cannot find the kernel shape of layer '{layer.name}': it is not "
-            "built and has no known input. Build the model first (e.g. with a "
-            "`keras.Input`)."
-        ) from None
-    config = layer.get_config()
-    if type(layer) is keras.layers.Dense:
-        return (int(input_shape[-1]), config["units"])
-    axis = 1 if config.get("data_format") == "channels_first" else -1
-    in_channels = int(input_shape[axis])
-    kernel_size = tuple(config["kernel_size"])
-    if type(layer) is keras.layers.DepthwiseConv2D:
-        return (*kernel_size, in_channels, config["depth_multiplier"])
-    return (*kernel_size, in_channels // config.get("groups", 1), config["filters"])
 
 
 def _excluded(layer, exclude):
@@ -89,17 +26,10 @@ def _excluded(layer, exclude):
 
 
 def _sparse_config(layer, density, seed, offset, sparse_format, layer_kwargs):
-    config = layer.get_config()
-    keys = _COMMON_KEYS + _KEYS[type(layer)]
-    new_config = {key: config[key] for key in keys if key in config}
-    regularizer = config.get(_REGULARIZER_KEY[type(layer)])
-    if regularizer is not None:
-        new_config["sparse_regularizer"] = regularizer
-    new_config.update(
-        density=density, offset=offset, seed=seed, sparse_format=sparse_format
-    )
-    new_config.update(layer_kwargs)
-    return new_config
+    config = DCTSparseLayer.replacement_for(layer).config_from(layer)
+    config.update(density=density, offset=offset, seed=seed, sparse_format=sparse_format)
+    config.update(layer_kwargs)
+    return config
 
 
 def _is_functional(model):
@@ -121,14 +51,16 @@ def sparsify(
     sparse_format="values",
     **layer_kwargs,
 ):
-    """Returns a new model whose Dense and Conv layers are DCT-plus-sparse.
+    """Returns a new model whose Dense, Conv and EinsumDense layers are DCT-plus-sparse.
 
-    Every layer whose class is exactly `keras.layers.Dense`, `Conv1D`, `Conv2D`
-    or `DepthwiseConv2D` (subclasses are left alone) is replaced by
-    `DCTSparseDense`, `DCTSparseConv1D`, `DCTSparseConv2D` or
-    `DCTSparseDepthwiseConv2D` with the same configuration (units / filters,
-    kernel size, strides, padding, data format, dilation, groups, depth
-    multiplier, activation, `use_bias`, bias initializer / regularizer /
+    Every layer whose class is exactly `keras.layers.Dense`, `Conv1D`, `Conv2D`,
+    `DepthwiseConv2D` or `EinsumDense` (subclasses are left alone; the list is
+    `DCTSparseLayer.layer_types()`, each type's `replaces`) is replaced by
+    `DCTSparseDense`, `DCTSparseConv1D`, `DCTSparseConv2D`,
+    `DCTSparseDepthwiseConv2D` or `DCTSparseEinsumDense` with the same
+    configuration (units / filters, kernel size, strides, padding, data format,
+    dilation, groups, depth multiplier, equation, output shape, bias axes,
+    activation, `use_bias`, bias initializer / regularizer /
     constraint, activity regularizer, name, dtype, trainable); the kernel
     regularizer becomes the sparse regularizer. The kernel initializer and
     constraint are not carried over: the sparse part is initialized as the
@@ -204,7 +136,7 @@ def sparsify(
     targets = []
     for layer in ordered_layers(model):
         if (
-            type(layer) in _REPLACEMENTS
+            DCTSparseLayer.replacement_for(layer) is not None
             and not _excluded(layer, exclude)
             and all(layer is not t for t in targets)
         ):
@@ -212,7 +144,12 @@ def sparsify(
     plan = {}
     if targets:
         allocation = allocate_densities(
-            [_kernel_shape(layer) for layer in targets], density, distribution.lower()
+            [
+                DCTSparseLayer.replacement_for(layer).kernel_shape_of(layer)
+                for layer in targets
+            ],
+            density,
+            distribution.lower(),
         )
         for index, layer in enumerate(targets):
             layer_seed = None if seed is None else int(seed) + index
@@ -226,7 +163,7 @@ def sparsify(
             config = _sparse_config(
                 layer, layer_density, layer_seed, offset, sparse_format, layer_kwargs
             )
-            return _REPLACEMENTS[type(layer)](**config)
+            return DCTSparseLayer.replacement_for(layer)(**config)
         clone = layer.__class__.from_config(layer.get_config())
         copies.append((layer, clone))
         return clone

@@ -38,6 +38,12 @@ Multiply-add model (theoretical counts, not the work of this implementation):
   this library's convs actually run one fused dense convolution with
   `alpha * Kd + S` (`offset_method="auto"`), whose cost is the dense one: the
   report gives what a sparse implementation would need.
+- `DCTSparseEinsumDense` (and plain `EinsumDense`): as `DCTSparseDense` on the
+  kernel's `(n, m)` matrix view (contracted input axes by free kernel axes), per
+  output position (output elements per example over `m`).
+- Each layer type gives its own counts through the `DCTSparseLayer` hooks
+  (`positions_for`, `offset_macs`, `macs`); plain layers of a type a DCTpS layer
+  replaces use that type's `positions_for`.
 - Other layers (BatchNorm, pooling, activations, ...) count 0 multiply-adds;
   BatchNorm is foldable into the preceding kernel at inference.
 """
@@ -48,14 +54,12 @@ import math
 import keras
 import tensorflow as tf
 
+import keras_dctsparse.layers  # noqa: F401  (registers every DCTpS layer type)
+from keras_dctsparse.layers.base import DCT_MACS_PER_LOG
 from keras_dctsparse.layers.base import DCTSparseLayer
-from keras_dctsparse.layers.conv import DCTSparseDepthwiseConv2D
-from keras_dctsparse.layers.dense import DCTSparseDense
+from keras_dctsparse.layers.base import _kernel_variable
 
 __all__ = ["LayerReport", "SparsityReport", "sparsity_report", "DCT_MACS_PER_LOG"]
-
-#: Real multiply-adds per point and per `log2(2N)` stage of a fast DCT-II of length N.
-DCT_MACS_PER_LOG = 2.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,10 +193,9 @@ def _leaf_layers(model):
     return layers
 
 
-def _output_positions(layer, channels_axis_last):
-    """Output elements per example divided by the channel (last or first) axis."""
+def _output_shape(layer):
     try:
-        shape = tuple(layer.output.shape)
+        return tuple(layer.output.shape)
     except (AttributeError, ValueError) as error:
         raise ValueError(
             f"sparsity_report needs the output shape of layer '{layer.name}' to count "
@@ -200,48 +203,22 @@ def _output_positions(layer, channels_axis_last):
             "Sequential or Functional model), and do not share the layer between "
             f"several calls. Original error: {error}"
         ) from None
-    dims = shape[1:-1] if channels_axis_last else shape[2:]
+
+
+def _positions(layer, layer_type, output_shape):
+    """Output positions per example (`layer_type.positions_for`, or the channels rule)."""
+    config = layer.get_config()
+    if layer_type is not None:
+        return layer_type.positions_for(config, output_shape)
+    # A plain layer no DCTpS type replaces: every axis but batch and channels.
+    channels_first = config.get("data_format") == "channels_first"
+    dims = output_shape[2:] if channels_first else output_shape[1:-1]
     if any(d is None for d in dims):
         raise ValueError(
             f"sparsity_report needs static spatial dimensions for layer '{layer.name}'; "
-            f"its output shape is {shape}."
+            f"its output shape is {output_shape}."
         )
     return math.prod(int(d) for d in dims)
-
-
-def _channels_last(layer):
-    return getattr(layer, "data_format", "channels_last") != "channels_first"
-
-
-def _dct_dense_macs(n, m):
-    big_n = max(n, m)
-    return min(n * m, DCT_MACS_PER_LOG * big_n * math.log2(2 * big_n))
-
-
-def _dct_conv_macs(layer, kernel_shape):
-    taps = math.prod(kernel_shape[:-2])
-    if isinstance(layer, DCTSparseDepthwiseConv2D):
-        c_in_group, c_out = 1, kernel_shape[-2] * kernel_shape[-1]
-    else:
-        c_in_group, c_out = kernel_shape[-2], kernel_shape[-1]
-    big_n = max(taps * c_in_group, c_out)
-    matmul = 2 * c_in_group * c_out + 2 * taps * c_out
-    fft = DCT_MACS_PER_LOG * big_n * math.log2(2 * big_n) + 2 * taps * c_out
-    if taps == 1:  # a 1x1 conv is a DCT over the channels, as a dense layer
-        fft = _dct_dense_macs(c_in_group, c_out)
-    return min(matmul, fft)
-
-
-def _plain_kernel(layer):
-    """The kernel variable of a plain layer (Dense, Conv, DepthwiseConv), or None."""
-    for attribute in ("_kernel", "kernel", "depthwise_kernel"):
-        try:
-            kernel = getattr(layer, attribute, None)
-        except Exception:  # a property that cannot be evaluated
-            kernel = None
-        if isinstance(kernel, keras.Variable):
-            return kernel
-    return None
 
 
 def _layer_row(layer):
@@ -249,24 +226,15 @@ def _layer_row(layer):
     stored = sum(_size(w) * _itemsize(w) for w in layer.weights)
     name, kind = layer.name, type(layer).__name__
     if isinstance(layer, DCTSparseLayer):
-        kernel_shape = layer.sparse_weight.kernel_shape
-        dense_params = math.prod(kernel_shape)
+        dense_params = math.prod(layer.sparse_weight.kernel_shape)
         nnz = int(layer.nnz)
-        positions = _output_positions(layer, _channels_last(layer))
-        if layer.offset == "dct":
-            if isinstance(layer, DCTSparseDense):
-                offset = _dct_dense_macs(*kernel_shape)
-            else:
-                offset = _dct_conv_macs(layer, kernel_shape)
-        else:
-            offset = 0
-        macs = int(round(min(nnz + offset, dense_params) * positions))
-        dense_macs = dense_params * positions
+        macs, dense_macs = layer.macs(_output_shape(layer))
     else:
-        kernel = _plain_kernel(layer)
+        kernel = _kernel_variable(layer)
         if kernel is not None:
             dense_params = nnz = _size(kernel)
-            positions = _output_positions(layer, _channels_last(layer))
+            layer_type = DCTSparseLayer.replacement_for(layer)
+            positions = _positions(layer, layer_type, _output_shape(layer))
             macs = dense_macs = dense_params * positions
         else:
             dense_params = nnz = macs = dense_macs = 0

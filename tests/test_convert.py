@@ -207,3 +207,30 @@ def test_nested_model_converted_in_order_with_weights():
 def test_unbuilt_model_error():
     with pytest.raises(ValueError, match="not built"):
         sparsify(keras.Sequential([keras.layers.Dense(3)]), 0.1)
+
+
+def test_einsum_dense_is_converted():
+    # An attention-style projection pair: hidden -> (heads, head size) -> hidden.
+    from keras_dctsparse import DCTSparseEinsumDense
+
+    inputs = keras.Input((6, 16))
+    x = keras.layers.EinsumDense(
+        "abc,cde->abde", (6, 2, 8), bias_axes="de", activation="relu", name="q",
+        kernel_regularizer="l2",
+    )(inputs)
+    outputs = keras.layers.EinsumDense("abcd,cde->abe", (6, 16), name="o")(x)
+    model = keras.Model(inputs, outputs)
+    sparse = sparsify(model, 0.25, distribution="uniform", seed=3)
+    q, o = sparse.get_layer("q"), sparse.get_layer("o")
+    assert isinstance(q, DCTSparseEinsumDense) and isinstance(o, DCTSparseEinsumDense)
+    assert (q.equation, tuple(q.partial_output_shape), q.bias_axes) == ("abc,cde->abde", (6, 2, 8), "de")
+    assert q.activation is keras.activations.relu
+    assert q.sparse_regularizer is not None
+    assert o.bias is None and o.seed == 4
+    # The densities are spread over the (n, m) matrix views of the kernels.
+    assert q.sparse_weight.kernel_shape == (16, 16) and o.sparse_weight.kernel_shape == (16, 16)
+    assert q.nnz == o.nnz == 64
+    x = np.random.rand(2, 6, 16).astype("float32")
+    assert sparse(x).shape == model(x).shape == (2, 6, 16)
+    report = sparsity_report(sparse)
+    assert report.total.nnz == 128 and report.total.dense_params == 512

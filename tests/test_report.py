@@ -142,3 +142,29 @@ def test_errors():
         sparsity_report(layer)
     with pytest.raises(ValueError, match="no weights"):
         sparsity_report(keras.Sequential([DCTSparseDense(4)]))
+
+
+def test_einsum_dense_rows():
+    # "abc,cde->abde": kernel (32, 4, 8) = matrix view (32, 32), 5 positions per example.
+    from keras_dctsparse import DCTSparseEinsumDense
+
+    model = keras.Sequential(
+        [
+            keras.Input((5, 32)),
+            DCTSparseEinsumDense(
+                "abc,cde->abde", (5, 4, 8), bias_axes="de", density=0.25, seed=0, name="q"
+            ),
+            keras.layers.Reshape((5, 32)),
+            keras.layers.EinsumDense("abc,cd->abd", (5, 16), bias_axes="d", name="plain"),
+        ]
+    )
+    rows = {row.name: row for row in sparsity_report(model).layers}
+    q, plain = rows["q"], rows["plain"]
+    assert (q.kind, q.dense_params, q.nnz, q.density) == ("DCTSparseEinsumDense", 1024, 256, 0.25)
+    # 256 values + alpha + (4, 8) bias.
+    assert q.trainable_params == 256 + 1 + 32
+    dct = DCT_MACS_PER_LOG * 32 * math.log2(64)  # 480
+    assert q.macs == (256 + dct) * 5
+    assert q.dense_macs == 1024 * 5
+    assert (plain.dense_params, plain.nnz) == (512, 512)
+    assert plain.macs == plain.dense_macs == 512 * 5

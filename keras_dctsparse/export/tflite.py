@@ -6,7 +6,9 @@ constant `D` next to `S` is folded by the converter into one dense matrix (a
 file as big as the dense model). So the layers' own `call` is never traced
 here (`builtin_ops_mode` swaps it for the time of the trace).
 
-Each `DCTSparseDense` is exported as
+Each layer of `export_kind="matrix"` (`DCTSparseDense`; `DCTSparseEinsumDense`
+between the transposes/reshapes of its `matrix_input` / `matrix_output` hooks)
+is exported as
 
     activation(alpha * dct_offset_builtin(x, units)
                + sparse_matmul_builtin(x, values, rows, cols, units) + bias)
@@ -65,10 +67,8 @@ from tensorflow.python.framework.convert_to_constants import (
     convert_variables_to_constants_v2,
 )
 
+import keras_dctsparse.layers  # noqa: F401  (registers every DCTpS layer type)
 from keras_dctsparse.layers.base import DCTSparseLayer
-from keras_dctsparse.layers.conv import _DCTSparseConvBase
-from keras_dctsparse.layers.conv import _GroupedConv
-from keras_dctsparse.layers.dense import DCTSparseDense
 from keras_dctsparse.ops.conv_offset import dct_block
 from keras_dctsparse.export.builtin_ops import CONSTANTS
 from keras_dctsparse.export.builtin_ops import dct_offset_builtin
@@ -92,7 +92,10 @@ QUANTIZATIONS = (None, "float16", "dynamic_int8")
 FORMS = ("implicit", "built_once", "auto")
 # Default bound of `form="auto"`: float32 bytes of one layer's dense kernel.
 DEFAULT_MAX_KERNEL_BYTES = 8 * 2**20
-EXPORTABLE_LAYERS = (DCTSparseDense, _DCTSparseConvBase)
+# `DCTSparseLayer.export_kind` values this module exports: "matrix" (a layer computing
+# `matrix_output(matrix_input(x) @ W)` + bias: DCTSparseDense, DCTSparseEinsumDense) and
+# "conv" (one convolution with `alpha * Kd + S`, `call_with_kernel`).
+EXPORT_KINDS = ("matrix", "conv")
 # Graph structure of the int8 dequantization (GATHER, RANGE, CAST, MUL) in bytes.
 INT8_MIN_SAVING_BYTES = 1024
 
@@ -158,11 +161,26 @@ def export_call(
         A function `inputs -> outputs` computing the same as `layer.call`
         (in float32) with the weights' current values frozen in.
     """
-    if isinstance(layer, DCTSparseDense):
+    if layer.export_kind == "matrix":
         if built_once is not None:
             return _dense_built_once_call(layer, quantization, built_once, narrow_positions)
         return _dense_export_call(layer, dct_constants, quantization, narrow_positions)
-    return _conv_export_call(layer, quantization, built_once, narrow_positions)
+    if layer.export_kind == "conv":
+        return _conv_export_call(layer, quantization, built_once, narrow_positions)
+    raise NotImplementedError(_not_exportable_message(layer))
+
+
+def _exportable(layer):
+    return isinstance(layer, DCTSparseLayer) and layer.export_kind in EXPORT_KINDS
+
+
+def _not_exportable_message(layer):
+    names = [cls.__name__ for cls in DCTSparseLayer.layer_types() if cls.export_kind in EXPORT_KINDS]
+    return (
+        f"TFLite export of layer '{layer.name}' ({type(layer).__name__}, export_kind="
+        f"{layer.export_kind!r}) is not implemented: the DCT-plus-sparse layers that can be "
+        f"exported are those of export_kind {EXPORT_KINDS} ({', '.join(names)})."
+    )
 
 
 def _frozen_alpha(layer):
@@ -339,11 +357,12 @@ def _values_fn(values, quantization):
 
 
 def _dense_call_with(layer, product):
-    """`layer`'s export call around `product(x) -> (batch, units)` float32.
+    """`layer`'s export call around `product(x) -> (rows, m)` float32 (`export_kind="matrix"`).
 
-    Adds the frozen bias and the activation, and handles inputs of rank > 2.
+    Brings the input to the `(rows, n)` matrix form and the product back to the
+    output layout (the layer's `matrix_input` / `matrix_output` hooks), adds the
+    frozen bias and applies the activation.
     """
-    input_dim, units = layer.sparse_weight.matrix_shape
     bias = None
     if layer.bias is not None:
         bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), dtype=np.float32)
@@ -352,17 +371,11 @@ def _dense_call_with(layer, product):
 
     def call(inputs):
         x = tf.cast(inputs, tf.float32)
-        leading_shape = None
-        if x.shape.rank != 2:
-            leading_shape = tf.shape(x)[:-1]
-            x = tf.reshape(x, [-1, input_dim])
-        outputs = product(x)
+        outputs = layer.matrix_output(product(layer.matrix_input(x)), x)
         if bias is not None:
             outputs = outputs + tf.constant(bias)
         if activation is not None:
             outputs = activation(outputs)
-        if leading_shape is not None:
-            outputs = tf.reshape(outputs, tf.concat([leading_shape, [units]], axis=0))
         return tf.cast(outputs, output_dtype)
 
     return call
@@ -427,12 +440,11 @@ def _conv_export_call(layer, quantization=None, built_once=None, narrow_position
     entries = _entries_fn(values, rows, cols, cols_count, quantization, narrow_positions)
     scatter = _scatter_fn(entries, weight.matrix_shape)
     alpha = _frozen_alpha(layer)
-    in_channels = layer._in_channels
 
     def build(zero):
         kernel = tf.reshape(scatter(zero), kernel_shape)
         if alpha is not None:
-            offset = layer._offset_kernel(in_channels, tf.float32, anchor=zero)
+            offset = layer.offset_kernel(tf.float32, anchor=zero)
             kernel = kernel + tf.constant(alpha) * offset
         return kernel
 
@@ -442,7 +454,7 @@ def _conv_export_call(layer, quantization=None, built_once=None, narrow_position
     def kernel_fn(x):
         return tf.cast(build(run_time_zero(x)), x.dtype)
 
-    return functools.partial(layer.forward, kernel_fn=kernel_fn)
+    return functools.partial(layer.call_with_kernel, kernel_fn=kernel_fn)
 
 
 def _stored_in_tflite_layout(layer, kernel_shape, build, built_once):
@@ -460,7 +472,7 @@ def _stored_in_tflite_layout(layer, kernel_shape, build, built_once):
     Returns:
         A function `zero -> kernel` in TensorFlow's layout.
     """
-    if not isinstance(layer, _GroupedConv) or len(kernel_shape) != 4:
+    if layer.depthwise or len(kernel_shape) != 4:
         return built_once.add(layer.name, kernel_shape, build)
     rank = len(kernel_shape)
     to_tflite = (rank - 1,) + tuple(range(rank - 1))
@@ -699,12 +711,8 @@ def _check_backend():
 def _check_layers(layers):
     _check_backend()
     for layer in layers:
-        if isinstance(layer, DCTSparseLayer) and not isinstance(layer, EXPORTABLE_LAYERS):
-            raise NotImplementedError(
-                f"TFLite export of layer '{layer.name}' ({type(layer).__name__}) is "
-                "not implemented: the DCT-plus-sparse layers that can be exported are "
-                f"{', '.join(cls.__name__ for cls in EXPORTABLE_LAYERS)}."
-            )
+        if isinstance(layer, DCTSparseLayer) and not _exportable(layer):
+            raise NotImplementedError(_not_exportable_message(layer))
         if isinstance(layer, DCTSparseLayer) and layer.sparse_weight is None:
             raise TFLiteExportError(
                 f"Layer '{layer.name}' is not built; build the model before export."
@@ -731,7 +739,7 @@ def _export_calls(
     store = BuiltOnceKernels()
     try:
         for layer in layers:
-            if isinstance(layer, EXPORTABLE_LAYERS):
+            if _exportable(layer):
                 saved.append((layer, layer.__dict__.get("call", missing)))
                 built_once = None
                 if layer_form(layer, form, max_kernel_bytes) == "built_once":
@@ -850,7 +858,7 @@ def _failing_layers(graph, op_types, layers):
     leaves = [
         layer
         for layer in layers
-        if not getattr(layer, "layers", None) and not isinstance(layer, DCTSparseDense)
+        if not getattr(layer, "layers", None) and not _exportable(layer)
     ]
     op_names = [op.name for op in graph.get_operations() if op.type in op_types]
     candidates = [
@@ -1092,8 +1100,8 @@ def export_tflite(
         TFLiteExportError (a `ValueError`): if the model is not built, or a
             layer needs non-builtin (Flex) ops; the message names the
             layer(s) and the ops where the converter reports them.
-        NotImplementedError: for a `DCTSparseLayer` subclass other than
-            `DCTSparseDense` and the DCTpS convolutions.
+        NotImplementedError: for a `DCTSparseLayer` subclass whose
+            `export_kind` is not `"matrix"` or `"conv"`.
 
     Example:
 

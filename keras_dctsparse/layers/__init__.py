@@ -5,3 +5,4 @@ from keras_dctsparse.layers.dense import DCTSparseDense
 from keras_dctsparse.layers.conv import DCTSparseConv1D
 from keras_dctsparse.layers.conv import DCTSparseConv2D
 from keras_dctsparse.layers.conv import DCTSparseDepthwiseConv2D
+from keras_dctsparse.layers.einsum_dense import DCTSparseEinsumDense

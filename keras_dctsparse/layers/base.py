@@ -12,6 +12,8 @@ clusters, sparse conv, factored offsets); on every other backend `keras.ops`
 through `keras_dctsparse.ops.keras_ops`. Weights are identical on all backends.
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -29,9 +31,85 @@ if TENSORFLOW:
 #: `sparse_kernel` values of the dense layers (`"csr"` needs the TensorFlow backend).
 SPARSE_KERNELS = ("auto",) + kernel_choice.KERNELS
 
+#: Real multiply-adds per point and per `log2(2N)` stage of a fast DCT-II of length N.
+DCT_MACS_PER_LOG = 2.5
+
+# Config keys every replaced Keras layer carries over unchanged (when present), see
+# `DCTSparseLayer.config_from`.
+COMMON_CONFIG_KEYS = (
+    "name",
+    "trainable",
+    "dtype",
+    "activation",
+    "use_bias",
+    "bias_initializer",
+    "bias_regularizer",
+    "bias_constraint",
+    "activity_regularizer",
+)
+
+
+def dct_matmul_macs(n, m):
+    """Multiply-adds of `D x` for one length-`n` row and an `(m x n)` DCT block `D`.
+
+    A fast DCT-II of length `N = max(n, m)` (a real FFT of length `2N`):
+    `DCT_MACS_PER_LOG * N * log2(2N)`, capped at the dense `n * m`.
+
+    Example:
+
+    >>> dct_matmul_macs(64, 64)
+    1120.0
+    """
+    big_n = max(n, m)
+    return min(n * m, DCT_MACS_PER_LOG * big_n * math.log2(2 * big_n))
+
+
+def _kernel_variable(layer):
+    """The kernel variable of a built Keras layer (Dense, Conv, EinsumDense, ...), or None."""
+    for attribute in ("_kernel", "kernel", "depthwise_kernel"):
+        try:
+            kernel = getattr(layer, attribute, None)
+        except Exception:  # a property of an unbuilt layer
+            kernel = None
+        if isinstance(kernel, keras.Variable):
+            return kernel
+    return None
+
+
+def _input_shape_of(layer):
+    """The static input shape of `layer` in its model, or a clear ValueError."""
+    try:
+        return tuple(layer.input.shape)
+    except (AttributeError, ValueError):
+        raise ValueError(
+            f"Cannot find the kernel shape of layer '{layer.name}': it is not built and "
+            "has no known input. Build the model first (e.g. with a `keras.Input`)."
+        ) from None
+
 
 class DCTSparseLayer(keras.layers.Layer):
     """Base class of the DCT-plus-sparse layers (not used directly).
+
+    Each layer type describes itself through class attributes and hooks, which
+    `sparsify`, `sparsity_report` and `export_tflite` use instead of type checks:
+
+    - `replaces`: the Keras layer class it stands in for (e.g.
+      `keras.layers.Dense`); a subclass that sets it in its class body is
+      registered (`DCTSparseLayer.layer_types()`, `replacement_for(layer)`).
+    - `config_from(layer)`: the config of the replacement of a Keras layer
+      (`carried_keys` plus the common ones; the kernel regularizer becomes
+      `sparse_regularizer`).
+    - `kernel_shape_of(layer)`: the shape of the sparse kernel `S` a replacement of
+      a Keras layer gets (what `allocate_densities` spreads the density over).
+    - `positions_for(config, output_shape)`: how often per example the kernel's
+      matrix view multiplies a vector (output positions), for a layer of that type
+      or of the type it replaces; `offset_macs()` the multiply-adds of the offset
+      per position; `macs(output_shape)` puts them together.
+    - `export_kind`: how `keras_dctsparse.export.tflite` exports it: `"matrix"`
+      (a matrix product between `matrix_input` and `matrix_output`), `"conv"` (one
+      convolution with a kernel built by the exporter) or None (not exportable).
+
+    Adding a layer type is one module: a subclass that sets these.
 
     Args:
         density: Fraction of the kernel's entries that `S` keeps, in (0, 1].
@@ -64,6 +142,152 @@ class DCTSparseLayer(keras.layers.Layer):
             See `keras_dctsparse.ops.sparse_matmul`.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
     """
+
+    #: The Keras layer class this type replaces in `sparsify` (exact class), or None.
+    replaces = None
+    #: Config keys of the replaced Keras layer carried over by `config_from`, besides
+    #: `COMMON_CONFIG_KEYS`.
+    carried_keys = ()
+    #: Config key of the replaced layer's kernel regularizer (-> `sparse_regularizer`).
+    kernel_regularizer_key = "kernel_regularizer"
+    #: How `keras_dctsparse.export.tflite` exports the layer: "matrix", "conv" or None.
+    export_kind = None
+
+    # Keras layer class -> registered DCTpS class (filled by `__init_subclass__`).
+    _registry = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("replaces") is not None:
+            DCTSparseLayer._registry[cls.replaces] = cls
+
+    @classmethod
+    def layer_types(cls):
+        """The registered DCTpS layer classes (those that set `replaces`), in definition order."""
+        return tuple(DCTSparseLayer._registry.values())
+
+    @classmethod
+    def replacement_for(cls, layer):
+        """The registered DCTpS class replacing `layer` (its exact class), or None.
+
+        Example:
+
+        >>> DCTSparseLayer.replacement_for(keras.layers.Dense(3)).__name__
+        'DCTSparseDense'
+        """
+        return DCTSparseLayer._registry.get(type(layer))
+
+    @classmethod
+    def config_from(cls, layer):
+        """The config of this type's replacement of the Keras layer `layer`.
+
+        Carries `COMMON_CONFIG_KEYS` and `carried_keys` over unchanged (when
+        present); the kernel regularizer becomes `sparse_regularizer`. The
+        density, seed, offset and storage format are left to the caller.
+
+        Args:
+            layer: An instance of `cls.replaces`.
+
+        Returns:
+            A dict of keyword arguments of `cls`.
+        """
+        config = layer.get_config()
+        keys = COMMON_CONFIG_KEYS + tuple(cls.carried_keys)
+        new_config = {key: config[key] for key in keys if key in config}
+        regularizer = config.get(cls.kernel_regularizer_key)
+        if regularizer is not None:
+            new_config["sparse_regularizer"] = regularizer
+        return new_config
+
+    @classmethod
+    def kernel_shape_of(cls, layer):
+        """Shape of the sparse kernel `S` that this type's replacement of `layer` gets.
+
+        Read from the built Keras layer's kernel, else from its config and its
+        input shape (`kernel_shape_for`).
+
+        Args:
+            layer: An instance of `cls.replaces`.
+
+        Returns:
+            A tuple of ints.
+
+        Raises:
+            ValueError: If `layer` is not built and has no known input.
+        """
+        kernel = _kernel_variable(layer)
+        if kernel is not None:
+            return tuple(int(d) for d in kernel.shape)
+        return tuple(cls.kernel_shape_for(layer.get_config(), _input_shape_of(layer)))
+
+    @classmethod
+    def kernel_shape_for(cls, config, input_shape):
+        """Shape of the sparse kernel of a layer of this type (or the type it replaces).
+
+        Args:
+            config: The layer's config (ours or the replaced Keras layer's).
+            input_shape: The layer's input shape (batch first).
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def positions_for(cls, config, output_shape):
+        """Products of the kernel's matrix view with a vector per example.
+
+        Args:
+            config: The layer's config (ours or the replaced Keras layer's).
+            output_shape: The layer's static output shape (batch first).
+
+        Returns:
+            An int: e.g. the output pixels of a conv, the leading output
+            positions of a dense layer.
+        """
+        raise NotImplementedError
+
+    def offset_macs(self):
+        """Multiply-adds of `alpha * D` per output position (0 without an offset).
+
+        The default is a fast DCT over the kernel's `(n, m)` matrix view
+        (`dct_matmul_macs`).
+        """
+        if self.offset != "dct":
+            return 0
+        return dct_matmul_macs(*self.sparse_weight.matrix_shape)
+
+    def macs(self, output_shape):
+        """`(macs, dense_macs)`: forward multiply-adds per example, sparse and dense.
+
+        `macs = min(nnz + offset_macs(), n * m) * positions` (a DCTpS product
+        can always be applied densely), `dense_macs = n * m * positions`.
+
+        Args:
+            output_shape: The layer's static output shape (batch first).
+        """
+        self._check_built("macs")
+        dense = math.prod(self.sparse_weight.kernel_shape)
+        positions = self.positions_for(self.get_config(), output_shape)
+        macs = int(round(min(self.nnz + self.offset_macs(), dense) * positions))
+        return macs, dense * positions
+
+    def matrix_input(self, x):
+        """Export hook of `export_kind="matrix"`: the input as `(rows, n)` for `x @ W`.
+
+        Args:
+            x: The layer's input (float32 tensor).
+        """
+        raise NotImplementedError
+
+    def matrix_output(self, y, x):
+        """Export hook of `export_kind="matrix"`: `(rows, m)` products in the output layout.
+
+        Args:
+            y: `matrix_input(x) @ W`.
+            x: The layer's input, as given to `matrix_input`.
+
+        Returns:
+            The linear output in the layer's output shape (bias not yet added).
+        """
+        raise NotImplementedError
 
     def __init__(
         self,
@@ -125,7 +349,12 @@ class DCTSparseLayer(keras.layers.Layer):
         self.bias = None
 
     def build_sparse_part(self, kernel_shape, bias_size):
-        """Creates `S`, `alpha` and the bias. Called by the subclasses' `build`."""
+        """Creates `S`, `alpha` and the bias. Called by the subclasses' `build`.
+
+        Args:
+            kernel_shape: Shape of the sparse kernel `S`.
+            bias_size: Length of the bias vector, or the bias shape as a tuple.
+        """
         self.sparse_weight = SparseWeight(
             kernel_shape,
             self.density,
@@ -148,7 +377,7 @@ class DCTSparseLayer(keras.layers.Layer):
         if self.use_bias:
             self.bias = self.add_weight(
                 name="bias",
-                shape=(bias_size,),
+                shape=tuple(bias_size) if isinstance(bias_size, (tuple, list)) else (bias_size,),
                 initializer=self.bias_initializer,
                 regularizer=self.bias_regularizer,
                 constraint=self.bias_constraint,

@@ -43,7 +43,9 @@ from keras import ops
 from keras.src.ops.operation_utils import compute_conv_output_shape
 
 from keras_dctsparse.layers import validation
+from keras_dctsparse.layers.base import DCT_MACS_PER_LOG
 from keras_dctsparse.layers.base import DCTSparseLayer
+from keras_dctsparse.layers.base import dct_matmul_macs
 from keras_dctsparse.layers.sparse_weight import TENSORFLOW
 from keras_dctsparse.ops import keras_ops
 
@@ -530,6 +532,56 @@ class _DCTSparseConvBase(DCTSparseLayer):
             dilation_rate=self.dilation_rate,
         )
 
+    # -- hooks of `DCTSparseLayer` (sparsify, report, export) ----------------------------------
+
+    export_kind = "conv"
+    carried_keys = ("kernel_size", "strides", "padding", "data_format", "dilation_rate")
+
+    @classmethod
+    def positions_for(cls, config, output_shape):
+        # Output pixels: every axis but the batch and the channels.
+        channels_first = config.get("data_format") == "channels_first"
+        dims = output_shape[2:] if channels_first else output_shape[1:-1]
+        if any(d is None for d in dims):
+            raise ValueError(
+                f"Layer '{config.get('name')}' needs static spatial dimensions to count its "
+                f"output pixels; its output shape is {tuple(output_shape)}."
+            )
+        return math.prod(int(d) for d in dims)
+
+    @classmethod
+    def _in_channels_for(cls, config, input_shape):
+        axis = 1 if config.get("data_format") == "channels_first" else -1
+        return int(input_shape[axis])
+
+    def offset_macs(self):
+        """Offset multiply-adds per output pixel: the cheaper factored offset (method.md section 2).
+
+        With `k` kernel taps, `c = c_in / groups` (1 for depthwise) and `N = max(k * c,
+        c_out)`: `2 * c * c_out + 2 * k * c_out` (cos/sin 1x1 convs, then two depthwise
+        `k`-tap convs) or `2.5 * N * log2(2N) + 2 * k * c_out` (a per-pixel FFT instead);
+        a 1x1 conv counts as a DCT over its channels, like a dense layer.
+        """
+        if self.offset != "dct":
+            return 0
+        kernel_shape = self.sparse_weight.kernel_shape
+        taps = math.prod(kernel_shape[:-2])
+        if self.depthwise:
+            c_in_group, c_out = 1, kernel_shape[-2] * kernel_shape[-1]
+        else:
+            c_in_group, c_out = kernel_shape[-2], kernel_shape[-1]
+        big_n = max(taps * c_in_group, c_out)
+        matmul = 2 * c_in_group * c_out + 2 * taps * c_out
+        fft = DCT_MACS_PER_LOG * big_n * math.log2(2 * big_n) + 2 * taps * c_out
+        if taps == 1:  # a 1x1 conv is a DCT over the channels, as a dense layer
+            fft = dct_matmul_macs(c_in_group, c_out)
+        return min(matmul, fft)
+
+    def offset_kernel(self, dtype, anchor=None):
+        """`Kd` of the built layer in the Keras kernel layout (`anchor`: `conv_offset.dct_block`)."""
+        self._check_built("offset_kernel")
+        return self._offset_kernel(self._in_channels, dtype, anchor)
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -561,6 +613,17 @@ class _GroupedConv(_DCTSparseConvBase):
 
     def _kernel_shape(self, in_channels):
         return (*self.kernel_size, in_channels // self.groups, self.filters)
+
+    carried_keys = _DCTSparseConvBase.carried_keys + ("filters", "groups")
+
+    @classmethod
+    def kernel_shape_for(cls, config, input_shape):
+        in_channels = cls._in_channels_for(config, input_shape)
+        return (
+            *_int_tuple("kernel_size", config["kernel_size"], cls.rank),
+            in_channels // config.get("groups", 1),
+            int(config["filters"]),
+        )
 
     def _out_channels(self, in_channels):
         return self.filters
@@ -646,6 +709,7 @@ class DCTSparseConv2D(_GroupedConv):
     """
 
     rank = 2
+    replaces = keras.layers.Conv2D
 
 
 @keras.saving.register_keras_serializable(package="keras_dctsparse")
@@ -669,6 +733,7 @@ class DCTSparseConv1D(_GroupedConv):
 
     rank = 1
     paddings = ("valid", "same", "causal")
+    replaces = keras.layers.Conv1D
 
 
 @keras.saving.register_keras_serializable(package="keras_dctsparse")
@@ -726,6 +791,18 @@ class DCTSparseDepthwiseConv2D(_DCTSparseConvBase):
 
     def _kernel_shape(self, in_channels):
         return (*self.kernel_size, in_channels, self.depth_multiplier)
+
+    replaces = keras.layers.DepthwiseConv2D
+    carried_keys = _DCTSparseConvBase.carried_keys + ("depth_multiplier",)
+    kernel_regularizer_key = "depthwise_regularizer"
+
+    @classmethod
+    def kernel_shape_for(cls, config, input_shape):
+        return (
+            *_int_tuple("kernel_size", config["kernel_size"], cls.rank),
+            cls._in_channels_for(config, input_shape),
+            int(config["depth_multiplier"]),
+        )
 
     def _out_channels(self, in_channels):
         return in_channels * self.depth_multiplier

@@ -1,5 +1,7 @@
 """`DCTSparseDense`: a dense layer whose weight is `alpha * D + S`."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -86,6 +88,10 @@ class DCTSparseDense(DCTSparseLayer):
     2352
     """
 
+    replaces = keras.layers.Dense
+    carried_keys = ("units",)
+    export_kind = "matrix"
+
     def __init__(self, units, density=0.01, offset="dct", **kwargs):
         super().__init__(density=density, offset=offset, **kwargs)
         self.units = validation.check_positive_int("units", units)
@@ -147,6 +153,26 @@ class DCTSparseDense(DCTSparseLayer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
+
+    # -- hooks of `DCTSparseLayer` (sparsify, report, export) ----------------------------------
+
+    @classmethod
+    def kernel_shape_for(cls, config, input_shape):
+        return (int(input_shape[-1]), int(config["units"]))
+
+    @classmethod
+    def positions_for(cls, config, output_shape):
+        return math.prod(int(d) for d in output_shape[1:-1])
+
+    def matrix_input(self, x):
+        if len(x.shape) == 2:
+            return x
+        return ops.reshape(x, (-1, self.sparse_weight.kernel_shape[0]))
+
+    def matrix_output(self, y, x):
+        if len(x.shape) == 2:
+            return y
+        return ops.reshape(y, (*ops.shape(x)[:-1], self.units))
 
     def get_config(self):
         config = super().get_config()

@@ -701,3 +701,33 @@ def test_repeated_invocations_at_a_large_batch(form, quantization):
         interpreter.set_tensor(index, x)
         interpreter.invoke()
         assert relative_error(interpreter.get_tensor(output), expected) < tolerance
+
+
+@pytest.mark.parametrize("form", ["implicit", "built_once"])
+@pytest.mark.parametrize(
+    "equation, output_shape, bias_axes",
+    [("abc,cde->abde", (6, 4, 8), "de"), ("abcd,cde->abe", (6, 20), "e"), ("abc,dc->abd", (6, 12), None)],
+)
+def test_einsum_dense_matches_keras(equation, output_shape, bias_axes, form):
+    # Exported through the layer's matrix_input/matrix_output hooks, like DCTSparseDense.
+    from keras_dctsparse import DCTSparseEinsumDense
+
+    input_shape = (6, 4, 8) if equation.startswith("abcd") else (6, 32)
+    model = keras.Sequential(
+        [
+            keras.Input(input_shape),
+            DCTSparseEinsumDense(
+                equation, output_shape, bias_axes=bias_axes, density=0.1, seed=0,
+                activation="relu",
+            ),
+        ]
+    )
+    randomize(model, seed=11)
+    data = convert_tflite(model, form=form)
+    assert_no_flex_ops(data)
+    layer = model.layers[0]
+    n, m = layer.sparse_weight.kernel_shape
+    if form == "implicit":
+        assert "RFFT2D" in set(tflite_op_names(data))
+        assert largest_constant_bytes(data) < 4 * n * m
+    assert_matches_keras(model, data, seed=12)
