@@ -6,7 +6,8 @@ tuples), so the same tests run under TensorFlow (default run) and, through
 reference of the dense kernel gradient (grown positions are its largest free entries),
 the support invariants (nnz, sorted unique positions, smallest dropped), the values and
 Adam slots of grown (zero) and kept (carried) entries, and the layer's output with the
-new positions; `model.fit` with RigL and SET moves positions of dense and conv layers.
+new positions; `model.fit` with RigL and SET moves positions of dense and conv layers,
+trains the grown entries and saves the moved positions.
 """
 
 import keras
@@ -162,7 +163,7 @@ def test_sampled_candidates_keep_the_support_valid():
 
 
 @pytest.mark.parametrize("method", ["rigl", "set"])
-def test_fit_moves_positions_of_dense_and_conv_layers(method):
+def test_fit_moves_positions_of_dense_and_conv_layers(method, tmp_path):
     rng = np.random.default_rng(0)
     x = rng.random((64, 6, 6, 2)).astype("float32")
     y = rng.integers(0, 3, 64)
@@ -197,3 +198,11 @@ def test_fit_moves_positions_of_dense_and_conv_layers(method):
         values = by_key(layer, layer.sparse_weight.values)
         assert set(last[layer.name].tolist()) <= set(values)
         assert any(values[k] != 0.0 for k in last[layer.name].tolist()), layer.name
+    # A model saved after the moves reloads with the moved positions and outputs.
+    path = str(tmp_path / "moved.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    for layer, copy in zip(sparse, [l for l in restored.layers if hasattr(l, "nnz")]):
+        np.testing.assert_array_equal(column_major_keys(copy), column_major_keys(layer))
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
