@@ -181,9 +181,11 @@ def train(args):
         model = build()
         callbacks = [
             EnforceSparsity(),
-            keras.callbacks.BackupAndRestore(backup_dir),
-            # After BackupAndRestore: on a resume it reads the restored step count.
+            # Before BackupAndRestore: the backup written at an epoch's end holds the
+            # positions moved at that step (DynamicSparsity reads the restored step count
+            # at the first epoch begin, after BackupAndRestore's on_train_begin).
             *([] if dynamic is None else [dynamic]),
+            keras.callbacks.BackupAndRestore(backup_dir),
             keras.callbacks.CSVLogger(os.path.join(out, "metrics.csv"), append=resuming),
             store_elapsed,
             *_tensorboard_callback(logs_dir, args.verbose),
