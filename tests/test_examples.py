@@ -1,11 +1,13 @@
 """The scripts in examples/ run as documented (small data where they take options)."""
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
@@ -47,6 +49,26 @@ def test_multi_worker_two_processes_on_localhost(tmp_path):
     assert [row["epoch"] for row in chief] == ["0", "1"] and chief == worker
     accuracy = float(next(l for l in proc.stdout.splitlines() if l.startswith("test accuracy:")).split()[-1])
     assert accuracy > 0.2  # 10 classes: chance is 0.1
+
+
+def test_jax_data_parallel_two_processes_on_localhost(tmp_path):
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("needs JAX (pip install jax)")
+    out = tmp_path / "run"
+    proc = run_example("jax_data_parallel.py", "--epochs", "2", "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    assert "process exit codes: [0, 0]" in proc.stdout
+    lines = proc.stdout.splitlines()
+
+    def reported(process):
+        prefix = f"process {process}: "
+        return sorted(l[len(prefix):] for l in lines if l.startswith(prefix))
+
+    # Both processes report the same loss in every epoch and the same final weights.
+    assert len(reported(0)) == 3 and reported(0) == reported(1)
+    assert (out / "model.keras").is_file() and (out / "process-1" / "model.keras").is_file()
+    # The model trained on JAX, loaded here under the test run's backend.
+    assert _accuracy(proc.stdout) > 0.5
 
 
 def _accuracy(stdout):
