@@ -129,7 +129,8 @@ class DCTSparseLayer(keras.layers.Layer):
         sparse_constraint: Constraint applied to the values of `S` (as a vector
             for `sparse_format="values"`).
         bias_constraint: Constraint applied to the bias.
-        seed: Seed of the sparse positions (None: fresh entropy). The positions
+        seed: Seed of the sparse positions (None: drawn from Keras's global random
+            state, set by `keras.utils.set_random_seed`). The positions
             are saved with the weights either way.
         sparse_format: `"values"` (nnz values at fixed positions; storage and
             optimizer state scale with nnz) or `"masked"` (a dense kernel with

@@ -104,7 +104,7 @@ class SparseWeight:
         initializer: Initializer of the kept values.
         regularizer: Regularizer applied to the values (or masked kernel).
         constraint: Constraint applied to the values (or masked kernel).
-        seed: Seed of the positions (None for fresh entropy).
+        seed: Seed of the positions (None: drawn from Keras's global random state).
         kernel: Sparse matmul kernel name (see `ops.sparse_matmul`).
 
     Example:
@@ -141,7 +141,13 @@ class SparseWeight:
 
     def build(self, layer):
         """Samples the positions and creates the weights on `layer`."""
-        rows, cols = sample_support(self.matrix_shape, self.nnz, self.seed)
+        seed = self.seed
+        if seed is None:
+            # From Keras's global random state: keras.utils.set_random_seed makes it
+            # reproducible, and keras.distribution.initialize makes it equal in every
+            # process (multi-process training needs the same positions everywhere).
+            seed = int(keras.ops.convert_to_numpy(keras.random.randint((), 0, 2**31 - 1)))
+        rows, cols = sample_support(self.matrix_shape, self.nnz, seed)
         if self.sparse_format == "values":
             positions = np.stack([rows, cols]).astype(np.int32)
             self.values = layer.add_weight(

@@ -5,8 +5,9 @@ each, gloo collectives) join one JAX cluster and train the same model, each feed
 half of every global batch; a third process trains the same model on the same global
 batches alone, without distribution. Checked for a DCTpS model of `DCTSparseDense`
 layers (values and masked storage), one with a `DCTSparseConv2D`, plain
-`keras.layers.Dense` (the control), and the DCTpS model with `seed=None` (xfail: its
-positions differ between processes, see UNSEEDED):
+`keras.layers.Dense` (the control), and the DCTpS model with `seed=None` (its layers
+draw their position seeds from Keras's global random state, which
+`keras.distribution.initialize` makes equal in every process):
 
 - both processes end with identical weights (bit for bit: two-process all-reduce sums
   are the same on both), and every trainable weight has moved from its initial value;
@@ -34,15 +35,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 WORKER = os.path.join(HERE, "data_parallel_worker.py")
 MODELS = ("dense", "dctps", "conv", "dctps_unseeded")
-# Layers with seed=None draw their positions from fresh OS entropy (ops.support.sample_support),
-# not from the global random state that keras.utils.set_random_seed and
-# keras.distribution.initialize make equal in every process; JAX then refuses the
-# int32 positions weight, which differs between processes.
-UNSEEDED = (
-    "seed=None positions come from fresh entropy, different in each process "
-    "(keras_dctsparse.layers.sparse_weight.SparseWeight.build should draw the seed from "
-    "the global random state when seed is None)"
-)
 TIMEOUT = 180  # seconds for all three processes (about 15 s on two cores)
 # Lines of JAX/TF start-up noise left out of the failure output.
 NOISE = ("oneDNN", "cuda", "absl::InitializeLog", "[Gloo] Rank")
@@ -127,11 +119,7 @@ def _load(out, model, tag):
 
 @pytest.mark.parametrize(
     "model",
-    [
-        pytest.param(model, marks=pytest.mark.xfail(reason=UNSEEDED, strict=True))
-        if model == "dctps_unseeded" else model
-        for model in MODELS
-    ],
+    MODELS,
 )
 def test_two_processes_match_one(runs, model):
     first, second, reference = (_load(runs, model, tag) for tag in ("0", "1", "ref"))
