@@ -23,6 +23,14 @@ from keras_dctsparse.layers.sparse_weight import SparseWeight
 from keras_dctsparse.ops import kernel_choice
 from keras_dctsparse.ops import keras_ops
 
+__all__ = [
+    "SPARSE_KERNELS",
+    "DCT_MACS_PER_LOG",
+    "COMMON_CONFIG_KEYS",
+    "dct_matmul_macs",
+    "DCTSparseLayer",
+]
+
 if TENSORFLOW:
     import tensorflow as tf
 

@@ -49,6 +49,21 @@ from keras_dctsparse.layers.base import dct_matmul_macs
 from keras_dctsparse.layers.sparse_weight import TENSORFLOW
 from keras_dctsparse.ops import keras_ops
 
+__all__ = [
+    "OFFSET_METHODS",
+    "CONV_SPARSE_KERNELS",
+    "DATA_FORMATS",
+    "SPARSE_FIXED",
+    "SPARSE_PER_DENSITY",
+    "FACTORED_OVERHEAD",
+    "SPARSE_PATH_MAX",
+    "SPARSE_MIN_MACS",
+    "choose_conv_plan",
+    "DCTSparseConv2D",
+    "DCTSparseConv1D",
+    "DCTSparseDepthwiseConv2D",
+]
+
 if TENSORFLOW:
     import tensorflow as tf
 

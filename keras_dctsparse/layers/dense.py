@@ -10,6 +10,10 @@ from keras_dctsparse.layers.base import DCTSparseLayer
 from keras_dctsparse.layers.sparse_weight import TENSORFLOW
 from keras_dctsparse.ops import keras_ops
 
+__all__ = [
+    "DCTSparseDense",
+]
+
 if TENSORFLOW:
     import tensorflow as tf
 

@@ -27,6 +27,13 @@ from keras_dctsparse.ops.keras_ops import compute_fans
 from keras_dctsparse.ops.support import num_nonzeros
 from keras_dctsparse.ops.support import sample_support
 
+__all__ = [
+    "TENSORFLOW",
+    "matrix_shape",
+    "sparse_values_initializer",
+    "SparseWeight",
+]
+
 #: Whether the layers run on the TensorFlow kernels (`KERAS_BACKEND="tensorflow"`). Every
 #: other backend runs the `keras.ops` implementation of `keras_dctsparse.ops.keras_ops`.
 TENSORFLOW = keras.backend.backend() == "tensorflow"

@@ -5,6 +5,19 @@ import numbers
 
 from keras_dctsparse.ops import kernel_choice
 
+__all__ = [
+    "Choices",
+    "OFFSETS",
+    "SPARSE_FORMATS",
+    "check_positive_int",
+    "check_density",
+    "check_choice",
+    "check_finite_float",
+    "check_seed",
+    "check_last_dim",
+    "check_materialized_size",
+]
+
 
 class Choices(tuple):
     """Allowed values of an argument, plus `aliases` accepted for some of them."""

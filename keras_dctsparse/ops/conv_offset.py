@@ -31,6 +31,20 @@ import math
 
 import tensorflow as tf
 
+__all__ = [
+    "METHODS",
+    "cos_sin_half_turns",
+    "dct_scale",
+    "dct_block",
+    "conv_offset_kernel",
+    "depthwise_offset_kernel",
+    "conv_offset_direct",
+    "conv_offset_matmul",
+    "conv_offset_fft",
+    "auto_method_for",
+    "conv_offset",
+]
+
 METHODS = ("auto", "direct", "matmul", "fft")
 
 

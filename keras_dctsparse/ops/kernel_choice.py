@@ -30,6 +30,21 @@ cost). When the batch size is unknown at trace time (`model.fit` on a
 
 import math
 
+__all__ = [
+    "KERNELS",
+    "MAX_MATERIALIZED_ELEMENTS",
+    "FOLDED_BLOCK_MAX_BYTES",
+    "ASSUMED_BATCH",
+    "SAMPLED_GRADIENT_MAX_DENSITY",
+    "TRANSPOSED_PRODUCT_MIN_ELEMENTS",
+    "block_is_folded",
+    "use_folded_block",
+    "materialized_allowed",
+    "use_sampled_value_gradient",
+    "estimated_step_costs",
+    "choose_kernel",
+]
+
 KERNELS = ("csr", "gather", "materialized")
 
 # Largest n * m the materialized kernel may build: 2**24 elements (64 MiB in

@@ -42,6 +42,14 @@ from keras_dctsparse.ops import kernel_choice
 from keras_dctsparse.ops.conv_offset import dct_block
 from keras_dctsparse.ops.transforms import dct_offset
 
+__all__ = [
+    "SPARSE_KERNELS",
+    "XLA_KERNELS",
+    "resolve_kernel",
+    "offset_sparse_matmul",
+    "sparse_matmul",
+]
+
 SPARSE_KERNELS = ("auto",) + kernel_choice.KERNELS
 
 # Kernels with an XLA implementation (a layer using only these can be compiled whole).

@@ -2,6 +2,11 @@
 
 import numpy as np
 
+__all__ = [
+    "num_nonzeros",
+    "sample_support",
+]
+
 
 def num_nonzeros(size, density):
     """Number of kept entries `round(density * size)`, at least 1 and at most `size`.

@@ -12,6 +12,14 @@ matrix is ever stored, the tables are O(N).
 import numpy as np
 import tensorflow as tf
 
+__all__ = [
+    "dct2_ortho",
+    "dct3_ortho",
+    "dct_length",
+    "dct_offset",
+    "dct_matrix",
+]
+
 _COMPLEX = {tf.float32: tf.complex64, tf.float64: tf.complex128}
 
 
