@@ -198,7 +198,7 @@ class DynamicSparsity(keras.callbacks.Callback):
     # The step count is read from the optimizer once per epoch; per batch it is that plus
     # the batch index. Reading it every batch, or hooking `on_train_batch_end`, would make
     # `fit` wait for every step (Keras dispatches batch-end callbacks synchronously when one
-    # of them is overridden): measured +12-25% on a LeNet-5 epoch. An update due at the
+    # of them is overridden; a loaded-machine run measured +12-25% on a LeNet-5 epoch). An update due at the
     # last step of an epoch runs in `on_epoch_end`, so that a checkpoint written after this
     # callback's `on_epoch_end` (put it before `BackupAndRestore`) holds it.
 
