@@ -35,6 +35,8 @@ through `Variable.assign` (on JAX `fit` first writes its state back into the
 variables when the callback reads `self.model`).
 """
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import ops
@@ -368,6 +370,18 @@ def _to_backend_tensor(value):
     return ops.convert_to_tensor(value)
 
 
+@contextlib.contextmanager
+def _probing(layers, probe):
+    """Sets `probe` as every layer's `linear_output_probe` for the duration of the block."""
+    for layer in layers:
+        layer.linear_output_probe = probe
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.linear_output_probe = None
+
+
 def _cycle(data):
     while True:
         empty = True
@@ -401,13 +415,8 @@ class _GradientStep:
             return outputs
 
         with tf.GradientTape() as tape:
-            for layer in self.layers:
-                layer.linear_output_probe = probe
-            try:
+            with _probing(self.layers, probe):
                 y_pred = self.model(x, training=True)
-            finally:
-                for layer in self.layers:
-                    layer.linear_output_probe = None
             loss = self.model.compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
@@ -452,16 +461,11 @@ class _JaxGradientStep:
 
     def _forward(self, probe, state, x, y, sample_weight):
         trainable, non_trainable, metrics, optimizer_variables = state
-        for layer in self.layers:
-            layer.linear_output_probe = probe
-        try:
+        with _probing(self.layers, probe):
             _, (loss, _, _, _) = self.model.compute_loss_and_updates(
                 trainable, non_trainable, metrics, x, y, sample_weight, training=True,
                 optimizer_variables=optimizer_variables,
             )
-        finally:
-            for layer in self.layers:
-                layer.linear_output_probe = None
         return loss
 
     def _shapes(self, state, x, y, sample_weight):
@@ -529,13 +533,8 @@ class _TorchGradientStep:
             return outputs + perturbation
 
         with torch.enable_grad():
-            for layer in self.layers:
-                layer.linear_output_probe = probe
-            try:
+            with _probing(self.layers, probe):
                 y_pred = self.model(x, training=True)
-            finally:
-                for layer in self.layers:
-                    layer.linear_output_probe = None
             loss = self.model.compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
