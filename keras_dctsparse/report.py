@@ -58,6 +58,7 @@ import keras_dctsparse.layers  # noqa: F401  (registers every DCTpS layer type)
 from keras_dctsparse.layers.base import DCT_MACS_PER_LOG
 from keras_dctsparse.layers.base import DCTSparseLayer
 from keras_dctsparse.layers.base import _kernel_variable
+from keras_dctsparse.layers.base import spatial_positions
 
 __all__ = ["LayerReport", "SparsityReport", "sparsity_report", "DCT_MACS_PER_LOG"]
 
@@ -211,14 +212,7 @@ def _positions(layer, layer_type, output_shape):
     if layer_type is not None:
         return layer_type.positions_for(config, output_shape)
     # A plain layer no DCTpS type replaces: every axis but batch and channels.
-    channels_first = config.get("data_format") == "channels_first"
-    dims = output_shape[2:] if channels_first else output_shape[1:-1]
-    if any(d is None for d in dims):
-        raise ValueError(
-            f"sparsity_report needs static spatial dimensions for layer '{layer.name}'; "
-            f"its output shape is {output_shape}."
-        )
-    return math.prod(int(d) for d in dims)
+    return spatial_positions(config, output_shape)
 
 
 def _layer_row(layer):

@@ -28,6 +28,7 @@ __all__ = [
     "DCT_MACS_PER_LOG",
     "COMMON_CONFIG_KEYS",
     "dct_matmul_macs",
+    "spatial_positions",
     "DCTSparseLayer",
 ]
 
@@ -55,6 +56,29 @@ COMMON_CONFIG_KEYS = (
     "bias_constraint",
     "activity_regularizer",
 )
+
+
+def spatial_positions(config, output_shape):
+    """Output positions per example of a conv-like layer: every axis but batch and channels.
+
+    Args:
+        config: The layer's config (its `data_format` says where the channels are).
+        output_shape: The layer's output shape, batch first.
+
+    Returns:
+        The product of the spatial output dimensions.
+
+    Raises:
+        ValueError: If a spatial dimension is not static.
+    """
+    channels_first = config.get("data_format") == "channels_first"
+    dims = output_shape[2:] if channels_first else output_shape[1:-1]
+    if any(d is None for d in dims):
+        raise ValueError(
+            f"Layer '{config.get('name')}' needs static spatial dimensions to count its "
+            f"output pixels; its output shape is {tuple(output_shape)}."
+        )
+    return math.prod(int(d) for d in dims)
 
 
 def dct_matmul_macs(n, m):

@@ -46,6 +46,7 @@ from keras_dctsparse.layers import validation
 from keras_dctsparse.layers.base import DCT_MACS_PER_LOG
 from keras_dctsparse.layers.base import DCTSparseLayer
 from keras_dctsparse.layers.base import dct_matmul_macs
+from keras_dctsparse.layers.base import spatial_positions
 from keras_dctsparse.layers.sparse_weight import TENSORFLOW
 from keras_dctsparse.ops import keras_ops
 
@@ -554,15 +555,7 @@ class _DCTSparseConvBase(DCTSparseLayer):
 
     @classmethod
     def positions_for(cls, config, output_shape):
-        # Output pixels: every axis but the batch and the channels.
-        channels_first = config.get("data_format") == "channels_first"
-        dims = output_shape[2:] if channels_first else output_shape[1:-1]
-        if any(d is None for d in dims):
-            raise ValueError(
-                f"Layer '{config.get('name')}' needs static spatial dimensions to count its "
-                f"output pixels; its output shape is {tuple(output_shape)}."
-            )
-        return math.prod(int(d) for d in dims)
+        return spatial_positions(config, output_shape)
 
     @classmethod
     def _in_channels_for(cls, config, input_shape):
