@@ -125,8 +125,20 @@ def launch(args, processes=2, timeout=600):
                 "--coordinator", coordinator, "--processes", str(processes),
                 "--process-id", str(index),
             ]
-            children.append(subprocess.Popen(command, env=env))
-        return [child.wait(timeout=timeout) for child in children]
+            # Each child's stdout goes to its own pipe and is printed whole after it
+            # ends: two processes writing one stream can interleave mid-line.
+            children.append(
+                subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+            )
+        codes = []
+        for child in children:
+            # The children's stdout is a few lines, far below a pipe's buffer, so
+            # reading one child to its end cannot block the other.
+            output, _ = child.communicate(timeout=timeout)
+            sys.stdout.write(output)
+            sys.stdout.flush()
+            codes.append(child.returncode)
+        return codes
     finally:
         for child in children:
             if child.poll() is None:
