@@ -68,7 +68,13 @@ SAMPLED_GRADIENT_MAX_DENSITY = 1.0 / 32
 # Cost model constants, microseconds (fitted, see module docstring). Only the
 # differences between kernels matter: the Dense-like overhead of a step is common.
 _US_PER_MAC = 0.5e-5  # dense matmul, per multiply-add (oneDNN sgemm, 2 cores)
-_US_PER_MATVEC_MAC = 0.4e-3  # dense matmul at batch 1 (memory bound), per entry
+# Floor of a dense matmul's cost per kernel entry at small batches (memory bound).
+_US_PER_MATVEC_MAC = 0.4e-3
+# The same at batch 1: a matrix-vector product streams the kernel once (64 MiB of
+# float32 in 2.2 ms at 4096 x 4096, 0.13e-3 per entry; 0.4e-3 priced it 3x too
+# high, so the materialized kernel lost to the gather kernel where it is faster:
+# 4096 x 4096 at density 0.3, train step 2.1x Dense against gather's 3.1x).
+_US_PER_VECTOR_MAC = 0.15e-3
 _US_PER_DENSE_ENTRY = 0.9e-3  # scatter into / gather from / add to a dense (m, n) tensor
 _US_PER_CSR_PRODUCT = 0.25e-3  # CSR product, per nonzero and example
 _US_PER_CSR_BUILD = 8e-3  # building the CSR matrix, per nonzero, per step
@@ -198,7 +204,8 @@ def estimated_step_costs(input_dim, units, nnz, batch, dtype="float32"):
         "gather": _US_FIXED["gather"] + scale * (3 * batch * nnz * _US_PER_GATHER + fft),
     }
     if materialized_allowed(n, m):
-        mac = max(_US_PER_MAC * batch, _US_PER_MATVEC_MAC) * size
+        floor = _US_PER_VECTOR_MAC if batch == 1 else _US_PER_MATVEC_MAC
+        mac = max(_US_PER_MAC * batch, floor) * size
         if use_sampled_value_gradient(n, m, nnz):
             value_gradient = 2 * batch * nnz * _US_PER_GATHER
         else:
