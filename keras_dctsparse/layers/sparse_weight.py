@@ -13,6 +13,11 @@ Two storage formats:
 - `"masked"`: a trainable dense kernel and a non-trainable 0/1 mask of the same
   shape (the usual way to emulate sparsity; `EnforceSparsity` keeps the pruned
   entries at exactly zero during training).
+
+`SparseWeight` holds the storage of `S` and its views (positions, dense kernel,
+`tf.SparseTensor`); it knows nothing of the DCT offset `D`. Products with `S`
+(and `alpha * D x + x @ S`) are the kernels of `keras_dctsparse.ops.kernel_registry`
+(`DCTSparseLayer.matrix_product`).
 """
 
 import math
@@ -22,6 +27,8 @@ import numpy as np
 from keras import ops
 from keras.initializers import VarianceScaling
 
+from keras_dctsparse.allocation import check_density
+from keras_dctsparse.allocation import check_nnz
 from keras_dctsparse.ops import keras_ops
 from keras_dctsparse.ops.keras_ops import compute_fans
 from keras_dctsparse.ops.support import num_nonzeros
@@ -41,9 +48,6 @@ if TENSORFLOW:
     import tensorflow as tf
 
     from keras_dctsparse.ops.sparse_conv import scatter_kernel
-    from keras_dctsparse.ops.sparse_matmul import offset_sparse_matmul
-    from keras_dctsparse.ops.sparse_matmul import sparse_matmul
-    from keras_dctsparse.ops.transforms import dct_offset
 
 
 def matrix_shape(kernel_shape):
@@ -106,13 +110,15 @@ class SparseWeight:
     Args:
         kernel_shape: Shape of the dense-equivalent Keras kernel.
         density: Fraction of kept entries in (0, 1]; `nnz = round(density * size)`,
-            at least 1.
+            at least 1. None when `nnz` is given.
         sparse_format: `"values"` or `"masked"`.
         initializer: Initializer of the kept values.
         regularizer: Regularizer applied to the values (or masked kernel).
         constraint: Constraint applied to the values (or masked kernel).
         seed: Seed of the positions (None: drawn from Keras's global random state).
-        kernel: Sparse matmul kernel name (see `ops.sparse_matmul`).
+        nnz: None, or the number of kept entries, an int in `[1, size]` (instead
+            of `density`).
+        layer_name: Name of the owning layer, for error messages.
 
     Example:
 
@@ -130,17 +136,27 @@ class SparseWeight:
         regularizer,
         constraint,
         seed,
-        kernel="auto",
+        nnz=None,
+        layer_name=None,
     ):
         self.kernel_shape = tuple(int(d) for d in kernel_shape)
         self.matrix_shape = matrix_shape(self.kernel_shape)
-        self.nnz = num_nonzeros(math.prod(self.kernel_shape), density)
+        size = math.prod(self.kernel_shape)
+        if (density is None) == (nnz is None):
+            raise ValueError(
+                "Give exactly one of `density` and `nnz`; received "
+                f"density={density!r}, nnz={nnz!r}."
+            )
+        if nnz is None:
+            self.nnz = num_nonzeros(size, check_density(density))
+        else:
+            where = f" for layer '{layer_name}'" if layer_name else ""
+            self.nnz = check_nnz(nnz, size, where=f"{where} (kernel shape {self.kernel_shape})")
         self.sparse_format = sparse_format
         self.initializer = initializer
         self.regularizer = regularizer
         self.constraint = constraint
         self.seed = seed
-        self.kernel = kernel
         self.values = None
         self.indices = None
         self.masked_kernel = None
@@ -198,7 +214,8 @@ class SparseWeight:
                 autocast=False,
             )
 
-    def _positions(self):
+    def positions(self):
+        """`(rows, cols)`: the int32 positions of the values in the `(n, m)` matrix view."""
         if not TENSORFLOW:
             indices = ops.convert_to_tensor(self.indices)
             return indices[0], indices[1]
@@ -211,48 +228,6 @@ class SparseWeight:
         # A select, not a product: a non-finite pruned entry must not leak.
         kernel = ops.convert_to_tensor(self.masked_kernel)
         return ops.where(ops.convert_to_tensor(self.mask) > 0, kernel, ops.zeros_like(kernel))
-
-    def _generic_matmul(self, x, offset_scale):
-        """`matmul` in `keras.ops` (`keras_dctsparse.ops.keras_ops`): the non-TF backends."""
-        units = self.matrix_shape[1]
-        if self.sparse_format == "masked":
-            kernel = ops.cast(ops.reshape(self._masked_dense_kernel(), self.matrix_shape), x.dtype)
-            outputs = ops.matmul(x, kernel)
-        else:
-            rows, cols = self._positions()
-            outputs = keras_ops.sparse_matmul(
-                x, ops.convert_to_tensor(self.values), rows, cols, units, kernel=self.kernel
-            )
-        if offset_scale is not None:
-            outputs = outputs + offset_scale * keras_ops.dct_offset(x, units)
-        return outputs
-
-    def matmul(self, x, offset_scale=None):
-        """`x @ S`, plus `offset_scale * D x` when `offset_scale` is given.
-
-        Args:
-            x: float32/float64 tensor of shape `(batch, rows)`.
-            offset_scale: None, or the scalar `alpha` of the DCT offset `D`
-                (only for two-dimensional kernels).
-
-        Returns:
-            Tensor of shape `(batch, cols)`, the dtype of `x`.
-        """
-        if not TENSORFLOW:
-            return self._generic_matmul(x, offset_scale)
-        units = self.matrix_shape[1]
-        if self.sparse_format == "masked":
-            outputs = tf.matmul(x, tf.reshape(self.dense_kernel(), self.matrix_shape))
-            if offset_scale is not None:
-                outputs += offset_scale * dct_offset(x, units)
-            return outputs
-        rows, cols = self._positions()
-        values = tf.convert_to_tensor(self.values)
-        if offset_scale is None:
-            return sparse_matmul(x, values, rows, cols, units, kernel=self.kernel)
-        return offset_sparse_matmul(
-            x, offset_scale, values, rows, cols, units, kernel=self.kernel
-        )
 
     def dense_kernel(self, dtype=None, base=None):
         """`base + S` as a dense tensor of the kernel shape (a temporary, never a weight).
@@ -274,7 +249,7 @@ class SparseWeight:
                 kernel = self._masked_dense_kernel()
                 kernel = kernel if dtype is None else ops.cast(kernel, dtype)
                 return kernel if base is None else kernel + base
-            rows, cols = self._positions()
+            rows, cols = self.positions()
             values = ops.convert_to_tensor(self.values)
             values = values if dtype is None else ops.cast(values, dtype)
             return keras_ops.scatter_kernel(values, rows, cols, self.kernel_shape, base)
@@ -284,10 +259,10 @@ class SparseWeight:
             kernel = tf.where(tf.convert_to_tensor(self.mask) > 0, kernel, tf.zeros_like(kernel))
             kernel = kernel if dtype is None else tf.cast(kernel, dtype)
             return kernel if base is None else kernel + base
-        rows, cols = self._positions()
+        rows, cols = self.positions()
         values = tf.convert_to_tensor(self.values)
         values = values if dtype is None else tf.cast(values, dtype)
-        return scatter_kernel(values, rows, cols, self.kernel_shape, base)
+        return scatter_kernel(values, rows, cols, self.kernel_shape, base, column_major=True)
 
     def sparse_tensor(self):
         """`S` as a `tf.SparseTensor` of the kernel shape, in canonical order (TensorFlow only)."""
@@ -302,7 +277,7 @@ class SparseWeight:
             indices = tf.where(tf.convert_to_tensor(self.mask) > 0)
             values = tf.gather_nd(tf.convert_to_tensor(self.masked_kernel), indices)
             return tf.SparseTensor(indices, values, self.kernel_shape)
-        rows, cols = self._positions()
+        rows, cols = self.positions()
         flat = tf.cast(rows, tf.int64) * self.matrix_shape[1] + tf.cast(cols, tf.int64)
         order = tf.argsort(flat)
         indices = tf.unravel_index(

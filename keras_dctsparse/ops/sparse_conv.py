@@ -443,7 +443,7 @@ def scatter_method(kernel_elements, nnz):
     return "xla_transposed"
 
 
-def scatter_kernel(values, rows, cols, kernel_shape, base=None):
+def scatter_kernel(values, rows, cols, kernel_shape, base=None, column_major=False):
     """The dense kernel ``base + S`` from ``S``'s values and positions, scattered by XLA.
 
     For the fused path of the conv layers (one convolution with ``alpha * Kd + S``): at
@@ -454,7 +454,10 @@ def scatter_kernel(values, rows, cols, kernel_shape, base=None):
     Below ``TRANSPOSED_SCATTER_MIN_DENSITY`` the values are scattered straight into a
     copy of ``base`` (no transposes); kernels of at most ``SMALL_SCATTER_MAX_ELEMENTS``
     are scattered that way by plain TF ops, no XLA cluster (``scatter_method``). The
-    gradient is a gather for the values and ``dK`` for ``base``.
+    gradient is a gather for the values and ``dK`` for ``base``. With ``column_major`` and
+    every position held (density 1), ``S`` is a transpose of the values and nothing is
+    scattered (8x8x512 conv kernel, train step of build + gradient: 3.5 ms against 14 ms
+    for the XLA scatter).
 
     Args:
         values: ``(nnz,)`` values of ``S``.
@@ -462,6 +465,8 @@ def scatter_kernel(values, rows, cols, kernel_shape, base=None):
             kernel_shape[-1])`` matrix view.
         kernel_shape: Shape of the kernel.
         base: None (zeros) or a tensor of ``kernel_shape`` added to ``S`` (``alpha * Kd``).
+        column_major: True when the positions are unique and sorted by column, then row
+            (``SparseWeight``'s order); any order is correct otherwise.
 
     Returns:
         A ``kernel_shape`` tensor in the dtype of ``values``.
@@ -477,6 +482,12 @@ def scatter_kernel(values, rows, cols, kernel_shape, base=None):
     height = 1
     for d in kernel_shape[:-1]:
         height *= d
+    if column_major and values.shape[0] == height * width:
+        # Every position, column-major: S^T (width, height) is a reshape of the values.
+        full = tf.transpose(tf.reshape(values, (width, height)))
+        if base is not None:
+            full = full + tf.reshape(tf.cast(base, values.dtype), (height, width))
+        return tf.reshape(full, kernel_shape)
     index_dtype = tf.int32 if height * width < 2**31 else tf.int64
     rows, cols = tf.cast(rows, index_dtype), tf.cast(cols, index_dtype)
     method = scatter_method(height * width, values.shape[0])

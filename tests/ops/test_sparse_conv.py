@@ -188,6 +188,33 @@ def test_scatter_kernel_and_gradients(with_base, shape, nnz, method):
         np.testing.assert_allclose(tape.gradient(loss, base).numpy(), dk, rtol=1e-12)
 
 
+@pytest.mark.parametrize("with_base", [False, True])
+@pytest.mark.parametrize("shape", [(3, 3, 4, 5), (3, 3, 8, 1024)])
+def test_scatter_kernel_full_density_column_major(with_base, shape):
+    # Every position, sorted by column then row: the kernel is a transpose of the values.
+    rng = np.random.default_rng()
+    height, width = int(np.prod(shape[:-1])), shape[-1]
+    cols, rows = np.divmod(np.arange(height * width), height)
+    values = tf.constant(rng.standard_normal(height * width))
+    base = tf.constant(rng.standard_normal(shape)) if with_base else None
+    dk = rng.standard_normal(shape)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(values)
+        if with_base:
+            tape.watch(base)
+        kernel = sc.scatter_kernel(values, tf.constant(rows), tf.constant(cols), shape, base,
+                                   column_major=True)
+        loss = tf.reduce_sum(kernel * dk)
+    expected = np.zeros((height, width))
+    expected[rows, cols] = values.numpy()
+    expected = expected.reshape(shape) + (base.numpy() if with_base else 0.0)
+    np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(tape.gradient(loss, values).numpy(),
+                               dk.reshape(height, width)[rows, cols], rtol=1e-12)
+    if with_base:
+        np.testing.assert_allclose(tape.gradient(loss, base).numpy(), dk, rtol=1e-12)
+
+
 def test_static_output_shape_with_unknown_batch():
     # Regression: with an unknown batch the output lost its spatial sizes, so a
     # Flatten + Dense after a sparse conv failed to build (LeNet-5 at density 0.001).
