@@ -168,34 +168,23 @@ def test_scatter_kernel_and_gradients(with_base, shape, nnz, method):
     assert sc.scatter_method(height * width, nnz) == method
     rows, cols = random_support(height, width, nnz, rng)
     order = rng.permutation(nnz)  # Any order, not only column-major.
-    rows, cols = rows[order], cols[order]
-    values = tf.constant(rng.standard_normal(nnz))
-    base = tf.constant(rng.standard_normal(shape)) if with_base else None
-    dk = rng.standard_normal(shape)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(values)
-        if with_base:
-            tape.watch(base)
-        kernel = sc.scatter_kernel(values, tf.constant(rows), tf.constant(cols), shape, base)
-        loss = tf.reduce_sum(kernel * dk)
-    expected = np.zeros((height, width))
-    expected[rows, cols] = values.numpy()
-    expected = expected.reshape(shape) + (base.numpy() if with_base else 0.0)
-    np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-12)
-    np.testing.assert_allclose(tape.gradient(loss, values).numpy(),
-                               dk.reshape(height, width)[rows, cols], rtol=1e-12)
-    if with_base:
-        np.testing.assert_allclose(tape.gradient(loss, base).numpy(), dk, rtol=1e-12)
+    check_scatter_kernel(shape, rows[order], cols[order], with_base, rng)
 
 
 @pytest.mark.parametrize("with_base", [False, True])
 @pytest.mark.parametrize("shape", [(3, 3, 4, 5), (3, 3, 8, 1024)])
 def test_scatter_kernel_full_density_column_major(with_base, shape):
     # Every position, sorted by column then row: the kernel is a transpose of the values.
-    rng = np.random.default_rng()
     height, width = int(np.prod(shape[:-1])), shape[-1]
     cols, rows = np.divmod(np.arange(height * width), height)
-    values = tf.constant(rng.standard_normal(height * width))
+    check_scatter_kernel(shape, rows, cols, with_base, np.random.default_rng(),
+                         column_major=True)
+
+
+def check_scatter_kernel(shape, rows, cols, with_base, rng, column_major=False):
+    """`scatter_kernel` and its gradients against a numpy scatter on random values."""
+    height, width = int(np.prod(shape[:-1])), shape[-1]
+    values = tf.constant(rng.standard_normal(len(rows)))
     base = tf.constant(rng.standard_normal(shape)) if with_base else None
     dk = rng.standard_normal(shape)
     with tf.GradientTape(persistent=True) as tape:
@@ -203,7 +192,7 @@ def test_scatter_kernel_full_density_column_major(with_base, shape):
         if with_base:
             tape.watch(base)
         kernel = sc.scatter_kernel(values, tf.constant(rows), tf.constant(cols), shape, base,
-                                   column_major=True)
+                                   column_major=column_major)
         loss = tf.reduce_sum(kernel * dk)
     expected = np.zeros((height, width))
     expected[rows, cols] = values.numpy()
