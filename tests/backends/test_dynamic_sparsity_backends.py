@@ -14,71 +14,19 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dctsparse import SET
 from keras_dctsparse import DCTSparseConv2D
 from keras_dctsparse import DCTSparseDense
 from keras_dctsparse import DCTSparseDepthwiseConv2D
 from keras_dctsparse import DynamicSparsity
 from keras_dctsparse import RigL
-from keras_dctsparse.dynamic_sparsity import optimizer_slots
+from dynamic_sparsity_checks import by_key
+from dynamic_sparsity_checks import check_update
+from dynamic_sparsity_checks import column_major_keys
+from dynamic_sparsity_checks import trained_one_step
 from layer_reference import conv_reference
 from layer_reference import dense_reference
 from layer_reference import numpy_sparse
 from numpy_reference import im2col
-
-
-def column_major_keys(layer):
-    rows, cols = keras.ops.convert_to_numpy(layer.sparse_weight.indices).astype(np.int64)
-    return cols * layer.sparse_weight.matrix_shape[0] + rows
-
-
-def by_key(layer, variable):
-    values = keras.ops.convert_to_numpy(variable)
-    return dict(zip(column_major_keys(layer).tolist(), values.tolist()))
-
-
-def slots_by_key(model, layer):
-    slots = optimizer_slots(model.optimizer, layer.sparse_weight.values)
-    return {slot.name: by_key(layer, slot) for slot in slots}
-
-
-def trained_one_step(model, x, y):
-    model.compile(keras.optimizers.Adam(1e-3), "mse")
-    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
-
-
-def check_update(model, layer, x, y, dense_gradient, fraction=0.25):
-    """One RigL update on batch (x, y), checked against `dense_gradient()` (numpy)."""
-    keys_before = column_major_keys(layer)
-    values_before = by_key(layer, layer.sparse_weight.values)
-    slots_before = slots_by_key(model, layer)
-    assert len(slots_before) == 2  # Adam: momentum and velocity
-    assert any(v != 0 for slot in slots_before.values() for v in slot.values())
-    gradient = dense_gradient()
-    callback = DynamicSparsity("rigl", data=[(x, y)], seed=1)
-    callback.set_model(model)
-    callback.update(step=1, fraction=fraction)
-    count = int(fraction * layer.nnz)
-
-    keys_after = column_major_keys(layer)
-    assert keys_after.size == keys_before.size == layer.nnz
-    assert np.all(np.diff(keys_after) > 0)  # unique, sorted column-major
-    dropped = sorted(set(keys_before.tolist()) - set(keys_after.tolist()))
-    grown = sorted(set(keys_after.tolist()) - set(keys_before.tolist()))
-    assert len(dropped) == len(grown) == count
-    magnitudes = np.abs([values_before[k] for k in keys_before.tolist()])
-    assert np.abs([values_before[k] for k in dropped]).max() <= np.sort(magnitudes)[count]
-    scores = np.abs(gradient.reshape(-1, order="F"))  # column-major keys
-    scores[keys_before] = -1.0
-    expected = np.sort(np.argsort(-scores, kind="stable")[:count])
-    np.testing.assert_array_equal(grown, expected)
-    values_after = by_key(layer, layer.sparse_weight.values)
-    kept = set(keys_after.tolist()) & set(keys_before.tolist())
-    assert all(values_after[k] == 0.0 for k in grown)
-    assert all(values_after[k] == values_before[k] for k in kept)
-    for name, slot in slots_by_key(model, layer).items():
-        assert all(slot[k] == 0.0 for k in grown)
-        assert all(slot[k] == slots_before[name][k] for k in kept)
 
 
 def test_rigl_dense_layer_with_offset_matches_numpy():
