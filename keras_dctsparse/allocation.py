@@ -37,7 +37,14 @@ import numpy as np
 
 from keras_dctsparse.ops.support import num_nonzeros
 
-__all__ = ["Allocation", "allocate_densities", "nnz_for_density", "METHODS"]
+__all__ = [
+    "Allocation",
+    "allocate_densities",
+    "check_density",
+    "check_nnz",
+    "nnz_for_density",
+    "METHODS",
+]
 
 METHODS = ("uniform", "epl", "epf", "erk")
 
@@ -95,8 +102,28 @@ nnz_for_density = num_nonzeros
 # Argument checks.
 
 
-def _check_density(density):
-    """Returns `density` as a float in (0, 1], or raises ValueError."""
+def check_density(density, name="density"):
+    """Returns `density` as a float in (0, 1], or raises ValueError.
+
+    The one density check of the package: the layers, `SparseWeight`,
+    `allocate_densities`, `sparsify` and the model builders call it.
+
+    Args:
+        density: The value to check.
+        name: The argument's name, for the error message.
+
+    Returns:
+        `density` as a float.
+
+    Raises:
+        ValueError: naming the argument and the value, if `density` is not a
+            real number in (0, 1] (NaN and bools included).
+
+    Example:
+
+    >>> check_density(0.5)
+    0.5
+    """
     ok = (
         isinstance(density, numbers.Real)
         and not isinstance(density, (bool, np.bool_))
@@ -105,10 +132,42 @@ def _check_density(density):
     )
     if not ok:
         raise ValueError(
-            "Argument `density` must be a real number in (0, 1]; "
-            f"received density={density!r}."
+            f"Argument `{name}` must be a real number in (0, 1]; "
+            f"received {name}={density!r}."
         )
     return float(density)
+
+
+# The former private name (imported by `keras_dctsparse.models`).
+_check_density = check_density
+
+
+def check_nnz(nnz, size=None, name="nnz", where=""):
+    """Returns `nnz` as an int if it is an integer in `[1, size]`, else raises ValueError.
+
+    Args:
+        nnz: The value to check.
+        size: None (only `nnz >= 1` is checked), or the number of entries of the
+            kernel, the largest allowed count.
+        name: The argument's name, for the error message.
+        where: Text placed after the argument in the message (e.g. the layer).
+
+    Returns:
+        `nnz` as an int.
+
+    Example:
+
+    >>> check_nnz(12, size=100)
+    12
+    """
+    integral = isinstance(nnz, numbers.Integral) and not isinstance(nnz, (bool, np.bool_))
+    upper = "" if size is None else f", at most the kernel size {int(size)}"
+    if not integral or nnz < 1 or (size is not None and nnz > size):
+        raise ValueError(
+            f"Argument `{name}`{where} must be an integer >= 1{upper}; received "
+            f"{name}={nnz!r}."
+        )
+    return int(nnz)
 
 
 def _check_method(method):
@@ -326,7 +385,7 @@ def allocate_densities(shapes, density, method="erk"):
     ((0,), 1110)
     """
     shapes = _check_shapes(shapes)
-    density = _check_density(density)
+    density = check_density(density)
     method = _check_method(method)
     sizes = [math.prod(shape) for shape in shapes]
     total = _round_half_up(density * sum(sizes))

@@ -4,14 +4,15 @@ Every layer whose exact class is one a registered DCTpS layer type replaces
 (`DCTSparseLayer.layer_types()`: `keras.layers.Dense`, `Conv1D`, `Conv2D`,
 `DepthwiseConv2D`, `EinsumDense`) is replaced by that type, configured by its
 `config_from` hook; the densities come from `allocate_densities` over the kernel
-shapes of the replaced layers. All other layers are cloned from their config
+shapes of the replaced layers, and each new layer gets its nonzero count
+(`nnz=`) from the allocation, exactly. All other layers are cloned from their config
 and get the original weights (BatchNorm statistics, ...).
 """
 
 import keras
 
 from keras_dctsparse.allocation import METHODS
-from keras_dctsparse.allocation import _check_density
+from keras_dctsparse.allocation import check_density
 from keras_dctsparse.allocation import allocate_densities
 from keras_dctsparse.layers import DCTSparseLayer
 from keras_dctsparse.report import ordered_layers
@@ -25,9 +26,9 @@ def _excluded(layer, exclude):
     return layer.name in names or (bool(classes) and isinstance(layer, classes))
 
 
-def _sparse_config(layer, density, seed, offset, sparse_format, layer_kwargs):
+def _sparse_config(layer, nnz, seed, offset, sparse_format, layer_kwargs):
     config = DCTSparseLayer.replacement_for(layer).config_from(layer)
-    config.update(density=density, offset=offset, seed=seed, sparse_format=sparse_format)
+    config.update(nnz=nnz, offset=offset, seed=seed, sparse_format=sparse_format)
     config.update(layer_kwargs)
     return config
 
@@ -69,8 +70,9 @@ def sparsify(
     not copied: the new layers start from the DCT offset.
 
     The global `density` is spread over the replaced layers by
-    `allocate_densities(kernel_shapes, density, distribution)`, and layer `i`
-    (in model order, nested models expanded) gets seed `seed + i`. The new
+    `allocate_densities(kernel_shapes, density, distribution)`: layer `i` (in
+    model order, nested models expanded) gets `nnz=allocation.nnz[i]` nonzeros
+    (exactly; its config holds that `nnz`, not a density) and seed `seed + i`. The new
     layers only ever create their `nnz` values and positions, never a dense
     kernel. Every other layer (BatchNorm, pooling, activations, `Add`, nested
     layers, excluded layers) is cloned from its config and receives a copy of
@@ -123,7 +125,7 @@ def sparsify(
             "layer: build the model with the Functional API, or use the DCTpS layers "
             "directly in its code."
         )
-    density = _check_density(density)
+    density = check_density(density)
     if not isinstance(distribution, str) or distribution.lower() not in METHODS:
         raise ValueError(
             f"Argument `distribution` must be one of {METHODS}; received "
@@ -153,15 +155,15 @@ def sparsify(
         )
         for index, layer in enumerate(targets):
             layer_seed = None if seed is None else int(seed) + index
-            plan[id(layer)] = (allocation.densities[index], layer_seed)
+            plan[id(layer)] = (allocation.nnz[index], layer_seed)
 
     copies = []
 
     def clone_function(layer):
         if id(layer) in plan:
-            layer_density, layer_seed = plan[id(layer)]
+            layer_nnz, layer_seed = plan[id(layer)]
             config = _sparse_config(
-                layer, layer_density, layer_seed, offset, sparse_format, layer_kwargs
+                layer, layer_nnz, layer_seed, offset, sparse_format, layer_kwargs
             )
             return DCTSparseLayer.replacement_for(layer)(**config)
         clone = layer.__class__.from_config(layer.get_config())

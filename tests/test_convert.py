@@ -234,3 +234,24 @@ def test_einsum_dense_is_converted():
     assert sparse(x).shape == model(x).shape == (2, 6, 16)
     report = sparsity_report(sparse)
     assert report.total.nnz == 128 and report.total.dense_params == 512
+
+
+@pytest.mark.parametrize("distribution", ["erk", "epl", "epf", "uniform"])
+def test_each_layer_gets_the_allocations_nnz(distribution, tmp_path):
+    # sparsify passes every layer its count (nnz=), not a density it turns back into one.
+    model = functional_model() if distribution == "epf" else sequential_model()
+    density = 0.037
+    sparse = sparsify(model, density, distribution=distribution, seed=0)
+    layers = sparse_layers(sparse)
+    allocation = allocate_densities(
+        [layer.sparse_weight.kernel_shape for layer in layers], density, distribution
+    )
+    assert [layer.nnz for layer in layers] == list(allocation.nnz)
+    for layer, nnz in zip(layers, allocation.nnz):
+        config = layer.get_config()
+        assert (config["nnz"], config["density"]) == (nnz, None)
+        assert layer.sparse_weight.values.shape == (nnz,)
+    path = str(tmp_path / "sparse.keras")
+    sparse.save(path)
+    loaded = keras.models.load_model(path)
+    assert [layer.nnz for layer in sparse_layers(loaded)] == list(allocation.nnz)

@@ -10,6 +10,9 @@ Each layer type has one backend dispatch, in its `call`: on TensorFlow
 (`sparse_weight.TENSORFLOW`) the TF kernels of `keras_dctsparse.ops` (CSR, XLA
 clusters, sparse conv, factored offsets); on every other backend `keras.ops`
 through `keras_dctsparse.ops.keras_ops`. Weights are identical on all backends.
+The matrix product `alpha * D x + x @ S` of the dense-like layers is one op of
+`keras_dctsparse.ops.kernel_registry` (`DCTSparseLayer.matrix_product`), chosen by
+the layer's `sparse_kernel` for the backend.
 """
 
 import math
@@ -21,7 +24,7 @@ from keras_dctsparse.layers import validation
 from keras_dctsparse.layers.sparse_weight import TENSORFLOW
 from keras_dctsparse.layers.sparse_weight import SparseWeight
 from keras_dctsparse.ops import kernel_choice
-from keras_dctsparse.ops import keras_ops
+from keras_dctsparse.ops import kernel_registry
 
 __all__ = [
     "SPARSE_KERNELS",
@@ -35,9 +38,8 @@ __all__ = [
 if TENSORFLOW:
     import tensorflow as tf
 
-    from keras_dctsparse.ops.sparse_matmul import XLA_KERNELS
-
-#: `sparse_kernel` values of the dense layers (`"csr"` needs the TensorFlow backend).
+#: `sparse_kernel` values of the dense layers (`"csr"` needs the TensorFlow backend); the
+#: kernels of each backend are those of `keras_dctsparse.ops.kernel_registry`.
 SPARSE_KERNELS = ("auto",) + kernel_choice.KERNELS
 
 #: Real multiply-adds per point and per `log2(2N)` stage of a fast DCT-II of length N.
@@ -144,7 +146,12 @@ class DCTSparseLayer(keras.layers.Layer):
     Adding a layer type is one module: a subclass that sets these.
 
     Args:
-        density: Fraction of the kernel's entries that `S` keeps, in (0, 1].
+        density: Fraction of the kernel's entries that `S` keeps, in (0, 1]
+            (`nnz = round(density * size)`, at least 1). Default 0.01 when
+            `nnz` is not given.
+        nnz: The number of entries `S` keeps, an int in `[1, size]` (checked
+            in `build`), instead of `density` (give one of the two). This is
+            what `sparsify` passes: each layer's count from the allocation.
         offset: `"dct"` for the DCT offset (DCTpS), or `None` for a plain
             random-sparse layer (the paper's baseline).
         activation: Activation function, as for `keras.layers.Dense`.
@@ -172,7 +179,8 @@ class DCTSparseLayer(keras.layers.Layer):
             traced), `"csr"`, `"gather"` or `"materialized"` (dense matmul
             with `S` scattered into an `n x m` tensor in every step; refused
             above `kernel_choice.MAX_MATERIALIZED_ELEMENTS` = 2**24 entries).
-            See `keras_dctsparse.ops.sparse_matmul`.
+            See `keras_dctsparse.ops.sparse_matmul`; the kernels each backend
+            has are `keras_dctsparse.ops.kernel_registry.kernel_names()`.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
     """
 
@@ -322,9 +330,12 @@ class DCTSparseLayer(keras.layers.Layer):
         """
         raise NotImplementedError
 
+    #: Density of the layers given neither `density` nor `nnz`.
+    DEFAULT_DENSITY = 0.01
+
     def __init__(
         self,
-        density=0.01,
+        density=None,
         offset="dct",
         activation=None,
         use_bias=True,
@@ -340,10 +351,23 @@ class DCTSparseLayer(keras.layers.Layer):
         seed=None,
         sparse_format="values",
         sparse_kernel="auto",
+        nnz=None,
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self.density = validation.check_density(density)
+        if density is not None and nnz is not None:
+            raise ValueError(
+                "Give one of `density` and `nnz`, not both; received "
+                f"density={density!r}, nnz={nnz!r}."
+            )
+        if nnz is None:
+            self.density = validation.check_density(
+                self.DEFAULT_DENSITY if density is None else density
+            )
+            self.requested_nnz = None
+        else:
+            self.density = None
+            self.requested_nnz = validation.check_nnz(nnz)
         self.offset = validation.check_choice("offset", offset, validation.OFFSETS)
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
@@ -361,22 +385,14 @@ class DCTSparseLayer(keras.layers.Layer):
         self.sparse_format = validation.check_choice(
             "sparse_format", sparse_format, validation.SPARSE_FORMATS
         )
-        self.sparse_kernel_name = validation.check_choice(
-            "sparse_kernel", sparse_kernel, SPARSE_KERNELS
+        self.sparse_kernel_name = kernel_registry.check_kernel_name(
+            sparse_kernel, argument="sparse_kernel"
         )
-        if TENSORFLOW:
-            # The CSR kernels have no XLA implementation: a model using them must not
-            # be compiled whole by XLA (Keras checks this for jit_compile="auto").
-            # "auto" never picks CSR inside an XLA compilation.
-            self.supports_jit = (
-                self.sparse_format == "masked" or self.sparse_kernel_name in XLA_KERNELS
-            )
-        elif self.sparse_kernel_name not in ("auto",) + keras_ops.GENERIC_KERNELS:
-            raise ValueError(
-                f"sparse_kernel={self.sparse_kernel_name!r} needs the TensorFlow backend; "
-                f"KERAS_BACKEND is {keras.backend.backend()!r}, where sparse_kernel may be "
-                f"one of {('auto',) + keras_ops.GENERIC_KERNELS}."
-            )
+        # A kernel XLA cannot compile (CSR) forbids compiling the model whole (Keras
+        # checks this for jit_compile="auto"); "auto" never picks one inside XLA.
+        self.supports_jit = self.sparse_format == "masked" or kernel_registry.is_xla_safe(
+            self.sparse_kernel_name
+        )
         self.sparse_weight = None
         self._alpha = None
         self.bias = None
@@ -387,6 +403,10 @@ class DCTSparseLayer(keras.layers.Layer):
         Args:
             kernel_shape: Shape of the sparse kernel `S`.
             bias_size: Length of the bias vector, or the bias shape as a tuple.
+
+        Raises:
+            ValueError: If `nnz` exceeds the kernel's size, or the layer's
+                `sparse_kernel` cannot run a kernel of this shape.
         """
         self.sparse_weight = SparseWeight(
             kernel_shape,
@@ -396,8 +416,13 @@ class DCTSparseLayer(keras.layers.Layer):
             self.sparse_regularizer,
             self.sparse_constraint,
             self.seed,
-            kernel=self.sparse_kernel_name,
+            nnz=self.requested_nnz,
+            layer_name=self.name,
         )
+        if self.sparse_format == "values" and self.sparse_kernel_name != kernel_registry.AUTO:
+            kernel_registry.get_kernel(self.sparse_kernel_name).check_shape(
+                *self.sparse_weight.matrix_shape, argument="sparse_kernel", layer_name=self.name
+            )
         self.sparse_weight.build(self)
         if self.offset == "dct":
             self._alpha = self.add_weight(
@@ -415,6 +440,31 @@ class DCTSparseLayer(keras.layers.Layer):
                 regularizer=self.bias_regularizer,
                 constraint=self.bias_constraint,
             )
+
+    def matrix_product(self, x, alpha=None):
+        """`alpha * D x + x @ S` over the kernel's `(n, m)` matrix view, as one op.
+
+        The op is the layer's `sparse_kernel` (or the backend's choice for
+        `"auto"`) from `keras_dctsparse.ops.kernel_registry`; with the masked
+        format, the registry's dense product of the masked kernel.
+
+        Args:
+            x: Float tensor of shape `(batch, n)`.
+            alpha: None (no offset: `x @ S`), or the scalar `alpha` in the dtype of `x`.
+
+        Returns:
+            Tensor of shape `(batch, m)`, the dtype of `x`.
+        """
+        weight = self.sparse_weight
+        units = weight.matrix_shape[1]
+        if weight.sparse_format == "masked":
+            matrix = ops.reshape(weight.dense_kernel(dtype=x.dtype), weight.matrix_shape)
+            return kernel_registry.dense_matmul(x, matrix, units, alpha=alpha)
+        rows, cols = weight.positions()
+        values = ops.convert_to_tensor(weight.values)
+        return kernel_registry.matmul(
+            x, values, rows, cols, units, kernel=self.sparse_kernel_name, alpha=alpha
+        )
 
     @property
     def alpha(self):
@@ -526,6 +576,7 @@ class DCTSparseLayer(keras.layers.Layer):
         config.update(
             {
                 "density": self.density,
+                "nnz": self.requested_nnz,
                 "offset": self.offset,
                 "activation": keras.activations.serialize(self.activation),
                 "use_bias": self.use_bias,

@@ -40,7 +40,6 @@ import numbers
 
 import keras
 from keras import ops
-from keras.src.ops.operation_utils import compute_conv_output_shape
 
 from keras_dctsparse.layers import validation
 from keras_dctsparse.layers.base import DCT_MACS_PER_LOG
@@ -53,6 +52,7 @@ from keras_dctsparse.ops import keras_ops
 __all__ = [
     "OFFSET_METHODS",
     "CONV_SPARSE_KERNELS",
+    "conv_output_shape",
     "DATA_FORMATS",
     "SPARSE_FIXED",
     "SPARSE_PER_DENSITY",
@@ -93,6 +93,60 @@ SPARSE_PATH_MAX = 0.95
 # still wins at batch 1 on 2x2x512 (1.27x vs fused 2.12x Conv2D) and 8x8x256 (1.09x vs
 # 1.61x), not on 16x16x64 (1.36x vs 1.20x).
 SPARSE_MIN_MACS = 4_000_000
+
+
+def conv_output_shape(
+    input_shape, filters, kernel_size, strides, padding, data_format, dilation_rate
+):
+    """Output shape of a convolution, as Keras's conv layers compute it.
+
+    Per spatial dimension of size `n` (None stays None), with kernel size `k`,
+    stride `s` and dilation `d`: `"valid"` gives `floor((n - d * (k - 1) - 1) / s) + 1`,
+    `"same"` gives `ceil(n / s)`.
+
+    Args:
+        input_shape: Input shape, batch first.
+        filters: Output channels (or None).
+        kernel_size: Tuple of spatial kernel sizes.
+        strides: Tuple of strides.
+        padding: `"valid"` or `"same"` (a causal conv has the `"same"` length).
+        data_format: `"channels_last"` or `"channels_first"`.
+        dilation_rate: Tuple of dilation rates.
+
+    Returns:
+        The output shape as a tuple.
+
+    Raises:
+        ValueError: If a `"valid"` output dimension would be zero or negative.
+
+    Example:
+
+    >>> conv_output_shape((None, 28, 28, 1), 8, (5, 5), (2, 2), "valid",
+    ...                   "channels_last", (1, 1))
+    (None, 12, 12, 8)
+    """
+    input_shape = tuple(input_shape)
+    channels_last = data_format == "channels_last"
+    spatial = input_shape[1:-1] if channels_last else input_shape[2:]
+    out = []
+    for size, kernel, stride, dilation in zip(spatial, kernel_size, strides, dilation_rate):
+        if size is None:
+            out.append(None)
+        elif padding == "valid":
+            length = (int(size) - dilation * (kernel - 1) - 1) // stride + 1
+            if length <= 0:
+                raise ValueError(
+                    "Computed output size would be zero or negative. Received "
+                    f"input_shape={input_shape}, kernel_size={tuple(kernel_size)}, "
+                    f"dilation_rate={tuple(dilation_rate)}, strides={tuple(strides)}, "
+                    f"padding={padding!r}."
+                )
+            out.append(length)
+        else:
+            out.append(-(-int(size) // stride))
+    if channels_last:
+        return (input_shape[0], *out, filters)
+    return (input_shape[0], filters, *out)
 
 
 def choose_conv_plan(
@@ -216,7 +270,7 @@ class _DCTSparseConvBase(DCTSparseLayer):
         data_format=None,
         dilation_rate=1,
         groups=1,
-        density=0.01,
+        density=None,
         offset="dct",
         offset_method="auto",
         sparse_kernel="auto",
@@ -361,7 +415,7 @@ class _DCTSparseConvBase(DCTSparseLayer):
             sparse_kernel = "dense"
         pixels = None
         if None not in x.shape[:-1]:
-            out_shape = compute_conv_output_shape(
+            out_shape = conv_output_shape(
                 tuple(x.shape),
                 1,
                 self.kernel_size,
@@ -388,7 +442,7 @@ class _DCTSparseConvBase(DCTSparseLayer):
     def _sparse_conv(self, x, padding):
         """`conv(x, S)` by `ops.sparse_conv` (channels_last `x`), in nnz multiply-adds."""
         weight = self.sparse_weight
-        rows, cols = weight._positions()
+        rows, cols = weight.positions()
         return sparse_conv_ops.sparse_conv(
             x,
             tf.cast(tf.convert_to_tensor(weight.values), x.dtype),
@@ -537,7 +591,7 @@ class _DCTSparseConvBase(DCTSparseLayer):
         input_shape = tuple(input_shape)
         in_channels = input_shape[self._channel_axis]
         out_channels = self._out_channels(in_channels) if in_channels is not None else None
-        return compute_conv_output_shape(
+        return conv_output_shape(
             input_shape,
             out_channels,
             self.kernel_size,
@@ -675,6 +729,7 @@ _ARGS_DOC = """
             or `"channels_first"` (run by transposing to channels_last and back).
         dilation_rate: Int or tuple; `> 1` cannot be combined with `strides > 1`.
         density: Fraction of the kernel's entries that `S` keeps and trains, in (0, 1].
+            Default 0.01 unless `nnz` (the number of kept entries) is given.
         offset: `"dct"` (default) or `None` for the plain random-sparse baseline.
         offset_method: How the offset is applied: `"auto"` (`"fused"` with the dense
             `S` path: one conv with `alpha * Kd + S`; `conv_offset`'s own choice with the

@@ -45,7 +45,10 @@ class DCTSparseDense(DCTSparseLayer):
     Args:
         units: Positive integer, dimensionality of the output space.
         density: Fraction of the `n * units` entries of `S` that are kept and
-            trained, in (0, 1]. At least one entry is kept.
+            trained, in (0, 1]. At least one entry is kept. Default 0.01 unless
+            `nnz` is given.
+        nnz: Instead of `density`, the number of kept entries, an int in
+            `[1, n * units]` (what `sparsify` passes).
         offset: `"dct"` (default) for the DCT offset, or `None` for the plain
             random-sparse layer (He-normal values on the kept positions).
         activation: Activation function to use (default: none).
@@ -96,15 +99,13 @@ class DCTSparseDense(DCTSparseLayer):
     carried_keys = ("units",)
     export_kind = "matrix"
 
-    def __init__(self, units, density=0.01, offset="dct", **kwargs):
+    def __init__(self, units, density=None, offset="dct", **kwargs):
         super().__init__(density=density, offset=offset, **kwargs)
         self.units = validation.check_positive_int("units", units)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
         input_dim = validation.check_last_dim(self.name, input_shape)
-        if self.sparse_format == "values" and self.sparse_kernel_name == "materialized":
-            validation.check_materialized_size(self.name, input_dim, self.units)
         self.build_sparse_part((input_dim, self.units), bias_size=self.units)
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
 
@@ -135,7 +136,7 @@ class DCTSparseDense(DCTSparseLayer):
         alpha = None
         if self.offset == "dct":
             alpha = tf.cast(tf.convert_to_tensor(self._alpha), x.dtype)
-        linear = self.sparse_weight.matmul(x, offset_scale=alpha)
+        linear = self.matrix_product(x, alpha)
         outputs = self.finish(self.observe_linear_output(x, linear))
         if flatten:
             outputs = tf.reshape(outputs, tf.concat([leading_shape, [self.units]], 0))
@@ -148,7 +149,7 @@ class DCTSparseDense(DCTSparseLayer):
         leading = ops.shape(x)[:-1]
         x = ops.reshape(x, (-1, input_dim))
         alpha = self.alpha_as(x.dtype) if self.offset == "dct" else None
-        linear = self.sparse_weight.matmul(x, offset_scale=alpha)
+        linear = self.matrix_product(x, alpha)
         outputs = self.finish(self.observe_linear_output(x, linear))
         return ops.reshape(outputs, (*leading, self.units))
 

@@ -234,6 +234,7 @@ class DCTSparseEinsumDense(DCTSparseLayer):
         bias_axes: None (no bias) or a string of output letters with a bias, as
             for `keras.layers.EinsumDense` (e.g. `"de"`).
         density: Fraction of the `n * m` entries of `S` kept and trained, in (0, 1].
+            Default 0.01 unless `nnz` (the number of kept entries) is given.
         offset: `"dct"` (default) or `None` for the plain random-sparse layer.
         **kwargs: The other `DCTSparseLayer` arguments (`activation`, `alpha`,
             `sparse_initializer`, `sparse_kernel`, `seed`, `sparse_format`, ...;
@@ -262,7 +263,7 @@ class DCTSparseEinsumDense(DCTSparseLayer):
     export_kind = "matrix"
 
     def __init__(
-        self, equation, output_shape, bias_axes=None, density=0.01, offset="dct", **kwargs
+        self, equation, output_shape, bias_axes=None, density=None, offset="dct", **kwargs
     ):
         if "use_bias" in kwargs:
             raise ValueError(
@@ -290,8 +291,6 @@ class DCTSparseEinsumDense(DCTSparseLayer):
             self.equation, input_shape, self.partial_output_shape, self.bias_axes
         )
         n, m = self.plan.n, self.plan.m
-        if self.sparse_format == "values" and self.sparse_kernel_name == "materialized":
-            validation.check_materialized_size(self.name, n, m)
         self.build_sparse_part((n, m), bias_size=self.plan.bias_shape or (m,))
 
     def matrix_input(self, x):
@@ -310,7 +309,7 @@ class DCTSparseEinsumDense(DCTSparseLayer):
         x = ops.cast(inputs, self.transform_dtype())
         rows = self.matrix_input(x)
         alpha = self.alpha_as(rows.dtype) if self.offset == "dct" else None
-        linear = self.sparse_weight.matmul(rows, offset_scale=alpha)
+        linear = self.matrix_product(rows, alpha)
         linear = self.observe_linear_output(rows, linear)
         return self.finish(self.matrix_output(linear, x))
 

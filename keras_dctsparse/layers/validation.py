@@ -1,9 +1,14 @@
-"""Argument checks shared by the layers: each error names the argument, the value and what is allowed."""
+"""Argument checks shared by the layers: each error names the argument, the value and what is allowed.
+
+`check_density` and `check_nnz` are `keras_dctsparse.allocation`'s (one density check
+for the layers, the allocation and `sparsify`).
+"""
 
 import math
 import numbers
 
-from keras_dctsparse.ops import kernel_choice
+from keras_dctsparse.allocation import check_density
+from keras_dctsparse.allocation import check_nnz
 
 __all__ = [
     "Choices",
@@ -11,11 +16,11 @@ __all__ = [
     "SPARSE_FORMATS",
     "check_positive_int",
     "check_density",
+    "check_nnz",
     "check_choice",
     "check_finite_float",
     "check_seed",
     "check_last_dim",
-    "check_materialized_size",
 ]
 
 
@@ -40,21 +45,6 @@ def check_positive_int(name, value):
             f"Argument `{name}` must be a positive integer; received {name}={value!r}."
         )
     return int(value)
-
-
-def check_density(value, name="density"):
-    """Returns `value` as a float if it lies in (0, 1], else raises ValueError."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or math.isnan(value)
-        or not 0.0 < value <= 1.0
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be a number in (0, 1]; received "
-            f"{name}={value!r}."
-        )
-    return float(value)
 
 
 def check_choice(name, value, allowed):
@@ -110,14 +100,3 @@ def check_last_dim(layer_name, input_shape):
             f"defined; received input_shape={tuple(input_shape)}."
         )
     return int(last)
-
-
-def check_materialized_size(layer_name, input_dim, units):
-    """Raises ValueError if a `(input_dim, units)` kernel is too large to materialize."""
-    if not kernel_choice.materialized_allowed(input_dim, units):
-        raise ValueError(
-            f"Layer '{layer_name}': sparse_kernel='materialized' would build a "
-            f"{input_dim} x {units} kernel ({input_dim * units} entries) in every "
-            f"step, above the limit of {kernel_choice.MAX_MATERIALIZED_ELEMENTS}; "
-            "use sparse_kernel='auto', 'csr' or 'gather'."
-        )

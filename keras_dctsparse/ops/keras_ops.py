@@ -31,6 +31,7 @@ import numpy as np
 from keras import ops
 
 from keras_dctsparse.ops import kernel_choice
+from keras_dctsparse.ops import kernel_registry
 
 __all__ = [
     "GENERIC_KERNELS",
@@ -42,6 +43,7 @@ __all__ = [
     "dct_block",
     "dct_offset",
     "depthwise_offset_kernel",
+    "offset_sparse_matmul",
     "scatter_kernel",
     "sparse_matmul",
 ]
@@ -296,6 +298,12 @@ def choose_kernel(input_dim, units, nnz, batch, dtype="float32"):
     return min(GENERIC_KERNELS, key=lambda name: costs.get(name, math.inf))
 
 
+def _registry_backend():
+    """The registry backend of these kernels: Keras's, or `KERAS_OPS` under TensorFlow."""
+    backend = keras.backend.backend()
+    return kernel_registry.KERAS_OPS if backend == "tensorflow" else backend
+
+
 def sparse_matmul(x, values, rows, cols, units, kernel="auto"):
     """`x @ S` for `S` given by its values at `(rows, cols)` of an `(n, units)` matrix.
 
@@ -305,7 +313,8 @@ def sparse_matmul(x, values, rows, cols, units, kernel="auto"):
         rows: `(nnz,)` int rows.
         cols: `(nnz,)` int columns.
         units: Number of columns `m` of `S`.
-        kernel: `"auto"` (`choose_kernel`), `"gather"` or `"materialized"`.
+        kernel: `"auto"` (`choose_kernel`), `"gather"` or `"materialized"` (the
+            kernels of `keras_dctsparse.ops.kernel_registry` for this backend).
 
     Returns:
         Tensor of shape `(batch, units)`, the dtype of `x`.
@@ -317,28 +326,67 @@ def sparse_matmul(x, values, rows, cols, units, kernel="auto"):
     >>> keras.ops.convert_to_numpy(y).tolist()
     [[0.0, 2.0]]
     """
-    n = int(x.shape[-1])
-    nnz = int(values.shape[0])
-    values = ops.cast(values, x.dtype)
-    if kernel == "auto":
-        batch = x.shape[0]
-        # An unknown or symbolic batch (e.g. jax2tf's shape polymorphism in `model.export`).
-        batch = batch if isinstance(batch, int) else None
-        kernel = choose_kernel(n, units, nnz, batch, keras.backend.standardize_dtype(x.dtype))
-    if kernel == "materialized":
-        return ops.matmul(x, scatter_kernel(values, rows, cols, (n, units)))
-    if kernel != "gather":
-        raise ValueError(
-            f"Argument `kernel` must be one of {('auto',) + GENERIC_KERNELS} under the "
-            f"{keras.backend.backend()!r} backend; received kernel={kernel!r}."
-        )
-    if keras.backend.backend() == "torch":
-        return _torch_sparse_matmul(x, values, rows, cols, int(units))
+    return kernel_registry.matmul(
+        x, values, rows, cols, int(units), kernel=kernel, backend=_registry_backend()
+    )
+
+
+def offset_sparse_matmul(x, alpha, values, rows, cols, units, kernel="auto"):
+    """`alpha * D x + x @ S`: the DCT offset (`dct_offset`) plus `sparse_matmul`.
+
+    Same arguments as `sparse_matmul`, plus `alpha`, a scalar tensor of the dtype of `x`.
+
+    Example:
+
+    >>> y = offset_sparse_matmul(keras.ops.ones((1, 4)), 1.0, keras.ops.zeros((1,)),
+    ...                          np.array([0]), np.array([0]), units=4)
+    >>> [round(float(v), 4) + 0.0 for v in keras.ops.convert_to_numpy(y)[0]]
+    [2.0, 0.0, 0.0, 0.0]
+    """
+    return kernel_registry.matmul(
+        x, values, rows, cols, int(units), kernel=kernel, alpha=alpha,
+        backend=_registry_backend(),
+    )
+
+
+def _prepare(x, values, rows, cols):
+    """The kernels' argument types: values in the dtype of `x` (positions as given)."""
+    return ops.cast(values, x.dtype), rows, cols
+
+
+def _choose(x, input_dim, units, nnz):
+    batch = x.shape[0]
+    # An unknown or symbolic batch (e.g. jax2tf's shape polymorphism in `model.export`).
+    batch = batch if isinstance(batch, int) else None
+    return choose_kernel(input_dim, units, nnz, batch, keras.backend.standardize_dtype(x.dtype))
+
+
+def _with_offset(product):
+    """`alpha * D x + product(x, ...)`: the offset by `dct_offset` next to the product."""
+
+    def offset_product(x, alpha, values, rows, cols, units):
+        return product(x, values, rows, cols, units) + alpha * dct_offset(x, units)
+
+    return offset_product
+
+
+def _materialized(x, values, rows, cols, units):
+    return ops.matmul(x, scatter_kernel(values, rows, cols, (int(x.shape[-1]), units)))
+
+
+def _gather(x, values, rows, cols, units):
     products = ops.take(x, ops.cast(rows, "int32"), axis=1) * values  # (batch, nnz)
     summed = ops.segment_sum(
         ops.transpose(products), ops.cast(cols, "int32"), num_segments=int(units)
     )  # (units, batch)
     return ops.transpose(summed)
+
+
+def _dense_matmul(x, matrix, units, alpha):
+    outputs = ops.matmul(x, matrix)
+    if alpha is not None:
+        outputs = outputs + alpha * dct_offset(x, units)
+    return outputs
 
 
 def _torch_sparse_matmul(x, values, rows, cols, units):
@@ -388,6 +436,25 @@ def _torch_sparse_product():
 
     _TORCH_SPARSE_PRODUCT.append(SparseProduct)
     return SparseProduct
+
+
+_GENERIC = (kernel_registry.KERAS_OPS,) + kernel_registry.GENERIC_BACKENDS
+kernel_registry.register_kernel(kernel_registry.SparseKernel(
+    "gather", _GENERIC, xla_safe=True, matmul=_gather, offset_matmul=_with_offset(_gather),
+    description="take + multiply + segment sum (batch * nnz work)",
+))
+kernel_registry.register_kernel(kernel_registry.SparseKernel(
+    "gather", ("torch",), xla_safe=True, matmul=_torch_sparse_matmul,
+    offset_matmul=_with_offset(_torch_sparse_matmul),
+    description="torch.sparse.mm forward and input gradient, sampled value gradient",
+))
+kernel_registry.register_kernel(kernel_registry.SparseKernel(
+    "materialized", _GENERIC, xla_safe=True, matmul=_materialized,
+    offset_matmul=_with_offset(_materialized), shape_allowed=kernel_choice.materialized_allowed,
+    shape_limit="n * m <= kernel_choice.MAX_MATERIALIZED_ELEMENTS",
+    description="S scattered into a temporary dense kernel, then a dense matmul",
+))
+kernel_registry.register_backend(_GENERIC, _prepare, _choose, _dense_matmul)
 
 
 # -- convolutions ----------------------------------------------------------------------------------

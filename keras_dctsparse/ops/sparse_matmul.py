@@ -28,17 +28,23 @@ Kernels (measured in `benchmarks/dense_layer.py`):
   nnz, batch (`ASSUMED_BATCH` when unknown) and dtype, chosen when the call is
   traced (no `tf.cond`); `"csr"` is never chosen inside an XLA compilation.
 
+Each kernel registers itself in `keras_dctsparse.ops.kernel_registry` for the
+TensorFlow backend (name, implementation, XLA safety); `sparse_matmul` and
+`offset_sparse_matmul` run the registry's kernel.
+
 The sampled value gradient `dvalues[k] = sum_b x[b, rows[k]] * dy[b, cols[k]]`
 runs under XLA; the CSR kernel computes it from the transposes `x^T`, `dy^T` it
 already has (contiguous gathered rows).
 """
 
 import tensorflow as tf
-from tensorflow.python.ops.linalg.sparse import sparse_csr_matrix_ops
 
+# No public TensorFlow API tells whether the current graph is being compiled by XLA
+# (an inner `tf.function(jit_compile=True)`); "auto" must not pick CSR there.
 from tensorflow.python.ops import control_flow_util
 
 from keras_dctsparse.ops import kernel_choice
+from keras_dctsparse.ops import kernel_registry
 from keras_dctsparse.ops.conv_offset import dct_block
 from keras_dctsparse.ops.transforms import dct_offset
 
@@ -51,9 +57,6 @@ __all__ = [
 ]
 
 SPARSE_KERNELS = ("auto",) + kernel_choice.KERNELS
-
-# Kernels with an XLA implementation (a layer using only these can be compiled whole).
-XLA_KERNELS = ("auto", "gather", "materialized")
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
@@ -103,11 +106,13 @@ def _gather_matmul(x, values, rows, cols, units):
 
 
 def _csr_transposed(values, rows, cols, units, input_dim):
-    """The CSR matrix of `S^T` (shape `(units, input_dim)`)."""
+    """The CSR matrix of `S^T` (shape `(units, input_dim)`), a variant tensor."""
     # Column-major (col, row) pairs are the canonical order of S^T.
     indices = tf.cast(tf.stack([cols, rows], axis=1), tf.int64)
-    return sparse_csr_matrix_ops.CSRSparseMatrix(
-        tf.SparseTensor(indices, values, [units, input_dim])
+    return tf.raw_ops.SparseTensorToCSRSparseMatrix(
+        indices=indices,
+        values=values,
+        dense_shape=tf.constant([units, input_dim], tf.int64),
     )
 
 
@@ -118,7 +123,7 @@ def _csr_matmul(x, values, rows, cols, units):
     def matmul(x, values):
         transposed = _csr_transposed(values, rows, cols, units, input_dim)
         x_t = tf.transpose(x)
-        y = sparse_csr_matrix_ops.matmul(transposed, x_t)
+        y = tf.raw_ops.SparseMatrixMatMul(a=transposed, b=x_t)
 
         def grad(dy):
             # Rebuilt rather than captured: SavedModel export serializes the
@@ -128,7 +133,10 @@ def _csr_matmul(x, values, rows, cols, units):
             # The CSR of S by an explicit CSR transpose (a counting sort), then a
             # plain product: faster than the product's own transpose_a (measured
             # 2.8 -> 1.2 ms at 4096 x 4096, 0.1%, batch 256; 5.5 -> 4.2 ms at 1%).
-            dx = sparse_csr_matrix_ops.matmul(transposed.transpose(), dy_t)
+            dx = tf.raw_ops.SparseMatrixMatMul(
+                a=tf.raw_ops.SparseMatrixTranspose(input=transposed, type=values.dtype),
+                b=dy_t,
+            )
             # The transposes the CSR products need also serve the value gradient.
             return tf.transpose(dx), _sampled_dot_transposed(x_t, dy_t, rows, cols)
 
@@ -230,13 +238,61 @@ def _materialized_matmul(x, values, rows, cols, units, alpha=None):
 
 
 def _check_materialized(input_dim, units):
-    if not kernel_choice.materialized_allowed(input_dim, units):
-        raise ValueError(
-            f"sparse_kernel='materialized' would allocate {input_dim} x {units} = "
-            f"{input_dim * units} elements, above MAX_MATERIALIZED_ELEMENTS="
-            f"{kernel_choice.MAX_MATERIALIZED_ELEMENTS}; use 'auto', 'csr' or "
-            "'gather' for this layer."
-        )
+    kernel_registry.get_kernel("materialized", "tensorflow").check_shape(
+        input_dim, units, argument="sparse_kernel"
+    )
+
+
+def _offset_materialized(x, alpha, values, rows, cols, units):
+    return _materialized_matmul(x, values, rows, cols, units, alpha=alpha)
+
+
+def _prepare(x, values, rows, cols):
+    """The kernels' argument types: values in the dtype of `x`, int32 positions."""
+    return (
+        tf.convert_to_tensor(values, x.dtype),
+        tf.convert_to_tensor(rows, tf.int32),
+        tf.convert_to_tensor(cols, tf.int32),
+    )
+
+
+def _choose(x, input_dim, units, nnz):
+    """The kernel `"auto"` runs for `x` (`resolve_kernel`)."""
+    return resolve_kernel("auto", input_dim, units, nnz, x.shape[0], x.dtype.name)
+
+
+def _dense_matmul(x, matrix, units, alpha):
+    outputs = tf.matmul(x, matrix)
+    if alpha is not None:
+        outputs += alpha * dct_offset(x, units)
+    return outputs
+
+
+kernel_registry.register_kernel(kernel_registry.SparseKernel(
+    "csr", ("tensorflow",), xla_safe=False, matmul=_csr_matmul, offset_matmul=_offset_csr,
+    description="TensorFlow CSR sparse-matrix products plus tf.signal's DCT",
+))
+kernel_registry.register_kernel(kernel_registry.SparseKernel(
+    "gather", ("tensorflow",), xla_safe=True, matmul=_gather_matmul,
+    offset_matmul=_fused_offset_gather,
+    description="gather + segment sum, fused with the DCT in one XLA cluster",
+))
+kernel_registry.register_kernel(kernel_registry.SparseKernel(
+    "materialized", ("tensorflow",), xla_safe=True, matmul=_materialized_matmul,
+    offset_matmul=_offset_materialized, shape_allowed=kernel_choice.materialized_allowed,
+    shape_limit="n * m <= kernel_choice.MAX_MATERIALIZED_ELEMENTS",
+    description="S (and a folded DCT block) scattered into a dense kernel, dense matmuls",
+))
+# "auto" never picks CSR inside an XLA compilation (`resolve_kernel`).
+kernel_registry.register_backend(
+    ("tensorflow",), _prepare, _choose, _dense_matmul, auto_xla_safe=True
+)
+
+#: Kernels with an XLA implementation (a layer using only these can be compiled whole).
+XLA_KERNELS = ("auto",) + tuple(
+    name for name in kernel_registry.kernel_names("tensorflow")
+    if kernel_registry.is_xla_safe(name, "tensorflow")
+)
 
 
 def resolve_kernel(kernel, input_dim, units, nnz, batch=None, dtype="float32"):
@@ -262,13 +318,8 @@ def resolve_kernel(kernel, input_dim, units, nnz, batch=None, dtype="float32"):
     >>> resolve_kernel("auto", 256, 256, 65536, batch=32)
     'materialized'
     """
-    if kernel not in SPARSE_KERNELS:
-        raise ValueError(
-            f"Argument `kernel` must be one of {SPARSE_KERNELS}; received "
-            f"kernel={kernel!r}."
-        )
     if kernel != "auto":
-        return kernel
+        return kernel_registry.get_kernel(kernel, "tensorflow").name
     xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
     return kernel_choice.choose_kernel(
         input_dim, units, nnz, batch=batch, dtype=dtype, xla=xla
@@ -294,17 +345,9 @@ def offset_sparse_matmul(x, alpha, values, rows, cols, units, kernel="auto"):
     >>> [round(v, 4) + 0.0 for v in y.numpy()[0].tolist()]
     [2.0, 0.0, 0.0, 0.0]
     """
-    values = tf.convert_to_tensor(values, x.dtype)
-    chosen = resolve_kernel(
-        kernel, x.shape[1], units, values.shape[0], x.shape[0], x.dtype.name
+    return kernel_registry.matmul(
+        x, values, rows, cols, units, kernel=kernel, alpha=alpha, backend="tensorflow"
     )
-    rows = tf.convert_to_tensor(rows, tf.int32)
-    cols = tf.convert_to_tensor(cols, tf.int32)
-    if chosen == "gather":
-        return _fused_offset_gather(x, alpha, values, rows, cols, units)
-    if chosen == "csr":
-        return _offset_csr(x, alpha, values, rows, cols, units)
-    return _materialized_matmul(x, values, rows, cols, units, alpha=alpha)
 
 
 def sparse_matmul(x, values, rows, cols, units, kernel="auto"):
@@ -333,14 +376,6 @@ def sparse_matmul(x, values, rows, cols, units, kernel="auto"):
     >>> y.numpy().tolist()
     [[2.0, 0.0], [2.0, 0.0]]
     """
-    values = tf.convert_to_tensor(values, x.dtype)
-    chosen = resolve_kernel(
-        kernel, x.shape[1], units, values.shape[0], x.shape[0], x.dtype.name
+    return kernel_registry.matmul(
+        x, values, rows, cols, units, kernel=kernel, backend="tensorflow"
     )
-    rows = tf.convert_to_tensor(rows, tf.int32)
-    cols = tf.convert_to_tensor(cols, tf.int32)
-    if chosen == "csr":
-        return _csr_matmul(x, values, rows, cols, units)
-    if chosen == "gather":
-        return _gather_matmul(x, values, rows, cols, units)
-    return _materialized_matmul(x, values, rows, cols, units)

@@ -740,3 +740,48 @@ def test_sparse_path_trains_and_saves(tmp_path):
     h = np.maximum(reference_output(first, x), 0.0)  # relu
     assert_close(first(x), h, rtol=1e-4)
     assert_close(second(h.astype(np.float32)), reference_output(second, h), rtol=1e-4)
+
+
+# -- the output shape (our own function; no keras.src import) --------------------------------
+
+
+def _keras_output_shape(rank, input_shape, padding, strides, dilation, data_format):
+    layer_type = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D}[rank]
+    return tuple(layer_type(5, 3, strides=strides, padding=padding, dilation_rate=dilation,
+                            data_format=data_format).compute_output_shape(input_shape))
+
+
+@pytest.mark.parametrize("padding", ["valid", "same", "causal"])
+@pytest.mark.parametrize("strides, dilation", [(1, 1), (2, 1), (3, 1), (1, 2), (1, 3)])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("rank", [1, 2])
+def test_conv_output_shape_matches_keras(padding, strides, dilation, data_format, rank):
+    from keras_dctsparse.layers.conv import conv_output_shape
+
+    if padding == "causal" and (rank == 2 or data_format == "channels_first"):
+        pytest.skip("causal padding is Conv1D channels_last only in Keras")
+    rng = np.random.default_rng()
+    for _ in range(5):
+        spatial = [int(n) for n in rng.integers(7, 20, size=rank)]
+        if rng.random() < 0.3:
+            spatial[0] = None
+        batch = [None] if rng.random() < 0.5 else [4]
+        shape = (
+            tuple(batch + spatial + [2]) if data_format == "channels_last"
+            else tuple(batch + [2] + spatial)
+        )
+        expected = _keras_output_shape(rank, shape, padding, strides, dilation, data_format)
+        ours = conv_output_shape(
+            shape, 5, (3,) * rank, (strides,) * rank,
+            "same" if padding == "causal" else padding, data_format, (dilation,) * rank,
+        )
+        assert ours == expected, (shape, padding, strides, dilation)
+
+
+def test_conv_output_shape_refuses_empty_outputs():
+    from keras_dctsparse.layers.conv import conv_output_shape
+
+    with pytest.raises(ValueError, match="zero or negative"):
+        conv_output_shape((1, 4, 4, 2), 3, (3, 3), (1, 1), "valid", "channels_last", (2, 2))
+    with pytest.raises(ValueError):  # Keras refuses it too
+        keras.layers.Conv2D(3, 3, dilation_rate=2).compute_output_shape((1, 4, 4, 2))

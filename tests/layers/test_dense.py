@@ -445,3 +445,70 @@ def test_mismatched_input_is_a_clear_error():
     layer(np.ones((2, 8), np.float32))
     with pytest.raises(ValueError, match="incompatible"):
         layer(np.ones((2, 9), np.float32))
+
+
+# -- nnz instead of density ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layer_type, build_shape",
+    [("dense", (None, 13)), ("conv", (None, 6, 6, 3)), ("depthwise", (None, 6, 6, 3)),
+     ("einsum", (None, 13))],
+)
+def test_nnz_instead_of_density(layer_type, build_shape):
+    from keras_dctsparse import DCTSparseConv2D
+    from keras_dctsparse import DCTSparseDepthwiseConv2D
+    from keras_dctsparse import DCTSparseEinsumDense
+
+    make = {
+        "dense": lambda **kw: DCTSparseDense(7, **kw),
+        "conv": lambda **kw: DCTSparseConv2D(4, 3, **kw),
+        "depthwise": lambda **kw: DCTSparseDepthwiseConv2D(3, depth_multiplier=2, **kw),
+        "einsum": lambda **kw: DCTSparseEinsumDense("ab,bc->ac", output_shape=7, **kw),
+    }[layer_type]
+    layer = make(nnz=17, seed=0)
+    layer.build(build_shape)
+    assert layer.nnz == 17 and layer.sparse_weight.values.shape == (17,)
+    config = layer.get_config()
+    assert (config["nnz"], config["density"]) == (17, None)
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    clone.build(build_shape)
+    np.testing.assert_array_equal(clone.sparse_weight.indices.numpy(),
+                                  layer.sparse_weight.indices.numpy())
+    # A config written before `nnz` existed (density only) still loads.
+    old = dict(make(density=0.25, seed=0).get_config())
+    del old["nnz"]
+    layer = type(layer).from_config(old)
+    assert layer.density == 0.25 and layer.requested_nnz is None
+    # Neither given: the default density.
+    assert make().density == 0.01
+
+
+def test_nnz_errors_are_clear():
+    with pytest.raises(ValueError, match="one of `density` and `nnz`, not both; received "
+                                         "density=0.1, nnz=5"):
+        DCTSparseDense(4, density=0.1, nnz=5)
+    for bad in (0, -3, 2.5, True, "7"):
+        with pytest.raises(ValueError, match=r"Argument `nnz` must be an integer >= 1"):
+            DCTSparseDense(4, nnz=bad)
+    layer = DCTSparseDense(4, nnz=41, name="too_many")
+    with pytest.raises(ValueError, match=r"`nnz` for layer 'too_many' \(kernel shape \(10, 4\)\)"
+                                         r" must be an integer >= 1, at most the kernel size "
+                                         r"40; received nnz=41"):
+        layer.build((None, 10))
+    # The largest count is the dense kernel.
+    full = DCTSparseDense(4, nnz=40, seed=1)
+    full.build((None, 10))
+    assert full.nnz == 40
+
+
+def test_nnz_layer_matches_numpy():
+    layer = DCTSparseDense(5, nnz=9, sparse_initializer="random_normal", seed=2)
+    x = np.random.default_rng().standard_normal((3, 8)).astype(np.float32)
+    y = layer(x).numpy()
+    rows, cols = layer.sparse_weight.indices.numpy()
+    dense = np.zeros((8, 5))
+    dense[rows, cols] = layer.sparse_weight.values.numpy()
+    expected = x @ (dense + float(layer.alpha.numpy()) * dct_block(5, 8).T)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)

@@ -53,10 +53,39 @@ def test_dense_kernel_sparse_tensor_and_matmul_agree(sparse_format):
     assert np.count_nonzero(dense) == 36
     st = sparse.sparse_tensor()
     np.testing.assert_array_equal(tf.sparse.to_dense(st).numpy(), dense)
-    x = np.random.default_rng().standard_normal((7, 30)).astype(np.float32)
-    np.testing.assert_allclose(
-        sparse.matmul(tf.constant(x)).numpy(), x @ dense.reshape(30, 4), rtol=1e-5, atol=1e-5
-    )
+    if sparse_format == "values":
+        # The positions view lists each value at its place in the (30, 4) matrix view.
+        rows, cols = (t.numpy() for t in sparse.positions())
+        np.testing.assert_array_equal(dense.reshape(30, 4)[rows, cols], sparse.values.numpy())
+        assert list(zip(cols, rows)) == sorted(zip(cols, rows))  # column-major
+
+
+def test_sparse_weight_has_no_product_with_the_offset():
+    # S does not own D: products are the kernel registry's (DCTSparseLayer.matrix_product).
+    assert not hasattr(sw.SparseWeight, "matmul")
+
+
+def test_nnz_instead_of_density():
+    sparse = sw.SparseWeight((10, 7), None, "values", "zeros", None, None, seed=0, nnz=13)
+    Holder(sparse).build(None)
+    assert sparse.nnz == 13 and sparse.values.shape == (13,)
+    assert sparse.indices.shape == (2, 13)
+    full = sw.SparseWeight((10, 7), None, "masked", "ones", None, None, seed=0, nnz=70)
+    Holder(full).build(None)
+    assert np.count_nonzero(full.mask.numpy()) == 70
+
+
+@pytest.mark.parametrize("nnz", [0, 71, -1, 2.0, True, "3"])
+def test_bad_nnz_is_a_clear_error(nnz):
+    with pytest.raises(ValueError, match=r"`nnz` for layer 'q'.*received nnz=" + repr(nnz)):
+        sw.SparseWeight((10, 7), None, "values", "zeros", None, None, seed=0, nnz=nnz,
+                        layer_name="q")
+
+
+@pytest.mark.parametrize("density, nnz", [(None, None), (0.1, 3)])
+def test_exactly_one_of_density_and_nnz(density, nnz):
+    with pytest.raises(ValueError, match="exactly one of `density` and `nnz`"):
+        sw.SparseWeight((10, 7), density, "values", "zeros", None, None, seed=0, nnz=nnz)
 
 
 def test_masked_sparse_tensor_lists_kept_zeros():
