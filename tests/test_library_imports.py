@@ -132,3 +132,55 @@ def test_library_source_has_no_import_of_tfds_sklearn_or_the_application():
     with open(os.path.join(PACKAGE_DIR, "experiments", "data.py")) as file:
         names = set(_imported_names(ast.parse(file.read())))
     assert {"sklearn.datasets", "tensorflow_datasets"} <= names
+
+
+_IMPORT_CHECK = """
+import importlib, json, sys
+
+import keras  # Keras itself imports scikit-learn when it is installed (keras.wrappers).
+
+def blocked():
+    return sorted(m for m in sys.modules if m.split(".")[0] in ("sklearn", "tensorflow_datasets"))
+
+before = blocked()
+import keras_dctsparse
+for name in json.loads(sys.argv[1]):
+    importlib.import_module(name)
+assert "tensorflow_datasets" not in sys.modules, "tensorflow_datasets imported"
+assert blocked() == before, sorted(set(blocked()) - set(before))
+import keras_dctsparse.data  # the deprecated re-export: the application, imported on demand
+print(json.dumps({"before": before, "after_data": blocked()}))
+"""
+
+
+def test_importing_the_library_loads_neither_tfds_nor_sklearn():
+    # In a fresh interpreter where both may be installed: nothing of ours imports them.
+    names = [name for name, _ in library_modules()]
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", _IMPORT_CHECK,
+         json.dumps(names)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Only Keras's own scikit-learn import (if any) was there before ours.
+    assert all(m.split(".")[0] == "sklearn" for m in result["before"])
+
+
+def test_tfds_and_sklearn_are_an_extra_not_a_requirement():
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(os.path.join(os.path.dirname(PACKAGE_DIR), "setup.cfg"))
+
+    def requirements(text):
+        return {line.split(">")[0].split("=")[0].strip() for line in text.strip().splitlines()
+                if line.strip() and not line.strip().startswith("#")}
+
+    required = requirements(config["options"]["install_requires"])
+    assert {"tensorflow", "keras", "numpy"} <= required
+    assert not required & {"tensorflow-datasets", "scikit-learn"}
+    extras = config["options.extras_require"]
+    assert {"tensorflow-datasets", "scikit-learn"} <= requirements(extras["experiments"])
+    # The tests exercise keras_dctsparse.experiments.
+    assert {"tensorflow-datasets", "scikit-learn"} <= requirements(extras["test"])
