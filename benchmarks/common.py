@@ -65,3 +65,31 @@ def markdown_table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def layer_step_functions(layer, x, dy):
+    """`(forward, train_step)` tf.functions of one built layer on the input `x`.
+
+    The train step computes the input gradient (every layer but a network's first
+    needs it) and applies SGD to the layer's weights, with `dy` as the output gradient.
+    """
+    import keras
+    import tensorflow as tf
+
+    optimizer = keras.optimizers.SGD(1e-6)
+    optimizer.build(layer.trainable_weights)
+
+    @tf.function
+    def forward():
+        return layer(x)
+
+    @tf.function
+    def train_step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * dy)
+        grads = tape.gradient(loss, [x] + layer.trainable_weights)
+        optimizer.apply(grads[1:], layer.trainable_weights)
+        return grads[0]
+
+    return forward, train_step

@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import interleaved_ms  # noqa: E402
+from common import layer_step_functions  # noqa: E402
 from common import markdown_table  # noqa: E402
 from keras_dctsparse import DCTSparseConv2D  # noqa: E402
 
@@ -65,27 +66,6 @@ def _make_layer(kind, filters, density):
     options = {"fused": dict(sparse_kernel="dense"), "sparse": dict(sparse_kernel="sparse"),
                "masked": dict(sparse_format="masked"), "auto": {}}[kind]
     return DCTSparseConv2D(filters, 3, padding="same", density=density, seed=0, **options)
-
-
-def _step_functions(layer, x, dy):
-    """(forward, train step) tf.functions of one built layer."""
-    optimizer = keras.optimizers.SGD(1e-6)
-    optimizer.build(layer.trainable_weights)
-
-    @tf.function
-    def forward():
-        return layer(x)
-
-    @tf.function
-    def train_step():
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(layer(x) * dy)
-        grads = tape.gradient(loss, [x] + layer.trainable_weights)
-        optimizer.apply(grads[1:], layer.trainable_weights)
-        return grads[0]
-
-    return forward, train_step
 
 
 def _path(layer, x):
@@ -131,7 +111,7 @@ def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats
                                     else weight.masked_kernel)
                         variable.assign(rng.standard_normal(variable.shape) * 0.01)
                         weight.enforce_mask()
-                    forward, train_step = _step_functions(layer, x, dy)
+                    forward, train_step = layer_step_functions(layer, x, dy)
                     functions[kind + "/forward"] = forward
                     functions[kind + "/train"] = train_step
                     paths[kind] = _path(layer, x)

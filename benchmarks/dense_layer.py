@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import interleaved_ms  # noqa: E402
+from common import layer_step_functions  # noqa: E402
 from common import markdown_table  # noqa: E402
 from keras_dctsparse import DCTSparseDense  # noqa: E402
 from keras_dctsparse.ops import kernel_choice  # noqa: E402
@@ -58,25 +59,9 @@ def layer_steps(kind, width, density, batch):
         weight = layer.sparse_weight
         variable = weight.values if weight.values is not None else weight.masked_kernel
         variable.assign(np.random.default_rng(0).standard_normal(variable.shape) * 0.01)
-    optimizer = keras.optimizers.SGD(1e-6)
-    optimizer.build(layer.trainable_weights)
     x = tf.constant(np.random.default_rng(1).standard_normal((batch, width)), tf.float32)
     dy = tf.constant(np.random.default_rng(2).standard_normal((batch, width)), tf.float32)
-
-    @tf.function
-    def forward():
-        return layer(x)
-
-    @tf.function
-    def train_step():
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(layer(x) * dy)
-        grads = tape.gradient(loss, [x] + layer.trainable_weights)
-        optimizer.apply(grads[1:], layer.trainable_weights)
-        return grads[0]
-
-    return forward, train_step
+    return layer_step_functions(layer, x, dy)
 
 
 def _skipped(kind, width, density, batch):

@@ -18,7 +18,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from common import markdown_table  # noqa: E402
 from keras_dctsparse.experiments import data  # noqa: E402
