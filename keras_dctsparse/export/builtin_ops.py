@@ -40,8 +40,10 @@ __all__ = [
     "CONSTANTS",
     "bluestein_fft_length",
     "dct2_ortho_builtin",
+    "dct_kernel_at_load",
     "dct_offset_builtin",
     "is_power_of_two",
+    "load_time_int",
     "run_time_zero",
     "sparse_matmul_builtin",
 ]
@@ -483,3 +485,123 @@ def sparse_matmul_builtin(x, values, rows, cols, units):
     picked = tf.gather(tf.transpose(x_rows), rows) * values[:, tf.newaxis]
     summed = tf.math.unsorted_segment_sum(picked, cols, int(units))
     return _from_rows(tf.transpose(summed), leading_shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors the TFLite runtime computes once, when it prepares the graph.
+#
+# The TFLite interpreter evaluates some operators while it prepares the graph
+# (`allocate_tensors`) when all their inputs are constants or tensors computed
+# that way, and keeps their outputs as read-only tensors that later calls do not
+# recompute: SHAPE, STRIDED_SLICE, RANGE, GATHER, TILE, RESHAPE, CONCATENATION
+# and MUL (measured with ai-edge-litert 2.3; ADD, SUB, CAST, COS, FLOOR_MOD,
+# SCATTER_ND and FULLY_CONNECTED are not). The XNNPACK delegate takes the float
+# MUL / RESHAPE / CONCATENATION nodes itself (then they run on every call), but
+# not GATHER, TILE or integer ops, so a kernel built by integer index arithmetic
+# and one final float GATHER from a small table is computed once and then read
+# by FULLY_CONNECTED like a stored constant: XNNPACK packs it as static weights.
+
+
+def load_time_int(x, value):
+    """An int32 scalar equal to `value`, computed when the interpreter prepares the graph.
+
+    `STRIDED_SLICE(shape(x), [0], [1], [2])` is the batch size as a 1-vector
+    (a stride of 2 keeps the converter from turning it into a SLICE, which the
+    runtime does not evaluate early); slicing the constant `[value]` backwards
+    from that index gives `[value]` for every batch size (the start is clamped
+    to the last element). The converter cannot fold it (the batch size is
+    dynamic); the runtime evaluates it at `allocate_tensors`, so index ranges
+    that start from it are not stored in the file and not recomputed per call.
+
+    Args:
+        x: A tensor whose first (batch) dimension is dynamic in the exported graph.
+        value: Python int.
+
+    Returns:
+        A scalar int32 tensor equal to `value`.
+
+    Example:
+
+    >>> int(load_time_int(tf.ones((3, 2)), 5))
+    5
+    """
+    batch = tf.strided_slice(tf.shape(x), [0], [1], [2])
+    picked = tf.strided_slice(
+        tf.constant([int(value)], tf.int32), batch, [0], [-1], end_mask=1
+    )
+    return tf.reshape(picked, [])
+
+
+def _periodic_index(ints, length, count):
+    """int32 `L` with `L[0] = 2N + 1` and `L[p] = min(p mod 4N, 4N - p mod 4N)` for `p >= 1`.
+
+    `N = length`; `p` runs over `0 .. count - 1`. `L[p]` indexes a table of
+    `cos(pi r / (2N))`, `r = 0 .. 2N` (half a period: `cos` is even in
+    `4N - r`), plus one extra entry (index `2N + 1`) for `p = 0`. Built from
+    two RANGEs, a CONCATENATION and a TILE of load-time inputs.
+    """
+    period = tf.concat(
+        [
+            tf.range(ints(1), 2 * length + 1, 1),  # r = 1 .. 2N
+            tf.range(ints(2 * length - 1), -1, -1),  # 4N - r, r = 2N+1 .. 4N
+        ],
+        axis=0,
+    )
+    repeats = max(1, -(-(count - 1) // (4 * length)))
+    return tf.concat([tf.constant([2 * length + 1], tf.int32), tf.tile(period, [repeats])], 0)
+
+
+def dct_kernel_at_load(x, units, input_dim, alpha, ints=None):
+    """`alpha * D^T`, the `(units, input_dim)` DCT offset kernel, built at load time.
+
+    `D^T[k, j] = s_k cos(pi k (2j + 1) / (2N))`, `N = max(input_dim, units)`
+    (the offset of `dct_offset_builtin`, as the `FULLY_CONNECTED` weight
+    layout). Built from operators the TFLite runtime evaluates once, when it
+    prepares the graph (see `load_time_int`): the products
+    `p = k (2j + 1)` (int32 `RANGE`s and `MUL`), their reduction to half a
+    period (`GATHER` from a `TILE`d index pattern) and one float `GATHER`
+    from a table of `2N + 2` float32 numbers (`alpha s_k cos(pi r / (2N))`,
+    computed in float64). The file holds that table and no `units x
+    input_dim` tensor; at run time the interpreter holds the kernel plus the
+    int32 index tensors it was built from (about `4 * 5 * units * input_dim`
+    bytes in all, `p` ranging up to `2 * input_dim * units`).
+
+    Args:
+        x: The layer's input (its batch dimension dynamic in the exported graph).
+        units: Output size `m`.
+        input_dim: Input size `n`.
+        alpha: Python float, the layer's offset scale.
+        ints: None, or a function `value -> load_time_int(x, value)` (to
+            share those tensors between layers).
+
+    Returns:
+        float32 tensor of shape `(units, input_dim)`.
+
+    Raises:
+        ValueError: if `(2 * input_dim - 1) * (units - 1)` does not fit in int32.
+
+    Example:
+
+    >>> kernel = dct_kernel_at_load(tf.ones((1, 3)), 2, 3, 1.0)
+    >>> np.round(kernel.numpy().astype(np.float64), 4).tolist()
+    [[0.5774, 0.5774, 0.5774], [0.7071, 0.0, -0.7071]]
+    """
+    length = max(int(units), int(input_dim))
+    count = (2 * input_dim - 1) * (units - 1) + 1  # products p = 0 .. count - 1
+    if count > np.iinfo(np.int32).max:
+        raise ValueError(
+            f"A ({input_dim} -> {units}) layer is too big for a kernel built at load time: "
+            f"the DCT angle products reach {count - 1}, beyond int32."
+        )
+    if ints is None:
+        ints = functools.partial(load_time_int, x)
+    odd = tf.range(ints(1), 2 * input_dim, 2)  # 2j + 1
+    rows = tf.range(ints(0), units)  # k
+    products = tf.reshape(rows, [units, 1]) * tf.reshape(odd, [1, input_dim])
+    index = tf.gather(_periodic_index(ints, length, count), products)
+    r = np.arange(2 * length + 1, dtype=np.int64)
+    cos, _ = _phase(r, 2 * length)
+    table = np.concatenate(
+        [float(alpha) * np.sqrt(2.0 / length) * cos, [float(alpha) * np.sqrt(1.0 / length)]]
+    )
+    return tf.gather(_float32(table), index)

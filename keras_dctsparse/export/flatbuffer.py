@@ -12,6 +12,7 @@ import numpy as np
 
 __all__ = [
     "clear_variable_initial_values",
+    "csr_sparsify_constants",
     "strip_tensor_names",
     "tflite_constant_bytes",
     "tflite_op_names",
@@ -211,4 +212,139 @@ def strip_tensor_names(tflite_bytes):
         for position, tensor in enumerate(subgraph.tensors):
             if position not in keep:
                 tensor.name = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+# Operator version of FULLY_CONNECTED with a sparse weight (TFLite's op versioning).
+SPARSE_OPERATOR_VERSION = 8
+
+
+def _index_vector(values):
+    """A TFLite sparsity index vector (union type, object) of the narrowest unsigned type."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    values = np.asarray(values, dtype=np.int64)
+    peak = int(values.max()) if values.size else 0
+    if peak <= np.iinfo(np.uint8).max:
+        vector = schema.Uint8VectorT()
+        vector.values = values.astype(np.uint8)
+        return schema.SparseIndexVector.Uint8Vector, vector
+    if peak <= np.iinfo(np.uint16).max:
+        vector = schema.Uint16VectorT()
+        vector.values = values.astype(np.uint16)
+        return schema.SparseIndexVector.Uint16Vector, vector
+    vector = schema.Int32VectorT()
+    vector.values = values.astype(np.int32)
+    return schema.SparseIndexVector.Int32Vector, vector
+
+
+def csr_sparsify_constants(tflite_bytes, replacements):
+    """Stores named-by-content 2-D float32 constants in TFLite's sparse (CSR) encoding.
+
+    TFLite tensors may carry `SparsityParameters`; with a dense first and a
+    `SPARSE_CSR` second dimension (no blocks), the interpreter's
+    `FULLY_CONNECTED` runs its sparse kernel on such a weight, from
+    `nnz` float32 values, `nnz` column indices and `rows + 1` row segments
+    (stored as uint8 / uint16 where they fit). The converter only writes its own
+    1x4-block encoding (`Optimize.EXPERIMENTAL_SPARSITY`, four values per
+    block). This rewrites each constant whose data equals a given placeholder
+    (a `(rows, cols)` float32 array traced into the graph in its place) as the
+    given CSR matrix.
+
+    Args:
+        tflite_bytes: A serialized TFLite model.
+        replacements: List of `(placeholder, values, segments, indices)`:
+            `placeholder` a float32 numpy array of shape `(rows, cols)` whose
+            bytes identify the constant (use distinct random numbers), and the
+            CSR matrix: float32 `values` in row-major order, int `segments` of
+            length `rows + 1` (row `r` holds entries `segments[r] ..
+            segments[r + 1] - 1`) and int column `indices`.
+
+    Returns:
+        The rewritten model as `bytes`.
+
+    Raises:
+        ValueError: if a placeholder is not the data of exactly one buffer.
+
+    Example:
+
+    >>> f = tf.function(lambda x: tf.matmul(x, tf.constant([[0.5, 0.25]]), transpose_b=True),
+    ...                 autograph=False, input_signature=[tf.TensorSpec([None, 2])])
+    >>> converter = tf.lite.TFLiteConverter.from_concrete_functions(
+    ...     [f.get_concrete_function()], f)
+    >>> placeholder = np.array([[0.5, 0.25]], np.float32)
+    >>> data = csr_sparsify_constants(converter.convert(), [
+    ...     (placeholder, np.array([3.0], np.float32), [0, 1], [1])])
+    >>> tflite_constant_bytes(data)  # one float32 value (the indices are metadata)
+    4
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    sparse_tensors = set()
+    by_bytes = {}
+    for index, buffer in enumerate(model.buffers):
+        if buffer.data is not None and len(buffer.data):
+            by_bytes.setdefault(bytes(np.asarray(buffer.data, np.uint8)), []).append(index)
+    for placeholder, values, segments, indices in replacements:
+        placeholder = np.ascontiguousarray(placeholder, dtype=np.float32)
+        rows, cols = placeholder.shape
+        found = by_bytes.get(placeholder.tobytes(), [])
+        if len(found) != 1:
+            raise ValueError(
+                f"A ({rows}, {cols}) placeholder constant is the data of {len(found)} "
+                "buffers of the converted model; expected exactly one."
+            )
+        segments = np.asarray(segments, np.int64)
+        indices = np.asarray(indices, np.int64)
+        if (
+            segments.shape != (rows + 1,)
+            or segments[-1] != len(indices)
+            or len(indices) != len(values)
+        ):
+            raise ValueError(
+                f"CSR arrays do not describe a ({rows}, {cols}) matrix: "
+                f"{len(segments)} segments, {len(indices)} indices, {len(values)} values."
+            )
+        buffer = model.buffers[found[0]]
+        buffer.data = np.frombuffer(
+            np.ascontiguousarray(values, dtype=np.float32).tobytes(), dtype=np.uint8
+        )
+        dense = schema.DimensionMetadataT()
+        dense.format = schema.DimensionType.DENSE
+        dense.denseSize = rows
+        sparse = schema.DimensionMetadataT()
+        sparse.format = schema.DimensionType.SPARSE_CSR
+        sparse.arraySegmentsType, sparse.arraySegments = _index_vector(segments)
+        sparse.arrayIndicesType, sparse.arrayIndices = _index_vector(indices)
+        sparsity = schema.SparsityParametersT()
+        sparsity.traversalOrder = np.array([0, 1], dtype=np.int32)
+        sparsity.dimMetadata = [dense, sparse]
+        for subgraph in model.subgraphs:
+            for position, tensor in enumerate(subgraph.tensors):
+                if tensor.buffer == found[0]:
+                    tensor.sparsity = sparsity
+                    sparse_tensors.add((id(subgraph), position))
+    # Operators reading a sparse weight get their own operator code of version 8
+    # (the converter's version for sparse FULLY_CONNECTED weights): delegates that
+    # do not run sparse weights (XNNPACK) decline it by that version instead of
+    # reading the CSR values as a dense matrix.
+    versioned = {}
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            if not any((id(subgraph), int(i)) in sparse_tensors for i in op.inputs if i >= 0):
+                continue
+            code = model.operatorCodes[op.opcodeIndex]
+            if code.version >= SPARSE_OPERATOR_VERSION:
+                continue
+            if op.opcodeIndex not in versioned:
+                sparse_code = schema.OperatorCodeT()
+                sparse_code.builtinCode = code.builtinCode
+                sparse_code.deprecatedBuiltinCode = code.deprecatedBuiltinCode
+                sparse_code.customCode = code.customCode
+                sparse_code.version = SPARSE_OPERATOR_VERSION
+                model.operatorCodes.append(sparse_code)
+                versioned[op.opcodeIndex] = len(model.operatorCodes) - 1
+            op.opcodeIndex = versioned[op.opcodeIndex]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

@@ -38,7 +38,23 @@ invocation, into a TFLite resource variable: one `IF` on a "built" flag
 layers) and assigns the kernels; every call then reads them and runs plain
 `FULLY_CONNECTED` / `CONV_2D` / `DEPTHWISE_CONV_2D`. The file still holds
 only the nonzeros (the zero initial values the converter stores for the
-variables are removed, `flatbuffer.clear_variable_initial_values`).
+variables are removed, `flatbuffer.clear_variable_initial_values`). Every
+call then pays a `READ_VARIABLE` copy of each kernel (TFLite copies a
+variable on every read): about 1.8x the dense model's latency for
+LeNet-300-100 (`benchmarks/tflite.py`).
+
+With `form="built_at_load"` (and `"auto"` for float32 matrix layers under
+the bound) a matrix layer is two `FULLY_CONNECTED`s: `x @ (alpha * D)`, whose
+`(units, n)` weight the interpreter builds when it prepares the graph
+(`allocate_tensors`) from operators it evaluates once and keeps as read-only
+tensors (`builtin_ops.dct_kernel_at_load`: index arithmetic and a float
+`GATHER` from a `2N + 2`-float cos table), so XNNPACK uses it as a static
+weight with no per-call copy; plus `x @ S` by a `FULLY_CONNECTED` whose
+weight is `S^T` in TFLite's CSR sparse encoding (`nnz` float32 values,
+8/16-bit column indices; `flatbuffer.csr_sparsify_constants`), run by
+TFLite's sparse kernel. `S` cannot be merged into the load-time kernel:
+the runtime evaluates no scatter or addition at load time. Convolutions
+have no sparse-weight kernel, so they stay `"built_once"`.
 
 All other layers (Dense, Conv2D, Activation, Flatten, Reshape, Dropout,
 BatchNormalization, pooling, ...) are called as they are, in inference mode,
@@ -71,10 +87,13 @@ import keras_dctsparse.layers  # noqa: F401  (registers every DCTpS layer type)
 from keras_dctsparse.layers.base import DCTSparseLayer
 from keras_dctsparse.ops.conv_offset import dct_block
 from keras_dctsparse.export.builtin_ops import CONSTANTS
+from keras_dctsparse.export.builtin_ops import dct_kernel_at_load
 from keras_dctsparse.export.builtin_ops import dct_offset_builtin
+from keras_dctsparse.export.builtin_ops import load_time_int
 from keras_dctsparse.export.builtin_ops import run_time_zero
 from keras_dctsparse.export.builtin_ops import sparse_matmul_builtin
 from keras_dctsparse.export.flatbuffer import clear_variable_initial_values
+from keras_dctsparse.export.flatbuffer import csr_sparsify_constants
 from keras_dctsparse.export.flatbuffer import strip_tensor_names
 from keras_dctsparse.export.flatbuffer import tflite_op_names
 
@@ -89,7 +108,7 @@ __all__ = [
 ]
 
 QUANTIZATIONS = (None, "float16", "dynamic_int8")
-FORMS = ("implicit", "built_once", "auto")
+FORMS = ("implicit", "built_once", "built_at_load", "auto")
 # Default bound of `form="auto"`: float32 bytes of one layer's dense kernel.
 DEFAULT_MAX_KERNEL_BYTES = 8 * 2**20
 # `DCTSparseLayer.export_kind` values this module exports: "matrix" (a layer computing
@@ -137,7 +156,12 @@ def sparse_entries(layer):
 
 
 def export_call(
-    layer, dct_constants="stored", quantization=None, built_once=None, narrow_positions=True
+    layer,
+    dct_constants="stored",
+    quantization=None,
+    built_once=None,
+    narrow_positions=True,
+    at_load=None,
 ):
     """A replacement for `layer.call` built from TFLite-builtin ops and constants.
 
@@ -156,12 +180,19 @@ def export_call(
             `DEPTHWISE_CONV_2D` on it.
         narrow_positions: Store the positions as 16-bit gaps where they fit
             and it pays (`delta_encode`), else one int32 per entry.
+        at_load: None, or a `SparseWeights` (form `"built_at_load"`, matrix
+            layers): `alpha * D` is then a `FULLY_CONNECTED` weight the
+            interpreter builds when it prepares the graph
+            (`builtin_ops.dct_kernel_at_load`) and `S` a second
+            `FULLY_CONNECTED` with a CSR-encoded weight registered there.
 
     Returns:
         A function `inputs -> outputs` computing the same as `layer.call`
         (in float32) with the weights' current values frozen in.
     """
     if layer.export_kind == "matrix":
+        if at_load is not None:
+            return _dense_at_load_call(layer, at_load)
         if built_once is not None:
             return _dense_built_once_call(layer, quantization, built_once, narrow_positions)
         return _dense_export_call(layer, dct_constants, quantization, narrow_positions)
@@ -356,12 +387,16 @@ def _values_fn(values, quantization):
     return dequantized
 
 
-def _dense_call_with(layer, product):
+def _dense_call_with(layer, product, bias_into_product=False):
     """`layer`'s export call around `product(x) -> (rows, m)` float32 (`export_kind="matrix"`).
 
     Brings the input to the `(rows, n)` matrix form and the product back to the
     output layout (the layer's `matrix_input` / `matrix_output` hooks), adds the
-    frozen bias and applies the activation.
+    frozen bias and applies the activation. With `bias_into_product`, `product`
+    is called as `product(rows, bias)` and adds the bias itself (so that the
+    converter fuses it into a `FULLY_CONNECTED`) where that is the same thing:
+    when `matrix_input` returned its input unchanged and the bias has shape
+    `(m,)`; otherwise it is called with `bias=None`.
     """
     bias = None
     if layer.bias is not None:
@@ -371,8 +406,19 @@ def _dense_call_with(layer, product):
 
     def call(inputs):
         x = tf.cast(inputs, tf.float32)
-        outputs = layer.matrix_output(product(layer.matrix_input(x)), x)
-        if bias is not None:
+        rows = layer.matrix_input(x)
+        fused = (
+            bias_into_product
+            and bias is not None
+            and rows is x
+            and bias.shape == (layer.sparse_weight.matrix_shape[1],)
+        )
+        if bias_into_product:
+            product_rows = product(rows, tf.constant(bias) if fused else None)
+        else:
+            product_rows = product(rows)
+        outputs = layer.matrix_output(product_rows, x)
+        if bias is not None and not fused:
             outputs = outputs + tf.constant(bias)
         if activation is not None:
             outputs = activation(outputs)
@@ -515,6 +561,113 @@ def _dense_built_once_call(layer, quantization, built_once, narrow_positions=Tru
     return _dense_call_with(layer, product)
 
 
+def csr_of_transpose(values, rows, cols, num_rows, num_cols):
+    """CSR arrays of `S^T` for `S` given by `(values, rows, cols)` of shape `(num_rows, num_cols)`.
+
+    Args:
+        values: `(nnz,)` numpy values.
+        rows: `(nnz,)` row indices of `S` (`< num_rows`).
+        cols: `(nnz,)` column indices of `S` (`< num_cols`).
+        num_rows: Rows of `S` (columns of `S^T`).
+        num_cols: Columns of `S` (rows of `S^T`).
+
+    Returns:
+        `(values, segments, indices)` of the `(num_cols, num_rows)` matrix
+        `S^T`: float32 values in row-major order, int64 `segments` of length
+        `num_cols + 1` and int64 column `indices`.
+
+    Example:
+
+    >>> v, seg, ind = csr_of_transpose(np.array([1.0, 2.0]), np.array([0, 2]),
+    ...                                np.array([1, 0]), 3, 2)
+    >>> v.tolist(), seg.tolist(), ind.tolist()  # S^T = [[0, 0, 2], [1, 0, 0]]
+    ([2.0, 1.0], [0, 1, 2], [2, 0])
+    """
+    rows = np.asarray(rows, np.int64)
+    cols = np.asarray(cols, np.int64)
+    order = np.lexsort((rows, cols))
+    counts = np.bincount(cols, minlength=num_cols)
+    segments = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return np.asarray(values, np.float32)[order], segments, rows[order]
+
+
+class SparseWeights:
+    """The CSR-encoded `FULLY_CONNECTED` weights of layers exported `"built_at_load"`.
+
+    Each layer traces its `S^T` as a dense `(units, n)` placeholder constant of
+    distinct random numbers (so the converter keeps it as one plain
+    `FULLY_CONNECTED` weight, found again by its bytes); after conversion,
+    `flatbuffer.csr_sparsify_constants` replaces it by the `nnz` values with
+    TFLite's CSR sparsity metadata, which the interpreter's sparse
+    `FULLY_CONNECTED` kernel runs. The placeholder is conversion-time memory
+    only (the layers of this form are bounded by `max_kernel_bytes`).
+    """
+
+    def __init__(self):
+        self.replacements = []
+        self.anchor = None
+        self._ints = {}
+
+    def start_trace(self, anchor):
+        """Sets the tensor whose batch size anchors the load-time integers (a model input)."""
+        self.anchor = anchor
+        self._ints = {}
+
+    def int(self, value):
+        """`builtin_ops.load_time_int(anchor, value)`, one per value and trace."""
+        if value not in self._ints:
+            self._ints[value] = load_time_int(self.anchor, value)
+        return self._ints[value]
+
+    def add(self, values, rows, cols, shape):
+        """Registers `S` (`(n, units)`, given by its entries) and returns the `S^T` placeholder.
+
+        Args:
+            values: `(nnz,)` float32 numpy values.
+            rows: `(nnz,)` input indices.
+            cols: `(nnz,)` output indices.
+            shape: `(n, units)`.
+
+        Returns:
+            A float32 `(units, n)` numpy placeholder to trace as the weight.
+        """
+        input_dim, units = shape
+        rng = np.random.default_rng(len(self.replacements))
+        placeholder = (1.0 + rng.random((units, input_dim))).astype(np.float32)
+        csr = csr_of_transpose(values, rows, cols, input_dim, units)
+        self.replacements.append((placeholder,) + csr)
+        return placeholder
+
+
+def _dense_at_load_call(layer, at_load):
+    """Export call of a matrix layer in the `"built_at_load"` form: two `FULLY_CONNECTED`s.
+
+    `x @ (alpha * D)` with the `(units, n)` weight `alpha * D^T` built by the
+    interpreter when it prepares the graph (`builtin_ops.dct_kernel_at_load`;
+    XNNPACK then treats it as a static weight), plus `x @ S` by a
+    `FULLY_CONNECTED` whose weight is `S^T` in TFLite's CSR encoding
+    (registered with `at_load`, a `SparseWeights`).
+    """
+    input_dim, units = layer.sparse_weight.matrix_shape
+    values, rows, cols = sparse_entries(layer)
+    alpha = _frozen_alpha(layer)
+    # Layers keep at least one entry (nnz >= 1).
+    placeholder = at_load.add(values, rows, cols, (input_dim, units))
+
+    def product(x, bias):
+        # The sparse FULLY_CONNECTED first, then the (delegated) dense one with
+        # the bias and the sum: one delegate partition per layer.
+        parts = [tf.matmul(x, tf.constant(placeholder), transpose_b=True)]
+        if alpha is not None:
+            kernel = dct_kernel_at_load(at_load.anchor, units, input_dim, alpha, at_load.int)
+            parts.append(tf.matmul(x, kernel, transpose_b=True))
+        if bias is not None:
+            parts[-1] = parts[-1] + bias
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+    return _dense_call_with(layer, product, bias_into_product=True)
+
+
 class BuiltOnceKernels(tf.Module):
     """The resource variables of the layers exported with `form="built_once"`.
 
@@ -531,6 +684,8 @@ class BuiltOnceKernels(tf.Module):
 
     def __init__(self):
         super().__init__(name="dctps_built_once")
+        # The CSR weights of the layers exported "built_at_load" (not variables).
+        self.sparse_weights = SparseWeights()
         self.flag = None
         self.kernels = []
         self._builds = []
@@ -613,21 +768,38 @@ def dense_kernel_bytes(layer):
     return 4 * int(rows) * int(cols)
 
 
-def layer_form(layer, form="auto", max_kernel_bytes=DEFAULT_MAX_KERNEL_BYTES):
-    """The export form of one DCTpS layer: `"built_once"` or `"implicit"`.
+def layer_form(layer, form="auto", max_kernel_bytes=DEFAULT_MAX_KERNEL_BYTES, quantization=None):
+    """The export form of one DCTpS layer: `"built_at_load"`, `"built_once"` or `"implicit"`.
 
     Args:
         layer: A built `DCTSparseDense` or DCTpS convolution.
-        form: `"implicit"`, `"built_once"`, or `"auto"`: built once when the
-            layer's dense kernel takes at most `max_kernel_bytes`
-            (`dense_kernel_bytes`), implicit otherwise.
+        form: `"implicit"`, `"built_once"`, `"built_at_load"` (matrix layers;
+            convolutions are then `"built_once"`: their kernel needs a scatter
+            of `S`, which the runtime does not evaluate at load time), or
+            `"auto"`: for layers whose dense kernel takes at most
+            `max_kernel_bytes` (`dense_kernel_bytes`), `"built_at_load"` for
+            float32 matrix layers and `"built_once"` otherwise; implicit
+            above the bound.
         max_kernel_bytes: The memory bound of `"auto"`.
+        quantization: The export's quantization (`"built_at_load"` is
+            float32 only).
 
     Returns:
-        `"built_once"` or `"implicit"`.
+        `"built_at_load"`, `"built_once"` or `"implicit"`.
+
+    Example:
+
+    >>> layer = DCTSparseDense(10, density=0.5)
+    >>> layer.build((None, 20))
+    >>> [layer_form(layer, "auto", b) for b in (800, 799)]
+    ['built_at_load', 'implicit']
     """
     if form == "auto":
-        return "built_once" if dense_kernel_bytes(layer) <= max_kernel_bytes else "implicit"
+        if dense_kernel_bytes(layer) > max_kernel_bytes:
+            return "implicit"
+        form = "built_at_load" if quantization is None else "built_once"
+    if form == "built_at_load" and layer.export_kind != "matrix":
+        return "built_once"
     return form
 
 
@@ -742,10 +914,14 @@ def _export_calls(
             if _exportable(layer):
                 saved.append((layer, layer.__dict__.get("call", missing)))
                 built_once = None
-                if layer_form(layer, form, max_kernel_bytes) == "built_once":
+                at_load = None
+                chosen = layer_form(layer, form, max_kernel_bytes, quantization)
+                if chosen == "built_once":
                     built_once = store
+                elif chosen == "built_at_load":
+                    at_load = store.sparse_weights
                 replacement = export_call(
-                    layer, dct_constants, quantization, built_once, narrow_positions
+                    layer, dct_constants, quantization, built_once, narrow_positions, at_load
                 )
                 layer.__dict__["call"] = replacement
         yield store
@@ -911,6 +1087,12 @@ def convert_tflite(
         )
     _check_dct_constants(dct_constants)
     _check_form(form, max_kernel_bytes)
+    if quantization is not None and form == "built_at_load":
+        raise ValueError(
+            f"Argument `form='built_at_load'` is float32 only; received "
+            f"quantization={quantization!r}. Use form='built_once' or 'auto' (which builds "
+            "quantized models' kernels once, at the first call)."
+        )
     if quantization == "float16" and form != "implicit":
         if form == "built_once":
             raise ValueError(
@@ -929,6 +1111,7 @@ def convert_tflite(
     ) as store:
 
         def forward(*inputs):
+            store.sparse_weights.start_trace(inputs[0])
             store.build_all(run_time_zero(inputs[0]))
             return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
 
@@ -988,6 +1171,17 @@ def convert_tflite(
                 f"the built-once kernels {sorted(set(store.kernel_names) - set(cleared))} "
                 "in a form that cannot be removed; export with form='implicit'."
             )
+    if store.sparse_weights.replacements:
+        try:
+            tflite_bytes = csr_sparsify_constants(
+                tflite_bytes, store.sparse_weights.replacements
+            )
+        except ValueError as error:
+            raise TFLiteExportError(
+                f"Model '{model.name}': the sparse FULLY_CONNECTED weights of the "
+                f"built-at-load layers could not be encoded ({error}); export with "
+                "form='built_once'."
+            ) from error
     # Names of internal tensors: a few KB, ~40 bytes per operator.
     return strip_tensor_names(tflite_bytes)
 
@@ -1071,15 +1265,30 @@ def export_tflite(
             bytes. The kernels are float32; `quantization="dynamic_int8"`
             stores the nonzeros as int8 as in the implicit form, and
             `"float16"` is not supported (the converter would also store
-            the angle scales of the `COS` tables as float16). `"auto"`:
-            built once for the layers whose dense kernel takes at most
-            `max_kernel_bytes` (`4 * n * m`, `dense_kernel_bytes`),
-            implicit for the others; with `quantization="float16"` every
-            layer is implicit.
+            the angle scales of the `COS` tables as float16).
+            `"built_at_load"` (float32 only): each `DCTSparseDense` /
+            `DCTSparseEinsumDense` is `x @ (alpha * D)` with a dense weight
+            the interpreter builds once when it allocates its tensors (from
+            a `2N + 2`-float cos table and index arithmetic: no per-call
+            copy, XNNPACK treats it as static) plus `x @ S` by a
+            `FULLY_CONNECTED` with a CSR-encoded sparse weight (`nnz`
+            float32 values, 1- or 2-byte column indices); the interpreter
+            holds the kernel and the int32 index tensors it was built from,
+            about `5 * 4 * n * m` bytes per layer. Convolutions are
+            `"built_once"` in this form. Runtimes that do not evaluate
+            operators at preparation (older TFLite) get the same results,
+            rebuilding the kernel on every call. `"auto"`: for the layers
+            whose dense kernel takes at most `max_kernel_bytes`
+            (`4 * n * m`, `dense_kernel_bytes`), `"built_at_load"` for
+            float32 matrix layers and `"built_once"` otherwise; implicit
+            for the others; with `quantization="float16"` every layer is
+            implicit.
         max_kernel_bytes: The per-layer memory bound of `form="auto"`, in
             bytes of the float32 dense kernel (default 8 MiB: a 2048 x 1024
-            layer). Set it from the device's memory: the built-once layers
-            need about twice the sum of their kernels at run time.
+            layer). Set it from the device's memory: at run time the
+            built-at-load matrix layers need about 5 times the sum of their
+            kernels, the built-once layers (convolutions, quantized files)
+            about twice.
         narrow_positions: `True` (default): a layer's positions are stored as
             2-byte gaps between sorted flat positions (`delta_encode`) when
             every gap is below 65536 (any layer denser than about 1 in
@@ -1095,8 +1304,9 @@ def export_tflite(
 
     Raises:
         ValueError: for an unknown `quantization`, `dct_constants` or `form`,
-            a negative `max_kernel_bytes`, or `form="built_once"` with
-            `quantization="float16"`.
+            a negative `max_kernel_bytes`, `form="built_once"` with
+            `quantization="float16"`, or `form="built_at_load"` with a
+            quantization.
         TFLiteExportError (a `ValueError`): if the model is not built, or a
             layer needs non-builtin (Flex) ops; the message names the
             layer(s) and the ops where the converter reports them.

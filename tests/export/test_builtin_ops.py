@@ -222,3 +222,55 @@ def test_assert_no_flex_ops_catches_tf_signal_dct():
     assert any(name.startswith("CUSTOM:Flex") for name in tflite_op_names(model))
     with pytest.raises(AssertionError, match="Flex"):
         assert_no_flex_ops(model)
+
+
+# Tensors built when the interpreter prepares the graph.
+
+
+@pytest.mark.parametrize(
+    "input_dim,units", [(1, 1), (5, 1), (1, 5), (7, 7), (3, 2), (10, 100), (784, 300), (300, 100)]
+)
+def test_dct_kernel_at_load_matches_scipy(input_dim, units):
+    length = max(input_dim, units)
+    expected = scipy.fft.dct(np.eye(length), type=2, norm="ortho", axis=0)[:units, :input_dim]
+    kernel = builtin_ops.dct_kernel_at_load(tf.ones((2, input_dim)), units, input_dim, -0.6)
+    assert kernel.shape == (units, input_dim)
+    np.testing.assert_allclose(kernel.numpy(), -0.6 * expected, atol=1e-7)
+
+
+def test_dct_kernel_at_load_is_computed_by_allocate_tensors():
+    input_dim, units = 40, 24
+    data = convert(
+        lambda x: tf.matmul(
+            x, builtin_ops.dct_kernel_at_load(x, units, input_dim, 1.5), transpose_b=True
+        ),
+        input_dim,
+    )
+    assert_no_flex_ops(data)
+    # Only O(N) constants: the table and small index vectors, never the kernel.
+    assert tflite_constant_bytes(data) < 4 * (2 * input_dim + 2) + 256
+    expected = 1.5 * scipy.fft.dct(np.eye(input_dim), type=2, norm="ortho", axis=0)[:units]
+    for batch in (1, 7):
+        interpreter = Interpreter(model_content=data, experimental_preserve_all_tensors=True)
+        interpreter.resize_tensor_input(0, [batch, input_dim])
+        interpreter.allocate_tensors()  # no invoke: the kernel is already there
+        (fc,) = [op for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+        np.testing.assert_allclose(
+            interpreter.get_tensor(int(fc["inputs"][1])), expected, atol=1e-6
+        )
+        x = np.random.default_rng(batch).standard_normal((batch, input_dim)).astype(np.float32)
+        assert relative_error(run(interpreter, x), x @ expected.T) < TFLITE_TOLERANCE
+
+
+def test_load_time_int():
+    assert int(builtin_ops.load_time_int(tf.ones((4, 3)), 9)) == 9
+    data = convert(lambda x: x * tf.cast(builtin_ops.load_time_int(x, 3), tf.float32), 2)
+    interpreter = Interpreter(model_content=data)
+    for batch in (1, 5):
+        x = np.ones((batch, 2), np.float32)
+        np.testing.assert_array_equal(run(interpreter, x), 3 * x)
+
+
+def test_dct_kernel_at_load_rejects_int32_overflow():
+    with pytest.raises(ValueError, match="int32"):
+        builtin_ops.dct_kernel_at_load(tf.ones((1, 4)), 2**16, 2**15, 1.0)

@@ -1,6 +1,7 @@
 """Tests of keras_dctsparse.export.flatbuffer: rewrites of converted TFLite models."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
@@ -114,3 +115,58 @@ def test_strip_tensor_names_keeps_io_names_and_results():
     np.testing.assert_array_equal(run(after, x), run(before, x))
     runner = after.get_signature_runner()
     np.testing.assert_array_equal(list(runner(pixels=x).values())[0], run(before, x))
+
+
+def _matmul_file(placeholder):
+    function = tf.function(
+        lambda x: tf.matmul(x, tf.constant(placeholder), transpose_b=True) + 1.0,
+        autograph=False,
+        input_signature=[tf.TensorSpec([None, placeholder.shape[1]], tf.float32)],
+    )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function()], function
+    )
+    return converter.convert()
+
+
+def _random_csr(rows, cols, nnz, seed):
+    rng = np.random.default_rng(seed)
+    flat = np.sort(rng.choice(rows * cols, nnz, replace=False))
+    r, c = np.divmod(flat, cols)
+    values = rng.standard_normal(nnz).astype(np.float32)
+    segments = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=rows))])
+    dense = np.zeros((rows, cols), np.float32)
+    dense[r, c] = values
+    return values, segments, c, dense
+
+
+def test_csr_sparsify_constants_runs_the_sparse_fully_connected():
+    rows, cols = 30, 300  # column indices need 16 bits
+    placeholder = np.random.default_rng(0).random((rows, cols)).astype(np.float32) + 1.0
+    values, segments, indices, dense = _random_csr(rows, cols, 200, seed=1)
+    data = flatbuffer.csr_sparsify_constants(
+        _matmul_file(placeholder), [(placeholder, values, segments, indices)]
+    )
+    assert_no_flex_ops(data)
+    assert flatbuffer.tflite_constant_bytes(data) < 4 * 200 + 4 * rows + 64  # values, bias
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    (sparse,) = [t for t in model.subgraphs[0].tensors if t.sparsity is not None]
+    assert list(sparse.shape) == [rows, cols]
+    versions = {code.version for code in model.operatorCodes}
+    assert flatbuffer.SPARSE_OPERATOR_VERSION in versions
+    # The default delegate (XNNPACK) must leave it to TFLite's sparse kernel.
+    interpreter = Interpreter(model_content=data)
+    x = np.random.default_rng(2).standard_normal((7, cols)).astype(np.float32)
+    assert relative_error(run(interpreter, x), x @ dense.T + 1.0) < TFLITE_TOLERANCE
+
+
+def test_csr_sparsify_constants_needs_the_placeholder():
+    placeholder = np.ones((3, 4), np.float32) * 0.5
+    values, segments, indices, _ = _random_csr(3, 4, 2, seed=3)
+    data = _matmul_file(placeholder)
+    with pytest.raises(ValueError, match="exactly one"):
+        flatbuffer.csr_sparsify_constants(data, [(placeholder * 2, values, segments, indices)])
+    with pytest.raises(ValueError, match="CSR"):
+        flatbuffer.csr_sparsify_constants(data, [(placeholder, values, segments[:-1], indices)])

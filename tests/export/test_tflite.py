@@ -166,7 +166,7 @@ def test_plain_dense_model_keeps_its_weights():
     assert_matches_keras(model, data, seed=12)
 
 
-@pytest.mark.parametrize("form", ["implicit", "built_once"])
+@pytest.mark.parametrize("form", ["implicit", "built_once", "built_at_load"])
 def test_offset_none_masked_and_standard_layers(form):
     inputs = keras.Input((4, 196))
     x = keras.layers.Flatten()(inputs)
@@ -191,7 +191,7 @@ def test_offset_none_masked_and_standard_layers(form):
     assert len(data) < 784 * 300 * 4 / 4
 
 
-@pytest.mark.parametrize("form", ["implicit", "built_once"])
+@pytest.mark.parametrize("form", ["implicit", "built_once", "built_at_load"])
 def test_nested_model_and_rank3_inputs(form):
     inner = keras.Sequential(
         [keras.Input((50,)), DCTSparseDense(30, density=0.1, activation="relu", seed=0)]
@@ -581,17 +581,23 @@ def test_built_once_variants_match_keras(variant):
 
 def test_auto_form_follows_the_memory_bound():
     model = lenet(0.01)
-    # 784 x 300 floats (940800 B) over the bound, 300 x 100 and 100 x 10 under it.
+    # 784 x 300 floats (940800 B) over the bound, 300 x 100 and 100 x 10 under it:
+    # float32 Dense layers under the bound are built at load time (two FCs each).
     data = convert_tflite(model, form="auto", max_kernel_bytes=4 * 300 * 100)
     names = tflite_op_names(data)
-    assert {"RFFT2D", "UNSORTED_SEGMENT_SUM", "CALL_ONCE"} <= set(names)
-    assert subgraph_op_names(data)[0].count("FULLY_CONNECTED") == 2
+    assert {"RFFT2D", "UNSORTED_SEGMENT_SUM"} <= set(names)
+    assert "CALL_ONCE" not in names
+    assert subgraph_op_names(data)[0].count("FULLY_CONNECTED") == 4
     assert_matches_keras(model, data, seed=2, batches=(1, 7, 1))
     assert largest_constant_bytes(data) < 4 * 100 * 300 // 4
     everything = convert_tflite(model, form="auto")  # the default bound holds all three
-    assert subgraph_op_names(everything)[0].count("FULLY_CONNECTED") == 3
+    assert subgraph_op_names(everything)[0].count("FULLY_CONNECTED") == 6
+    assert "RFFT2D" not in tflite_op_names(everything)
     nothing = convert_tflite(model, form="auto", max_kernel_bytes=0)
-    assert "CALL_ONCE" not in tflite_op_names(nothing)
+    assert "FULLY_CONNECTED" not in tflite_op_names(nothing)
+    # Quantized files build their kernels at the first call instead.
+    int8 = convert_tflite(model, form="auto", quantization="dynamic_int8")
+    assert "CALL_ONCE" in tflite_op_names(int8)
 
 
 def test_form_errors():
@@ -600,6 +606,9 @@ def test_form_errors():
         convert_tflite(model, form="lazy")
     with pytest.raises(ValueError, match="max_kernel_bytes"):
         convert_tflite(model, form="auto", max_kernel_bytes=-1)
+    for quantization in ("float16", "dynamic_int8"):
+        with pytest.raises(ValueError, match="built_at_load"):
+            convert_tflite(model, form="built_at_load", quantization=quantization)
 
 
 def test_built_once_dynamic_int8():
@@ -624,10 +633,12 @@ def test_built_once_is_not_float16():
 def test_export_tflite_passes_the_form(tmp_path):
     model = single_layer_model(30, 20, density=0.2)
     data = export_tflite(model, tmp_path / "m.tflite", form="auto", max_kernel_bytes=4 * 600)
-    assert "CALL_ONCE" in tflite_op_names(data)
+    assert "FULLY_CONNECTED" in tflite_op_names(data)
     assert (tmp_path / "m.tflite").read_bytes() == data
     data = export_tflite(model, tmp_path / "m.tflite", form="auto", max_kernel_bytes=4 * 599)
-    assert "CALL_ONCE" not in tflite_op_names(data)
+    assert "FULLY_CONNECTED" not in tflite_op_names(data)
+    data = export_tflite(model, tmp_path / "m.tflite", form="built_once")
+    assert "CALL_ONCE" in tflite_op_names(data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -682,6 +693,7 @@ def test_narrow_positions_fall_back_to_int32_for_big_gaps():
         ("implicit", "dynamic_int8"),
         ("built_once", None),
         ("built_once", "dynamic_int8"),
+        ("built_at_load", None),
     ],
 )
 def test_repeated_invocations_at_a_large_batch(form, quantization):
@@ -703,7 +715,7 @@ def test_repeated_invocations_at_a_large_batch(form, quantization):
         assert relative_error(interpreter.get_tensor(output), expected) < tolerance
 
 
-@pytest.mark.parametrize("form", ["implicit", "built_once"])
+@pytest.mark.parametrize("form", ["implicit", "built_once", "built_at_load"])
 @pytest.mark.parametrize(
     "equation, output_shape, bias_axes",
     [("abc,cde->abde", (6, 4, 8), "de"), ("abcd,cde->abe", (6, 20), "e"), ("abc,dc->abd", (6, 12), None)],
@@ -729,5 +741,91 @@ def test_einsum_dense_matches_keras(equation, output_shape, bias_axes, form):
     n, m = layer.sparse_weight.kernel_shape
     if form == "implicit":
         assert "RFFT2D" in set(tflite_op_names(data))
-        assert largest_constant_bytes(data) < 4 * n * m
+    assert largest_constant_bytes(data) < 4 * n * m
     assert_matches_keras(model, data, seed=12)
+
+
+# ---------------------------------------------------------------------------------------------
+# form="built_at_load": x @ (alpha D) with a kernel the interpreter builds when it prepares the
+# graph, plus x @ S by a FULLY_CONNECTED with a CSR-encoded weight.
+
+
+BUILD_OPS = {"COS", "SCATTER_ND", "RFFT2D", "UNSORTED_SEGMENT_SUM", "CALL_ONCE", "READ_VARIABLE"}
+
+
+def assert_built_at_load_file(data, dense_kernel_bytes, layers, table_bytes=0):
+    """Builtins only, one subgraph, two FCs per layer, no constant of the dense kernel's size.
+
+    (`table_bytes`: the largest cos table, which tiny layers' kernels are smaller than.)
+    """
+    assert_no_flex_ops(data)
+    (main,) = subgraph_op_names(data)
+    assert not BUILD_OPS & set(main)
+    assert main.count("FULLY_CONNECTED") == 2 * layers
+    # (Floor: the converter's metadata buffers, about 100 bytes.)
+    assert largest_constant_bytes(data) <= max(dense_kernel_bytes // 4, table_bytes, 128)
+
+
+def dct_matrix(units, input_dim):
+    """`D^T` (`units x input_dim`) of a layer's offset, from scipy."""
+    import scipy.fft
+
+    length = max(units, input_dim)
+    return scipy.fft.dct(np.eye(length), type=2, norm="ortho", axis=0)[:units, :input_dim]
+
+
+@pytest.mark.parametrize("input_dim,units", LAYER_SIZES[:4] + ((1, 5), (5, 1)))
+def test_built_at_load_layer_matches_keras(input_dim, units):
+    # (No relu on one output: it may be 0 at batch 1, and 0 / 0 has no relative error.)
+    activation = "relu" if units > 1 else None
+    model = single_layer_model(input_dim, units, density=0.02, activation=activation)
+    data = convert_tflite(model, form="built_at_load")
+    table_bytes = 4 * (2 * max(input_dim, units) + 2)
+    assert_built_at_load_file(data, 4 * input_dim * units, layers=1, table_bytes=table_bytes)
+    assert_matches_keras(model, data, seed=input_dim, batches=(1, 7, 1, 7))
+
+
+def test_built_at_load_kernel_exists_before_the_first_call():
+    # The DCT kernel is computed by allocate_tensors (no invoke yet) and is the FC weight.
+    model = lenet(0.01, seed=3)
+    data = convert_tflite(model, form="built_at_load")
+    interpreter = Interpreter(model_content=data, experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    found = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] != "FULLY_CONNECTED":
+            continue
+        try:
+            weight = interpreter.get_tensor(int(op["inputs"][1]))
+        except ValueError:  # the CSR weight holds nnz values, not a (units, n) array
+            continue
+        if weight.ndim == 2:
+            found.append(weight)
+    assert [w.shape for w in found] == [(300, 784), (100, 300), (10, 100)]
+    for weight, layer in zip(found, model.layers):
+        alpha = float(keras.ops.convert_to_numpy(layer.alpha))
+        units, input_dim = weight.shape
+        np.testing.assert_allclose(weight, alpha * dct_matrix(units, input_dim), atol=1e-6)
+    assert_matches_keras(model, data, seed=4)
+
+
+def test_built_at_load_lenet_is_sized_by_nnz():
+    model = lenet(0.01)
+    data = convert_tflite(model, form="built_at_load")
+    assert_built_at_load_file(data, 4 * 100 * 300, layers=3)
+    # Constants: the nnz float32 values (the CSR indices are metadata: 1 or 2
+    # bytes each), the biases and a (2N + 2)-float cos table per layer.
+    tables = 4 * sum(2 * max(n, m) + 2 for n, m in ((784, 300), (300, 100), (100, 10)))
+    biases = 4 * (300 + 100 + 10)
+    assert tflite_constant_bytes(data) <= 4 * nnz(model) + tables + biases + 256
+    # Values, 16-bit column indices (8-bit where n <= 256), row segments, graph.
+    assert len(data) < nnz(model) * (4 + 2) + tables + biases + 16 * 1024
+    assert_matches_keras(model, data, seed=1, batches=(1, 7, 1))
+
+
+def test_built_at_load_convolutions_are_built_once():
+    model = lenet5_convs(0.01)
+    data = convert_tflite(model, form="built_at_load")
+    assert "CALL_ONCE" in tflite_op_names(data) and "CONV_2D" in subgraph_op_names(data)[0]
+    assert_matches_keras(model, data, seed=3, batches=(1, 7, 1))
+
