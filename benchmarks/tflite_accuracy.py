@@ -2,8 +2,10 @@
 
 For each trained `.keras` model given (for example from `dctsparse train` or
 `dctsparse sweep`), exports it with `keras_dctsparse.export_tflite` as float32,
-float16 and dynamic-range int8 (`quantization=`) in the implicit form, and as
-float32 and dynamic-range int8 with `form="built_once"`, runs the MNIST test set
+float16 and dynamic-range int8 (`quantization=`) in the implicit form, as
+float32, float16 and dynamic-range int8 with `form="built_once"`, and as float32
+with `form="built_at_load"` (the Dense layers; convolutions are then built
+once), runs the MNIST test set
 through the `ai-edge-litert` interpreter and prints a table: file size, test
 accuracy, its change from Keras, and the largest absolute difference of the
 output probabilities.
@@ -35,7 +37,9 @@ EXPORTS = (
     ("implicit", "float16"),
     ("implicit", "dynamic_int8"),
     ("built_once", None),
+    ("built_once", "float16"),
     ("built_once", "dynamic_int8"),
+    ("built_at_load", None),
 )
 
 
@@ -78,7 +82,7 @@ def main():
                     [
                         name,
                         f"TFLite {quantization or 'float32'}"
-                        + (", built_once" if form == "built_once" else ""),
+                        + ("" if form == "implicit" else f", {form}"),
                         f"{os.path.getsize(path) / 1024:.1f}",
                         f"{100 * accuracy:.2f}",
                         f"{100 * (accuracy - keras_accuracy):+.2f}",

@@ -13,6 +13,7 @@ import numpy as np
 __all__ = [
     "clear_variable_initial_values",
     "csr_sparsify_constants",
+    "float16_constants",
     "strip_tensor_names",
     "tflite_constant_bytes",
     "tflite_op_names",
@@ -348,3 +349,104 @@ def csr_sparsify_constants(tflite_bytes, replacements):
                 versioned[op.opcodeIndex] = len(model.operatorCodes) - 1
             op.opcodeIndex = versioned[op.opcodeIndex]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+# Operator version of DEQUANTIZE with a float16 input (what the converter writes).
+FLOAT16_DEQUANTIZE_VERSION = 3
+
+
+def float16_constants(tflite_bytes, min_elements=2):
+    """Stores a TFLite model's float32 constants as float16, each `DEQUANTIZE`d in its subgraph.
+
+    What the converter's float16 quantization does (`supported_types =
+    [tf.float16]`), with two differences: scalars (fewer than `min_elements`
+    numbers) stay float32, so angle scales such as `pi / (2N)` keep float32
+    precision (in float16 they are off by up to 5e-4, which a `COS` of
+    angles up to `2 pi` turns into 3e-3 errors); and it applies to every
+    subgraph, including `IF` branches that build kernels once (each
+    `DEQUANTIZE` is placed first in the subgraph of its constant's users,
+    after a leading `CALL_ONCE`, so it runs when that subgraph does). Sparse tensors are left as they are.
+
+    Args:
+        tflite_bytes: A serialized float32 TFLite model.
+        min_elements: Constants with fewer elements keep float32.
+
+    Returns:
+        `(new_bytes, count)`: the rewritten model and the number of constants
+        stored as float16.
+
+    Example:
+
+    >>> kernel = np.ones((4, 3), np.float32)
+    >>> f = tf.function(lambda x: tf.matmul(x, kernel), autograph=False,
+    ...                 input_signature=[tf.TensorSpec([None, 4])])
+    >>> converter = tf.lite.TFLiteConverter.from_concrete_functions(
+    ...     [f.get_concrete_function()], f)
+    >>> data, count = float16_constants(converter.convert())
+    >>> count, tflite_constant_bytes(data), tflite_op_names(data)
+    (1, 24, ['DEQUANTIZE', 'FULLY_CONNECTED'])
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    dequantize = None
+    for index, code in enumerate(model.operatorCodes):
+        if (
+            max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.DEQUANTIZE
+            and code.version == FLOAT16_DEQUANTIZE_VERSION
+        ):
+            dequantize = index
+    def codes_of(op):
+        code = model.operatorCodes[op.opcodeIndex]
+        return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+    count = 0
+    replaced = set()
+    for subgraph in model.subgraphs:
+        inserted = []
+        for position, tensor in enumerate(list(subgraph.tensors)):
+            if tensor.type != schema.TensorType.FLOAT32 or tensor.isVariable:
+                continue
+            if tensor.sparsity is not None or not tensor.buffer:
+                continue
+            data = model.buffers[tensor.buffer].data
+            shape = [] if tensor.shape is None else [int(d) for d in tensor.shape]
+            if data is None or not len(data) or int(np.prod(shape)) < min_elements:
+                continue
+            values = np.frombuffer(bytes(np.asarray(data, np.uint8)), dtype=np.float32)
+            half = schema.BufferT()
+            half.data = np.frombuffer(values.astype(np.float16).tobytes(), dtype=np.uint8)
+            model.buffers.append(half)
+            stored = schema.TensorT()
+            stored.shape = np.array(shape, dtype=np.int32)
+            stored.type = schema.TensorType.FLOAT16
+            stored.buffer = len(model.buffers) - 1
+            subgraph.tensors.append(stored)
+            replaced.add(tensor.buffer)
+            tensor.buffer = 0  # the empty buffer: now computed by the DEQUANTIZE
+            if dequantize is None:
+                code = schema.OperatorCodeT()
+                code.builtinCode = schema.BuiltinOperator.DEQUANTIZE
+                code.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
+                code.version = FLOAT16_DEQUANTIZE_VERSION
+                model.operatorCodes.append(code)
+                dequantize = len(model.operatorCodes) - 1
+            op = schema.OperatorT()
+            op.opcodeIndex = dequantize
+            op.inputs = np.array([len(subgraph.tensors) - 1], dtype=np.int32)
+            op.outputs = np.array([position], dtype=np.int32)
+            inserted.append(op)
+            count += 1
+        # After the leading CALL_ONCE (variable initialization), before everything else.
+        operators = list(subgraph.operators or [])
+        start = 0
+        call_once = schema.BuiltinOperator.CALL_ONCE
+        while start < len(operators) and codes_of(operators[start]) == call_once:
+            start += 1
+        subgraph.operators = operators[:start] + inserted + operators[start:]
+    # Drop the float32 data that no tensor refers to any more.
+    used = {tensor.buffer for subgraph in model.subgraphs for tensor in subgraph.tensors}
+    for index in replaced - used:
+        model.buffers[index].data = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), count

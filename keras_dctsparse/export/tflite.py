@@ -94,6 +94,7 @@ from keras_dctsparse.export.builtin_ops import run_time_zero
 from keras_dctsparse.export.builtin_ops import sparse_matmul_builtin
 from keras_dctsparse.export.flatbuffer import clear_variable_initial_values
 from keras_dctsparse.export.flatbuffer import csr_sparsify_constants
+from keras_dctsparse.export.flatbuffer import float16_constants
 from keras_dctsparse.export.flatbuffer import strip_tensor_names
 from keras_dctsparse.export.flatbuffer import tflite_op_names
 
@@ -170,7 +171,8 @@ def export_call(
         dct_constants: `"stored"` or `"computed"` tables of a Dense layer's
             fast DCT (`builtin_ops.dct_offset_builtin`); convolutions always
             compute their `COS` table.
-        quantization: None, `"float16"` (left to the converter) or
+        quantization: None, `"float16"` (left to the converter; for files with
+            built-once kernels `flatbuffer.float16_constants` after it) or
             `"dynamic_int8"` (the sparse values stored as int8 with one
             scale per layer, `quantize_int8`).
         built_once: None (the implicit form) or a `BuiltOnceKernels`: the
@@ -483,7 +485,8 @@ def _conv_export_call(layer, quantization=None, built_once=None, narrow_position
     kernel_shape = tuple(weight.kernel_shape)
     values, rows, cols = sparse_entries(layer)
     rows_count, cols_count = weight.matrix_shape
-    entries = _entries_fn(values, rows, cols, cols_count, quantization, narrow_positions)
+    entries_quantization = quantization if built_once is None else _built_once_entries(quantization)
+    entries = _entries_fn(values, rows, cols, cols_count, entries_quantization, narrow_positions)
     scatter = _scatter_fn(entries, weight.matrix_shape)
     alpha = _frozen_alpha(layer)
 
@@ -531,6 +534,17 @@ def _stored_in_tflite_layout(layer, kernel_shape, build, built_once):
     return lambda zero: tf.transpose(stored(zero), back)
 
 
+def _built_once_entries(quantization):
+    """The `quantization` argument of `_entries_fn` for a built-once kernel.
+
+    float16 files with built-once kernels are converted in float32 and their
+    constants stored as float16 afterwards (`flatbuffer.float16_constants`),
+    so the entries are traced as in a float32 file: 16-bit position gaps
+    allowed (they are decoded once, in the build branch).
+    """
+    return None if quantization == "float16" else quantization
+
+
 def _dense_built_once_call(layer, quantization, built_once, narrow_positions=True):
     """Export call of a `DCTSparseDense` whose kernel is built once (`FULLY_CONNECTED`).
 
@@ -543,7 +557,9 @@ def _dense_built_once_call(layer, quantization, built_once, narrow_positions=Tru
     input_dim, units = layer.sparse_weight.matrix_shape
     values, rows, cols = sparse_entries(layer)
     # Transposed: the FULLY_CONNECTED weights are (units, input_dim).
-    entries = _entries_fn(values, cols, rows, input_dim, quantization, narrow_positions)
+    entries = _entries_fn(
+        values, cols, rows, input_dim, _built_once_entries(quantization), narrow_positions
+    )
     scatter = _scatter_fn(entries, (units, input_dim))
     alpha = _frozen_alpha(layer)
 
@@ -1093,15 +1109,6 @@ def convert_tflite(
             f"quantization={quantization!r}. Use form='built_once' or 'auto' (which builds "
             "quantized models' kernels once, at the first call)."
         )
-    if quantization == "float16" and form != "implicit":
-        if form == "built_once":
-            raise ValueError(
-                "Argument `form='built_once'` does not support quantization='float16': "
-                "the converter stores the angle scales of the kernels' COS tables as "
-                "float16 too (3e-3 relative error). Use form='implicit' or 'auto', or "
-                "quantization='dynamic_int8'."
-            )
-        form = "implicit"  # documented: "auto" with float16 is implicit
     layers = _all_layers(model)
     _check_layers(layers)
     specs = _input_specs(model)
@@ -1137,7 +1144,10 @@ def convert_tflite(
         # then needs 6 GB); given none, it takes its deprecated conversion path.
         converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.Module())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    _configure_quantization(converter, quantization)
+    # float16 with built-once kernels: converted in float32, then the constants
+    # (not the scalars: the COS angle scales) stored as float16 by a rewrite.
+    float16_rewrite = quantization == "float16" and bool(store.kernels)
+    _configure_quantization(converter, None if float16_rewrite else quantization)
     try:
         tflite_bytes = converter.convert()
     except Exception as error:
@@ -1171,6 +1181,8 @@ def convert_tflite(
                 f"the built-once kernels {sorted(set(store.kernel_names) - set(cleared))} "
                 "in a form that cannot be removed; export with form='implicit'."
             )
+    if float16_rewrite:
+        tflite_bytes, _ = float16_constants(tflite_bytes)
     if store.sparse_weights.replacements:
         try:
             tflite_bytes = csr_sparsify_constants(
@@ -1263,9 +1275,12 @@ def export_tflite(
             but at run time each layer holds its dense kernel twice (the
             variable and the copy read for the call): `2 * 4 * n * m`
             bytes. The kernels are float32; `quantization="dynamic_int8"`
-            stores the nonzeros as int8 as in the implicit form, and
-            `"float16"` is not supported (the converter would also store
-            the angle scales of the `COS` tables as float16).
+            stores the nonzeros as int8 as in the implicit form;
+            `"float16"` stores every float constant but scalars as float16
+            (the file is converted in float32 and rewritten,
+            `flatbuffer.float16_constants`: the converter's own float16
+            option would also store the angle scales of the `COS` tables in
+            float16, a 3e-3 error).
             `"built_at_load"` (float32 only): each `DCTSparseDense` /
             `DCTSparseEinsumDense` is `x @ (alpha * D)` with a dense weight
             the interpreter builds once when it allocates its tensors (from
@@ -1280,9 +1295,8 @@ def export_tflite(
             rebuilding the kernel on every call. `"auto"`: for the layers
             whose dense kernel takes at most `max_kernel_bytes`
             (`4 * n * m`, `dense_kernel_bytes`), `"built_at_load"` for
-            float32 matrix layers and `"built_once"` otherwise; implicit
-            for the others; with `quantization="float16"` every layer is
-            implicit.
+            float32 matrix layers and `"built_once"` otherwise (quantized
+            files, convolutions); implicit for the others.
         max_kernel_bytes: The per-layer memory bound of `form="auto"`, in
             bytes of the float32 dense kernel (default 8 MiB: a 2048 x 1024
             layer). Set it from the device's memory: at run time the
@@ -1304,8 +1318,7 @@ def export_tflite(
 
     Raises:
         ValueError: for an unknown `quantization`, `dct_constants` or `form`,
-            a negative `max_kernel_bytes`, `form="built_once"` with
-            `quantization="float16"`, or `form="built_at_load"` with a
+            a negative `max_kernel_bytes`, or `form="built_at_load"` with a
             quantization.
         TFLiteExportError (a `ValueError`): if the model is not built, or a
             layer needs non-builtin (Flex) ops; the message names the

@@ -170,3 +170,49 @@ def test_csr_sparsify_constants_needs_the_placeholder():
         flatbuffer.csr_sparsify_constants(data, [(placeholder * 2, values, segments, indices)])
     with pytest.raises(ValueError, match="CSR"):
         flatbuffer.csr_sparsify_constants(data, [(placeholder, values, segments[:-1], indices)])
+
+
+def test_float16_constants_keeps_scalars_and_runs_branches():
+    # A kernel built in an IF branch from a COS of scaled indices: in float16 the
+    # scalar scale pi / 2000 would be off by 2e-4 relative, and cos(i * scale) by
+    # up to 4e-3; it stays float32, the 300-entry table becomes float16.
+    rows, cols = 20, 15
+    table = np.random.default_rng(0).standard_normal(rows * cols).astype(np.float32)
+
+    class Model(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.flag = tf.Variable(False)
+            self.kernel = tf.Variable(tf.zeros((rows, cols)))
+
+        def __call__(self, x):
+            zero = builtin_ops.run_time_zero(x)
+
+            def build():
+                index = tf.cast(tf.range(zero, zero + rows * cols), tf.float32)
+                kernel = tf.reshape(
+                    tf.cos(index * np.float32(np.pi / 2000)) + tf.constant(table), (rows, cols)
+                )
+                with tf.control_dependencies([self.kernel.assign(kernel), self.flag.assign(True)]):
+                    return tf.identity(zero)
+
+            ready = tf.cond(self.flag, lambda: tf.identity(zero), build)
+            with tf.control_dependencies([ready]):
+                return tf.matmul(x, self.kernel.read_value(), transpose_b=True)
+
+    module = Model()
+    function = tf.function(
+        module.__call__, input_signature=[tf.TensorSpec([None, cols])], autograph=False
+    )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function()], module
+    )
+    data, count = flatbuffer.float16_constants(converter.convert())
+    assert count >= 1
+    assert "DEQUANTIZE" in flatbuffer.tflite_op_names(data)
+    kernel = np.cos(np.arange(rows * cols) * np.pi / 2000) + table.astype(np.float16)
+    x = np.random.default_rng(1).standard_normal((7, cols)).astype(np.float32)
+    interpreter = Interpreter(model_content=data)
+    for _ in range(2):  # built at the first call, read at the second
+        actual = run(interpreter, x)
+        assert relative_error(actual, x @ kernel.reshape(rows, cols).T) < 1e-5
