@@ -182,5 +182,7 @@ def test_tfds_and_sklearn_are_an_extra_not_a_requirement():
     assert not required & {"tensorflow-datasets", "scikit-learn"}
     extras = config["options.extras_require"]
     assert {"tensorflow-datasets", "scikit-learn"} <= requirements(extras["experiments"])
-    # The tests exercise keras_dctsparse.experiments.
+    # The tests exercise keras_dctsparse.experiments, and the README's main command
+    # installs the dctsparse command line with the cli extra.
     assert {"tensorflow-datasets", "scikit-learn"} <= requirements(extras["test"])
+    assert {"tensorflow-datasets", "scikit-learn"} <= requirements(extras["cli"])
