@@ -365,7 +365,8 @@ def float16_constants(tflite_bytes, min_elements=2):
     angles up to `2 pi` turns into 3e-3 errors); and it applies to every
     subgraph, including `IF` branches that build kernels once (each
     `DEQUANTIZE` is placed first in the subgraph of its constant's users,
-    after a leading `CALL_ONCE`, so it runs when that subgraph does). Sparse tensors are left as they are.
+    after a leading `CALL_ONCE`, so it runs when that subgraph does). Sparse
+    tensors are left as they are.
 
     Args:
         tflite_bytes: A serialized float32 TFLite model.

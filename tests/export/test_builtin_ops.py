@@ -165,12 +165,17 @@ def test_tflite_dct_offset(input_dim, units, constants):
         assert relative_error(y, reference_dct(x, length, units)) < TFLITE_TOLERANCE
 
 
-@pytest.mark.parametrize("input_dim,units", [(1000, 1000), (4096, 4096)])
+@pytest.mark.parametrize("input_dim,units", [(1000, 1000), (4096, 4096), (5000, 77)])
 def test_tflite_dct_constants_are_linear_in_length(input_dim, units):
-    # A stored D would take 4 * N * N bytes; the chirps and twiddles take O(N).
+    # A stored D would take 4 * N * N bytes; the chirps, twiddles and the small
+    # DFT matrices of a mixed-radix split (1000 = 40 * 25) take O(N).
     length = max(input_dim, units)
     assert len(converted_offset(input_dim, units)) < 64 * length
-    assert "RFFT2D" in tflite_op_names(converted_offset(input_dim, units))
+    names = set(tflite_op_names(converted_offset(input_dim, units)))
+    if not builtin_ops.is_power_of_two(length) and builtin_ops.mixed_radix_factors(length):
+        assert "RFFT2D" not in names and "FULLY_CONNECTED" in names
+    else:  # 4096: one real FFT; 5000 = 2^3 5^4 has no split into factors <= 64: Bluestein
+        assert "RFFT2D" in names
 
 
 @pytest.mark.parametrize("input_dim,units", [(784, 300), (1000, 1000), (5000, 77)])
@@ -203,7 +208,8 @@ def test_tflite_layer_with_dynamic_batch():
     model = convert(layer, input_dim)
     assert_no_flex_ops(model)
     names = tflite_op_names(model)
-    assert {"GATHER", "UNSORTED_SEGMENT_SUM", "RFFT2D"} <= set(names)
+    # 300 = 20 * 15: the mixed-radix DCT (FULLY_CONNECTEDs), no FFT.
+    assert {"GATHER", "UNSORTED_SEGMENT_SUM", "FULLY_CONNECTED"} <= set(names)
     kernel = dense_kernel(values, rows, cols, input_dim, units)
     interpreter = Interpreter(model_content=model)
     rng = np.random.default_rng(5)
@@ -274,3 +280,44 @@ def test_load_time_int():
 def test_dct_kernel_at_load_rejects_int32_overflow():
     with pytest.raises(ValueError, match="int32"):
         builtin_ops.dct_kernel_at_load(tf.ones((1, 4)), 2**16, 2**15, 1.0)
+
+
+# Mixed-radix (two-factor Cooley-Tukey) DFT for lengths that are not powers of two.
+
+MIXED_LENGTHS = (6, 15, 62, 100, 124, 300, 784, 1000, 3000, 4032)
+
+
+def test_mixed_radix_factors():
+    assert builtin_ops.mixed_radix_factors(784) == (28, 28)
+    assert builtin_ops.mixed_radix_factors(4032) == (64, 63)
+    # Primes, a prime factor > 64, no split with both factors <= 64 (4095 = 65 * 63).
+    for length in (2, 3, 5, 97, 1009, 2 * 67, 4095, 5000):
+        assert builtin_ops.mixed_radix_factors(length) is None, length
+    for length in MIXED_LENGTHS:
+        n1, n2 = builtin_ops.mixed_radix_factors(length)
+        assert n1 * n2 == length and 2 <= n2 <= n1 <= builtin_ops.MAX_RADIX
+
+
+@pytest.mark.parametrize("length", MIXED_LENGTHS + (1, 2, 7, 97, 134))
+def test_dct_of_any_length_matches_scipy_on_fresh_inputs(length):
+    # Fresh random inputs (seeded by the length), every path: the mixed-radix split,
+    # one real FFT (powers of two), Bluestein (primes, 134 = 2 * 67), length 1.
+    rng = np.random.default_rng(1000 + length)
+    for units in sorted({1, length // 2 + 1, length}):
+        x = rng.standard_normal((3, length)).astype(np.float32)
+        y = builtin_ops.dct_offset_builtin(x, units).numpy()
+        assert relative_error(y, reference_dct(x, length, units)) < eager_tolerance(length)
+
+
+@pytest.mark.parametrize("input_dim,units", [(784, 300), (300, 100), (100, 10), (15, 15)])
+def test_tflite_mixed_radix_dct(input_dim, units):
+    model = converted_offset(input_dim, units)
+    assert_no_flex_ops(model)
+    assert "RFFT2D" not in tflite_op_names(model)
+    interpreter = Interpreter(model_content=model)
+    rng = np.random.default_rng(input_dim + units)
+    for batch in (1, 7):
+        x = rng.standard_normal((batch, input_dim)).astype(np.float32)
+        y = run(interpreter, x)
+        length = max(input_dim, units)
+        assert relative_error(y, reference_dct(x, length, units)) < TFLITE_TOLERANCE

@@ -18,6 +18,7 @@ from keras_dctsparse import export_tflite
 from keras_dctsparse import models
 from keras_dctsparse.export import TFLiteExportError
 from keras_dctsparse.export import convert_tflite
+from keras_dctsparse.export.builtin_ops import is_power_of_two
 from keras_dctsparse.export.tflite import INT8_MIN_SAVING_BYTES
 from keras_dctsparse.export.tflite import POSITION_GAPS_MIN_SAVING_BYTES
 from keras_dctsparse.export.tflite import delta_encode
@@ -125,8 +126,10 @@ def test_layer_matches_keras(input_dim, units, tmp_path):
     assert path.read_bytes() == data
     assert_no_flex_ops(data)
     names = set(tflite_op_names(data))
-    assert {"GATHER", "UNSORTED_SEGMENT_SUM", "RFFT2D"} <= names
-    assert "FULLY_CONNECTED" not in names
+    assert {"GATHER", "UNSORTED_SEGMENT_SUM"} <= names
+    # One real FFT for powers of two, else two small DFT matmuls (mixed radix).
+    assert ("RFFT2D" in names) == is_power_of_two(max(input_dim, units))
+    assert largest_constant_bytes(data) < 4 * input_dim * units // 4
     # Sparse values, positions and O(N) DCT constants; never the dense matrix.
     layer = model.layers[0]
     assert len(data) < layer.nnz * (4 + INDEX_BYTES) + 64 * max(input_dim, units) + 20000
@@ -585,16 +588,16 @@ def test_auto_form_follows_the_memory_bound():
     # float32 Dense layers under the bound are built at load time (two FCs each).
     data = convert_tflite(model, form="auto", max_kernel_bytes=4 * 300 * 100)
     names = tflite_op_names(data)
-    assert {"RFFT2D", "UNSORTED_SEGMENT_SUM"} <= set(names)
-    assert "CALL_ONCE" not in names
-    assert subgraph_op_names(data)[0].count("FULLY_CONNECTED") == 4
+    assert "UNSORTED_SEGMENT_SUM" in names and "CALL_ONCE" not in names
+    # Two FCs in each built-at-load layer, two in the implicit one's DCT (784 = 28 * 28).
+    assert subgraph_op_names(data)[0].count("FULLY_CONNECTED") == 6
     assert_matches_keras(model, data, seed=2, batches=(1, 7, 1))
     assert largest_constant_bytes(data) < 4 * 100 * 300 // 4
     everything = convert_tflite(model, form="auto")  # the default bound holds all three
     assert subgraph_op_names(everything)[0].count("FULLY_CONNECTED") == 6
-    assert "RFFT2D" not in tflite_op_names(everything)
+    assert "UNSORTED_SEGMENT_SUM" not in tflite_op_names(everything)
     nothing = convert_tflite(model, form="auto", max_kernel_bytes=0)
-    assert "FULLY_CONNECTED" not in tflite_op_names(nothing)
+    assert "UNSORTED_SEGMENT_SUM" in tflite_op_names(nothing)
     # Quantized files build their kernels at the first call instead.
     int8 = convert_tflite(model, form="auto", quantization="dynamic_int8")
     assert "CALL_ONCE" in tflite_op_names(int8)
@@ -658,10 +661,10 @@ def test_built_once_float16_convolutions():
 def test_export_tflite_passes_the_form(tmp_path):
     model = single_layer_model(30, 20, density=0.2)
     data = export_tflite(model, tmp_path / "m.tflite", form="auto", max_kernel_bytes=4 * 600)
-    assert "FULLY_CONNECTED" in tflite_op_names(data)
+    assert "UNSORTED_SEGMENT_SUM" not in tflite_op_names(data)
     assert (tmp_path / "m.tflite").read_bytes() == data
     data = export_tflite(model, tmp_path / "m.tflite", form="auto", max_kernel_bytes=4 * 599)
-    assert "FULLY_CONNECTED" not in tflite_op_names(data)
+    assert "UNSORTED_SEGMENT_SUM" in tflite_op_names(data)
     data = export_tflite(model, tmp_path / "m.tflite", form="built_once")
     assert "CALL_ONCE" in tflite_op_names(data)
 
