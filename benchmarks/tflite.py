@@ -23,6 +23,8 @@ LeNet-300-100 (784-300-100-10, relu, relu, softmax):
   weight. `ablation: alpha*D at load, no S` is the same model without the
   sparse FCs (what the sparse part costs); `form=built_once` reads each kernel
   from a resource variable, which TFLite copies on every call.
+- `DCTpS 0.01, sparse_product=csr`: the implicit form (fast DCT) with `S` as a
+  `FULLY_CONNECTED` with a CSR sparse weight instead of gather/segment-sum.
 - `DCTpS 0.01, dct_constants=computed`: the DCT's tables rebuilt by the
   interpreter on every call instead of stored.
 - `DCTpS 0.01, float16` / `dynamic_int8`: values (and, for float16, tables)
@@ -45,7 +47,8 @@ One 4096 x 4096 layer at density 0.1% (`--big-repeats` calls; the issue's target
 for the implicit form: file <= 1.5 x nnz x 8 B + 16 KB, latency <= 0.5x dense):
 
 - `Dense`: `keras.layers.Dense(4096)` (64 MB file).
-- `DCTpS 0.001` (implicit, the default), with int32 positions, and
+- `DCTpS 0.001` (implicit, the default), with int32 positions, with
+  `sparse_product=csr`, and
   `form=built_at_load` (for comparison: `auto` keeps this layer implicit, its
   dense kernel is over the default 8 MiB bound).
 
@@ -308,6 +311,9 @@ def main():
         ("ablation: alpha*D at load, no S", 0, convert_dct_only_at_load(model))
     )
     entries.append(
+        ("DCTpS 0.01, sparse_product=csr", nnz(model), convert_tflite(model, sparse_product="csr"))
+    )
+    entries.append(
         ("DCTpS 0.01, form=built_once, dynamic_int8", nnz(model),
          convert_tflite(model, form="built_once", quantization="dynamic_int8"))
     )
@@ -351,6 +357,10 @@ def main():
     entries.append(
         ("DCTpS 0.001, int32 positions", nnz(model),
          convert_tflite(model, narrow_positions=False))
+    )
+    entries.append(
+        ("DCTpS 0.001, sparse_product=csr", nnz(model),
+         convert_tflite(model, sparse_product="csr"))
     )
     entries.append(
         ("DCTpS 0.001, form=built_at_load", nnz(model),

@@ -858,3 +858,31 @@ def test_built_at_load_convolutions_are_built_once():
     assert "CALL_ONCE" in tflite_op_names(data) and "CONV_2D" in subgraph_op_names(data)[0]
     assert_matches_keras(model, data, seed=3, batches=(1, 7, 1))
 
+
+
+# sparse_product="csr": the implicit form's S as a FULLY_CONNECTED with a CSR weight.
+
+
+@pytest.mark.parametrize("input_dim,units", LAYER_SIZES[:4])
+def test_csr_sparse_product_matches_keras(input_dim, units):
+    model = single_layer_model(input_dim, units, density=0.02, activation="relu")
+    data = convert_tflite(model, sparse_product="csr")
+    assert_no_flex_ops(data)
+    names = tflite_op_names(data)
+    assert "UNSORTED_SEGMENT_SUM" not in names and "FULLY_CONNECTED" in names
+    layer = model.layers[0]
+    # nnz float32 values (indices are metadata), the O(N) DCT tables; no n x m tensor.
+    assert largest_constant_bytes(data) < 4 * input_dim * units // 4
+    assert tflite_constant_bytes(data) < 4 * layer.nnz + 64 * max(input_dim, units) + 4096
+    assert_matches_keras(model, data, seed=units, batches=(1, 7, 1))
+
+
+def test_csr_sparse_product_lenet_and_errors():
+    model = lenet(0.01)
+    data = convert_tflite(model, sparse_product="csr")
+    assert "UNSORTED_SEGMENT_SUM" not in tflite_op_names(data)
+    assert_matches_keras(model, data, seed=2, batches=(1, 7, 1))
+    with pytest.raises(ValueError, match="sparse_product"):
+        convert_tflite(model, sparse_product="dense")
+    with pytest.raises(ValueError, match="csr"):
+        convert_tflite(model, sparse_product="csr", quantization="float16")
