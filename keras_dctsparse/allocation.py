@@ -138,9 +138,6 @@ def check_density(density, name="density"):
     return float(density)
 
 
-# The former private name (imported by `keras_dctsparse.models`).
-_check_density = check_density
-
 
 def check_nnz(nnz, size=None, name="nnz", where=""):
     """Returns `nnz` as an int if it is an integer in `[1, size]`, else raises ValueError.

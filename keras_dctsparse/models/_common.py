@@ -3,7 +3,7 @@
 import numbers
 
 from keras_dctsparse.allocation import METHODS
-from keras_dctsparse.allocation import _check_density
+from keras_dctsparse.allocation import check_density
 from keras_dctsparse.convert import sparsify
 from keras_dctsparse.layers import validation
 
@@ -38,7 +38,7 @@ def check_arguments(input_shape, num_classes, density, distribution, offset):
             "Argument `num_classes` must be a positive int; received "
             f"num_classes={num_classes!r}."
         )
-    density = _check_density(density)
+    density = check_density(density)
     if not isinstance(distribution, str) or distribution.lower() not in METHODS:
         raise ValueError(
             f"Argument `distribution` must be one of {METHODS}; received "
