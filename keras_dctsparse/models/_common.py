@@ -8,7 +8,6 @@ from keras_dctsparse.convert import sparsify
 from keras_dctsparse.layers import validation
 
 
-
 def check_arguments(input_shape, num_classes, density, distribution, offset):
     """Validates the common builder arguments; returns `(input_shape, density)`.
 
