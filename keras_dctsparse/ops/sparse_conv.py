@@ -32,6 +32,8 @@ are run as 2-D with a width of 1 (``sparse_conv``). The spatial sizes of ``x`` m
 import os
 
 import tensorflow as tf
+# XLA's windowed gather has no public TensorFlow API (tf.gather cannot take a window
+# per index, and tf.raw_ops has no XlaGather), so the tf2xla wrapper is used.
 from tensorflow.compiler.tf2xla.python import xla
 from tensorflow.compiler.xla import xla_data_pb2
 
