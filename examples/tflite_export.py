@@ -1,9 +1,10 @@
 """Export a DCTpS model to TFLite (builtin ops only) and run it with ai-edge-litert.
 
-Trains a small DCTpS MLP on scikit-learn's digits, writes two `.tflite` files (the implicit
-form, where the DCT stays a fast transform, and `form="built_once"`, where the interpreter
-builds each dense kernel once at the first call), runs both in the interpreter and compares
-them with Keras.
+Trains a small DCTpS MLP on scikit-learn's digits, writes three `.tflite` files (the implicit
+form, where the DCT stays a fast transform; `form="built_once"`, where the interpreter
+builds each dense kernel once at the first call; `form="built_at_load"`, where it builds
+each DCT kernel when it allocates its tensors and multiplies by S with a sparse
+FULLY_CONNECTED), runs them in the interpreter and compares them with Keras.
 
 Run: python examples/tflite_export.py [--out DIR]   (needs `pip install ai-edge-litert`)
 """
@@ -39,7 +40,7 @@ model.fit(x[:1400], y[:1400], epochs=args.epochs, batch_size=32, verbose=0)
 expected = model.predict(x[1400:], verbose=0)
 
 os.makedirs(args.out, exist_ok=True)
-for form in ("implicit", "built_once"):
+for form in ("implicit", "built_once", "built_at_load"):
     path = os.path.join(args.out, f"digits_{form}.tflite")
     keras_dctsparse.export_tflite(model, path, form=form)
     interpreter = Interpreter(model_path=path)
