@@ -9,11 +9,12 @@ import scipy.fft
 import tensorflow as tf
 
 import keras_dctsparse
-import keras_dctsparse.data
+import keras_dctsparse.experiments.data
 from keras_dctsparse import DCTSparseConv1D
 from keras_dctsparse import DCTSparseConv2D
 from keras_dctsparse import DCTSparseDense
 from keras_dctsparse import DCTSparseDepthwiseConv2D
+from conv_cases import CONV_CASES
 from numpy_reference import col2im
 from numpy_reference import im2col
 from training import assert_mirrored_matches_single
@@ -105,45 +106,6 @@ def _x(shape, seed=1):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-# (layer class, constructor kwargs, input shape)
-CASES = {
-    "1x1_cout<P": (DCTSparseConv2D, dict(filters=4, kernel_size=1), (2, 5, 6, 6)),
-    "1x1_cout>P": (DCTSparseConv2D, dict(filters=10, kernel_size=1), (2, 5, 6, 4)),
-    "3x3_cout<P_same": (DCTSparseConv2D, dict(filters=8, kernel_size=3, padding="same"),
-                        (2, 7, 6, 3)),
-    "3x3_cout>P": (DCTSparseConv2D, dict(filters=40, kernel_size=3), (2, 6, 6, 3)),
-    "5x5_same_stride2": (DCTSparseConv2D, dict(filters=6, kernel_size=5, padding="same",
-                                               strides=2), (2, 9, 8, 2)),
-    "3x3_valid_stride2": (DCTSparseConv2D, dict(filters=12, kernel_size=3, strides=2),
-                          (2, 9, 9, 4)),
-    "3x5_unequal_strides": (DCTSparseConv2D, dict(filters=5, kernel_size=(3, 5),
-                                                  strides=(1, 2), padding="same"),
-                            (1, 7, 9, 3)),
-    "3x3_dilation2": (DCTSparseConv2D, dict(filters=8, kernel_size=3, dilation_rate=2,
-                                            padding="same"), (2, 9, 9, 3)),
-    "3x3_groups2": (DCTSparseConv2D, dict(filters=8, kernel_size=3, groups=2,
-                                          padding="same"), (2, 6, 6, 4)),
-    "3x3_groups3_cout>P": (DCTSparseConv2D, dict(filters=30, kernel_size=3, groups=3),
-                           (2, 6, 6, 6)),
-    "3x3_groups_cin": (DCTSparseConv2D, dict(filters=8, kernel_size=3, groups=4,
-                                             padding="same"), (2, 6, 6, 4)),
-    "depthwise_dm1": (DCTSparseDepthwiseConv2D, dict(kernel_size=3, padding="same"),
-                      (2, 6, 6, 4)),
-    "depthwise_dm2": (DCTSparseDepthwiseConv2D, dict(kernel_size=3, depth_multiplier=2,
-                                                     padding="same"), (2, 6, 6, 5)),
-    "depthwise_dm12_stride2": (DCTSparseDepthwiseConv2D,
-                               dict(kernel_size=3, depth_multiplier=12, strides=2),
-                               (2, 7, 7, 3)),
-    "conv1d_k5_same": (DCTSparseConv1D, dict(filters=7, kernel_size=5, padding="same"),
-                       (2, 11, 3)),
-    "conv1d_causal_dil2": (DCTSparseConv1D, dict(filters=4, kernel_size=3,
-                                                 padding="causal", dilation_rate=2),
-                           (2, 10, 3)),
-    "conv1d_groups3_stride2": (DCTSparseConv1D, dict(filters=6, kernel_size=3, groups=3,
-                                                     strides=2), (2, 12, 6)),
-}
-
-
 def _methods(cls, kwargs):
     if cls is DCTSparseDepthwiseConv2D:
         return ["auto", "direct"]
@@ -154,14 +116,14 @@ def _methods(cls, kwargs):
 
 PARAMS = [
     (name, method)
-    for name, (cls, kwargs, _) in CASES.items()
+    for name, (cls, kwargs, _) in CONV_CASES.items()
     for method in _methods(cls, kwargs)
 ]
 
 
 @pytest.mark.parametrize("name, method", PARAMS)
 def test_output_matches_reference(name, method):
-    cls, kwargs, shape = CASES[name]
+    cls, kwargs, shape = CONV_CASES[name]
     layer = cls(**kwargs, density=0.3, offset_method=method, seed=3)
     x = _x(shape)
     layer.build(x.shape)
@@ -429,7 +391,7 @@ def test_lenet5_learns_mnist():
     if not os.path.isdir(MNIST_DIR):
         pytest.skip(f"MNIST not found in {MNIST_DIR} (set DCTSPARSE_MNIST_DIR)")
     try:
-        data = keras_dctsparse.data.load_dataset("mnist", data_dir=MNIST_DIR)
+        data = keras_dctsparse.experiments.data.load_dataset("mnist", data_dir=MNIST_DIR)
     except FileNotFoundError as error:
         pytest.skip(f"MNIST not available: {error}")
     keras.utils.set_random_seed(0)
@@ -539,7 +501,7 @@ def _sparse_methods(cls, kwargs):
 
 SPARSE_PARAMS = [
     (name, method)
-    for name, (cls, kwargs, _) in CASES.items()
+    for name, (cls, kwargs, _) in CONV_CASES.items()
     if cls is not DCTSparseDepthwiseConv2D
     for method in _sparse_methods(cls, kwargs)
 ]
@@ -547,7 +509,7 @@ SPARSE_PARAMS = [
 
 @pytest.mark.parametrize("name, method", SPARSE_PARAMS)
 def test_sparse_path_output_matches_reference(name, method):
-    cls, kwargs, shape = CASES[name]
+    cls, kwargs, shape = CONV_CASES[name]
     layer = cls(**kwargs, density=0.3, offset_method=method, sparse_kernel="sparse", seed=3)
     x = _x(shape)
     layer.build(x.shape)
