@@ -265,7 +265,8 @@ def csr_sparsify_constants(tflite_bytes, replacements):
         The rewritten model as `bytes`.
 
     Raises:
-        ValueError: if a placeholder is not the data of exactly one buffer.
+        ValueError: if a placeholder is the data of no buffer, or the CSR
+            arrays do not describe a matrix of its shape.
 
     Example:
 
@@ -292,10 +293,10 @@ def csr_sparsify_constants(tflite_bytes, replacements):
         placeholder = np.ascontiguousarray(placeholder, dtype=np.float32)
         rows, cols = placeholder.shape
         found = by_bytes.get(placeholder.tobytes(), [])
-        if len(found) != 1:
+        if not found:
             raise ValueError(
-                f"A ({rows}, {cols}) placeholder constant is the data of {len(found)} "
-                "buffers of the converted model; expected exactly one."
+                f"A ({rows}, {cols}) placeholder constant is the data of no buffer of "
+                "the converted model; expected at least one."
             )
         segments = np.asarray(segments, np.int64)
         indices = np.asarray(indices, np.int64)
@@ -308,10 +309,11 @@ def csr_sparsify_constants(tflite_bytes, replacements):
                 f"CSR arrays do not describe a ({rows}, {cols}) matrix: "
                 f"{len(segments)} segments, {len(indices)} indices, {len(values)} values."
             )
-        buffer = model.buffers[found[0]]
-        buffer.data = np.frombuffer(
+        data = np.frombuffer(
             np.ascontiguousarray(values, dtype=np.float32).tobytes(), dtype=np.uint8
         )
+        for index in found:  # one per use of the constant (a layer called twice)
+            model.buffers[index].data = data
         dense = schema.DimensionMetadataT()
         dense.format = schema.DimensionType.DENSE
         dense.denseSize = rows
@@ -324,7 +326,7 @@ def csr_sparsify_constants(tflite_bytes, replacements):
         sparsity.dimMetadata = [dense, sparse]
         for subgraph in model.subgraphs:
             for position, tensor in enumerate(subgraph.tensors):
-                if tensor.buffer == found[0]:
+                if tensor.buffer in found:
                     tensor.sparsity = sparsity
                     sparse_tensors.add((id(subgraph), position))
     # Operators reading a sparse weight get their own operator code of version 8

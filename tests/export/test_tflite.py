@@ -886,3 +886,14 @@ def test_csr_sparse_product_lenet_and_errors():
         convert_tflite(model, sparse_product="dense")
     with pytest.raises(ValueError, match="csr"):
         convert_tflite(model, sparse_product="csr", quantization="float16")
+
+
+@pytest.mark.parametrize("options", [dict(form="built_at_load"), dict(sparse_product="csr")])
+def test_csr_weights_of_a_layer_called_twice(options):
+    shared = DCTSparseDense(16, density=0.1, activation="tanh", seed=0)
+    inputs = keras.Input((16,))
+    outputs = shared(shared(inputs))
+    model = randomize(keras.Model(inputs, outputs), seed=4)
+    data = convert_tflite(model, **options)
+    assert_no_flex_ops(data)
+    assert_matches_keras(model, data, seed=5, batches=(1, 7))
