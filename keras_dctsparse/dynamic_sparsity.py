@@ -15,11 +15,11 @@ input `x` and the gradient `g` of its linear output (`W x`, before bias and
 activation). It is computed for one batch in column blocks of at most
 `block_elements` entries and merged into a running top-k, so the peak memory is
 one block (default 2**22 entries, 16 MiB float32) plus O(nnz), never `n * m`.
-Dense layers with more than `max_scored_elements` entries (default 2**26) are
-scored on a sample of `candidates` random free positions per grown entry instead
-(gathered products, O(batch * candidates * grown) memory); conv kernels above it
-are refused with an error, as are grouped/depthwise kernels (one block) above
-`block_elements`.
+Dense-like layers (`linear_map_is_matmul`) with more than `max_scored_elements`
+entries (default 2**26) are scored on a sample of `candidates` random free positions
+per grown entry instead (gathered products, O(batch * candidates * grown) memory);
+conv kernels above it are refused with an error, as are grouped/depthwise kernels
+(one block) above `block_elements`.
 
 Backends: the same callbacks run under `KERAS_BACKEND` = `tensorflow`, `jax` and
 `torch`. The input of every DCTpS layer's linear map and the loss gradient of its
@@ -27,12 +27,13 @@ linear output are taken from one forward and backward pass with the layers'
 `linear_output_probe` set: a `tf.function` with a `GradientTape` on TensorFlow;
 on JAX a jitted `jax.vjp` of `model.compute_loss_and_updates` with respect to zero
 perturbations added to the linear outputs; on PyTorch eager autograd with respect
-to the same perturbations. The kernel-gradient blocks are `x^T g` (dense layers)
-and, for convolutions, the vector-Jacobian product of the layer's convolution with
-respect to a zero kernel (`kernel_gradient` on TensorFlow, `keras.ops.conv` /
-`depthwise_conv` elsewhere). Positions, values and optimizer slots are rewritten
-through `Variable.assign` (on JAX `fit` first writes its state back into the
-variables when the callback reads `self.model`).
+to the same perturbations. The kernel-gradient blocks come from each layer's own
+`kernel_gradient` (`x^T g` for dense-like layers; for convolutions the
+vector-Jacobian product of the layer's convolution with respect to a zero kernel,
+`keras_dctsparse.ops.keras_ops.linear_vjp`); the callback knows no layer type.
+Positions, values and optimizer slots are rewritten through `Variable.assign` (on
+JAX `fit` first writes its state back into the variables when the callback reads
+`self.model`).
 """
 
 import contextlib
@@ -42,16 +43,13 @@ import numpy as np
 from keras import ops
 
 from keras_dctsparse.callbacks import sparse_layers
-from keras_dctsparse.layers.conv import _DCTSparseConvBase
-from keras_dctsparse.layers.dense import DCTSparseDense
-from keras_dctsparse.ops import keras_ops
 from keras_dctsparse.ops import regrowth
 
 BACKEND = keras.backend.backend()
 if BACKEND == "tensorflow":
     import tensorflow as tf
 
-__all__ = ["DynamicSparsity", "RigL", "SET", "kernel_gradient", "optimizer_slots"]
+__all__ = ["DynamicSparsity", "RigL", "SET", "optimizer_slots"]
 
 METHODS = ("rigl", "set")
 
@@ -103,6 +101,7 @@ class DynamicSparsity(keras.callbacks.Callback):
 
     Example:
 
+    >>> from keras_dctsparse import DCTSparseDense
     >>> model = keras.Sequential([keras.Input((16,)), DCTSparseDense(8, density=0.25)])
     >>> model.compile("adam", "mse")
     >>> x, y = np.ones((64, 16)), np.ones((64, 8))
@@ -293,7 +292,7 @@ class DynamicSparsity(keras.callbacks.Callback):
         num_rows, num_cols = layer.sparse_weight.matrix_shape
         top = regrowth.TopScores(count, num_rows, keys, rng)
         if num_rows * num_cols > self.max_scored_elements:
-            if isinstance(layer, _DCTSparseConvBase):
+            if not layer.linear_map_is_matmul:
                 raise ValueError(
                     f"Layer '{layer.name}' has a {num_rows} x {num_cols} kernel, more than "
                     f"max_scored_elements={self.max_scored_elements} entries; RigL scores "
@@ -319,7 +318,7 @@ class DynamicSparsity(keras.callbacks.Callback):
             )
         for first, last in blocks:
             block = sum(
-                kernel_gradient(layer, inputs, grads, context, first, last)
+                layer.kernel_gradient(inputs, grads, context, first, last)
                 for inputs, grads, context in records
             )
             top.add(first, np.abs(keras.ops.convert_to_numpy(block)))
@@ -560,72 +559,6 @@ def _gradient_step(model, layers):
         "DynamicSparsity(method='rigl') supports the tensorflow, jax and torch backends; "
         f"KERAS_BACKEND is {BACKEND!r}."
     )
-
-
-def _linear_vjp(function, shape, dtype, cotangent):
-    """The gradient of `sum(function(k) * cotangent)` w.r.t. `k` at `k = 0` (JAX, PyTorch).
-
-    For a `function` linear in `k` (a convolution by the kernel `k`) this is its
-    transpose applied to `cotangent`: the kernel gradient for that output gradient.
-    """
-    if BACKEND == "jax":
-        import jax
-
-        _, vjp = jax.vjp(function, jax.numpy.zeros(shape, dtype))
-        return vjp(cotangent)[0]
-    import torch
-
-    kernel = torch.zeros(shape, dtype=cotangent.dtype, device=cotangent.device,
-                         requires_grad=True)
-    with torch.enable_grad():
-        outputs = function(kernel)
-        (gradient,) = torch.autograd.grad(outputs, kernel, grad_outputs=cotangent)
-    return gradient
-
-
-def kernel_gradient(layer, inputs, output_gradient, context, first_col, last_col):
-    """`layer`'s dense kernel gradient, columns `[first_col, last_col)`, on any backend.
-
-    On TensorFlow the layer's own `kernel_gradient`. On JAX and PyTorch: `x^T g` for
-    `DCTSparseDense` (`keras.ops.matmul`), and for the conv layers the vector-Jacobian
-    product of `keras.ops.conv` / `depthwise_conv` w.r.t. a zero kernel of the block's
-    output channels (grouped and depthwise kernels: one block); other layer types use
-    their own `kernel_gradient`.
-
-    Args:
-        layer: A DCTpS layer.
-        inputs: The linear map's input, as the layer passed it to its probe.
-        output_gradient: The loss gradient w.r.t. the linear output.
-        context: The context the layer passed to its probe (e.g. padding).
-        first_col: First column of the block.
-        last_col: One past the last column of the block.
-
-    Returns:
-        A `(rows, last_col - first_col)` tensor of the backend.
-    """
-    if BACKEND == "tensorflow":
-        return layer.kernel_gradient(inputs, output_gradient, context, first_col, last_col)
-    if isinstance(layer, DCTSparseDense):
-        return ops.matmul(ops.transpose(inputs), output_gradient[:, first_col:last_col])
-    if not isinstance(layer, _DCTSparseConvBase):
-        return layer.kernel_gradient(inputs, output_gradient, context, first_col, last_col)
-    kernel_shape = layer.sparse_weight.kernel_shape
-    blocked = layer.groups == 1 and not layer.depthwise
-    if not blocked and (first_col, last_col) != (0, kernel_shape[-1]):
-        raise ValueError("Grouped and depthwise kernels have one gradient block.")
-    if blocked:
-        output_gradient = output_gradient[..., first_col:last_col]
-
-    def convolve(kernel):
-        return keras_ops.convolve(
-            inputs, kernel, layer.strides, context["padding"], layer.dilation_rate,
-            depthwise=layer.depthwise,
-        )
-
-    gradient = _linear_vjp(
-        convolve, (*kernel_shape[:-1], last_col - first_col), inputs.dtype, output_gradient
-    )
-    return ops.reshape(gradient, (-1, last_col - first_col))
 
 
 def _sampled_dense_gradient(inputs, gradients, rows, cols, block_elements):

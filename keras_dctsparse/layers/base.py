@@ -519,6 +519,12 @@ class DCTSparseLayer(keras.layers.Layer):
     #: calls on its linear output `W x` (before bias and activation). Set only while
     #: `DynamicSparsity` traces its gradient step; normal calls pay nothing.
     linear_output_probe = None
+    #: Whether the probed linear map is the matrix product `inputs @ kernel` of 2-D
+    #: `inputs` (dense-like layers). Then one kernel entry's gradient is the sampled dot
+    #: product `sum_b inputs[b, row] * output_gradient[b, col]`, which RigL uses to score
+    #: sampled candidates of kernels too large to score whole; otherwise (convolutions)
+    #: RigL scores whole blocks of `kernel_gradient` only.
+    linear_map_is_matmul = False
 
     def observe_linear_output(self, inputs, outputs, **context):
         """Passes the linear output through `linear_output_probe` when one is set.

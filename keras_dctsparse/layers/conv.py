@@ -557,13 +557,18 @@ class _DCTSparseConvBase(DCTSparseLayer):
         blocked = self.groups == 1 and not self.depthwise
         if not blocked and (first_col, last_col) != (0, kernel_shape[-1]):
             raise ValueError("Grouped and depthwise kernels have one gradient block.")
-        kernel = tf.zeros((*kernel_shape[:-1], last_col - first_col), inputs.dtype)
         output_gradient = output_gradient[..., first_col:last_col] if blocked else output_gradient
-        with tf.GradientTape() as tape:
-            tape.watch(kernel)
-            outputs = self._convolve(inputs, kernel, context["padding"])
-        gradient = tape.gradient(outputs, kernel, output_gradients=output_gradient)
-        return tf.reshape(gradient, (-1, last_col - first_col))
+
+        def convolve(kernel):
+            if TENSORFLOW:
+                return self._convolve(inputs, kernel, context["padding"])
+            return keras_ops.convolve(inputs, kernel, self.strides, context["padding"],
+                                      self.dilation_rate, depthwise=self.depthwise)
+
+        gradient = keras_ops.linear_vjp(
+            convolve, (*kernel_shape[:-1], last_col - first_col), inputs.dtype, output_gradient
+        )
+        return ops.reshape(gradient, (-1, last_col - first_col))
 
     def kernel_gradient_blocks(self, max_elements):
         if self.groups == 1 and not self.depthwise:

@@ -17,8 +17,6 @@ __all__ = [
 if TENSORFLOW:
     import tensorflow as tf
 
-    from keras_dctsparse.ops.transforms import dct_offset
-
 
 @keras.saving.register_keras_serializable(package="keras_dctsparse")
 class DCTSparseDense(DCTSparseLayer):
@@ -96,6 +94,7 @@ class DCTSparseDense(DCTSparseLayer):
     """
 
     replaces = keras.layers.Dense
+    linear_map_is_matmul = True
     carried_keys = ("units",)
     export_kind = "matrix"
 
@@ -154,7 +153,9 @@ class DCTSparseDense(DCTSparseLayer):
         return ops.reshape(outputs, (*leading, self.units))
 
     def kernel_gradient(self, inputs, output_gradient, context, first_col, last_col):
-        return tf.matmul(inputs, output_gradient[:, first_col:last_col], transpose_a=True)
+        if TENSORFLOW:
+            return tf.matmul(inputs, output_gradient[:, first_col:last_col], transpose_a=True)
+        return ops.matmul(ops.transpose(inputs), output_gradient[:, first_col:last_col])
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

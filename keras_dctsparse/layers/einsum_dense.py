@@ -18,7 +18,6 @@ import re
 import keras
 from keras import ops
 
-from keras_dctsparse.layers import validation
 from keras_dctsparse.layers.base import DCTSparseLayer
 from keras_dctsparse.ops import keras_ops
 
@@ -259,6 +258,7 @@ class DCTSparseEinsumDense(DCTSparseLayer):
     """
 
     replaces = keras.layers.EinsumDense
+    linear_map_is_matmul = True
     carried_keys = ("equation", "output_shape", "bias_axes")
     export_kind = "matrix"
 

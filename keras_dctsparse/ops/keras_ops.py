@@ -43,6 +43,7 @@ __all__ = [
     "dct_block",
     "dct_offset",
     "depthwise_offset_kernel",
+    "linear_vjp",
     "offset_sparse_matmul",
     "scatter_kernel",
     "sparse_matmul",
@@ -398,8 +399,6 @@ def _torch_sparse_matmul(x, values, rows, cols, units):
     The value gradient is the sampled product `sum_b x[b, rows] * dy[b, cols]`: autograd
     through `torch.sparse.mm` would build the dense `(m, n)` gradient of `S`.
     """
-    import torch
-
     return _torch_sparse_product().apply(x, values, rows.long(), cols.long(), units)
 
 
@@ -490,4 +489,56 @@ def convolve(x, kernel, strides, padding, dilation_rate, depthwise=False):
     return ops.conv(
         x, kernel, strides=strides, padding=padding, data_format="channels_last",
         dilation_rate=dilation_rate,
+    )
+
+
+def linear_vjp(function, shape, dtype, cotangent):
+    """The gradient of `sum(function(k) * cotangent)` w.r.t. `k` at `k = 0`, on any backend.
+
+    For a `function` linear in `k` (a convolution by the kernel `k`) this is its
+    transpose applied to `cotangent`: the kernel gradient for that output gradient.
+
+    Args:
+        function: A function of one tensor of `shape`, linear in it.
+        shape: Shape of `k`.
+        dtype: Dtype of `k`.
+        cotangent: Tensor of the shape of `function`'s output.
+
+    Returns:
+        A tensor of `shape`.
+
+    Example:
+
+    >>> x = keras.ops.convert_to_tensor(np.array([[1.0, 2.0]]))
+    >>> g = linear_vjp(lambda k: keras.ops.matmul(x, k), (2, 1), "float64",
+    ...                keras.ops.convert_to_tensor(np.array([[3.0]])))
+    >>> keras.ops.convert_to_numpy(g).ravel().tolist()
+    [3.0, 6.0]
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        kernel = tf.zeros(shape, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(kernel)
+            outputs = function(kernel)
+        return tape.gradient(outputs, kernel, output_gradients=cotangent)
+    if backend == "jax":
+        import jax
+
+        _, vjp = jax.vjp(function, jax.numpy.zeros(shape, dtype))
+        return vjp(cotangent)[0]
+    if backend == "torch":
+        import torch
+
+        kernel = torch.zeros(shape, dtype=cotangent.dtype, device=cotangent.device,
+                             requires_grad=True)
+        with torch.enable_grad():
+            outputs = function(kernel)
+            (gradient,) = torch.autograd.grad(outputs, kernel, grad_outputs=cotangent)
+        return gradient
+    raise ValueError(
+        f"linear_vjp supports the tensorflow, jax and torch backends; KERAS_BACKEND is "
+        f"{backend!r}."
     )

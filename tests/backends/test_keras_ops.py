@@ -12,6 +12,7 @@ from keras_dctsparse.ops import keras_ops
 from layer_reference import assert_close
 from layer_reference import to_numpy
 from numpy_reference import dct_block
+from numpy_reference import im2col
 
 
 @pytest.mark.parametrize("length", [2, 3, 4, 5, 8, 17, 100, 257, 1000])
@@ -109,3 +110,32 @@ def test_docstring_examples():
     for test in finder.find(keras_ops, globs={"keras": keras, "np": np, **vars(keras_ops)}):
         runner.run(test)
     assert runner.failures == 0 and runner.tries > 5, runner.summarize()
+
+
+def test_linear_vjp_of_a_matmul_is_x_transpose_times_the_cotangent():
+    rng = np.random.default_rng()
+    x = rng.standard_normal((5, 7)).astype("float32")
+    cotangent = rng.standard_normal((5, 3)).astype("float32")
+    gradient = keras_ops.linear_vjp(
+        lambda k: keras.ops.matmul(keras.ops.convert_to_tensor(x), k), (7, 3), "float32",
+        keras.ops.convert_to_tensor(cotangent),
+    )
+    assert_close(to_numpy(gradient), x.T @ cotangent)
+
+
+@pytest.mark.parametrize("padding, strides", [("same", (1, 1)), ("valid", (2, 1))])
+def test_linear_vjp_of_a_conv_is_the_kernel_gradient(padding, strides):
+    # The gradient of sum(conv(x, k) * g) w.r.t. k: im2col(x)^T g, against numpy.
+    rng = np.random.default_rng()
+    x = rng.standard_normal((2, 7, 6, 3)).astype("float32")
+    out_shape = to_numpy(keras_ops.convolve(x, np.zeros((3, 3, 3, 4), "float32"), strides,
+                                            padding, (1, 1))).shape
+    cotangent = rng.standard_normal(out_shape).astype("float32")
+    gradient = keras_ops.linear_vjp(
+        lambda k: keras_ops.convolve(keras.ops.convert_to_tensor(x), k, strides, padding,
+                                     (1, 1)),
+        (3, 3, 3, 4), "float32", keras.ops.convert_to_tensor(cotangent),
+    )
+    patches = im2col(x.astype(np.float64), (3, 3), strides, padding, (1, 1))
+    expected = patches.reshape(-1, 27).T @ cotangent.reshape(-1, 4)
+    assert_close(to_numpy(gradient).reshape(27, 4), expected)
