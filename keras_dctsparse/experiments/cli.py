@@ -330,12 +330,14 @@ def build_parser():
     )
     export.add_argument(
         "--form",
-        choices=("implicit", "built_once", "auto"),
+        choices=("implicit", "built_once", "built_at_load", "auto"),
         default="implicit",
-        help="TFLite only: run D as a fast transform on every call (implicit), or build "
-        "each layer's dense kernel once at the first call (built_once: dense-model speed, "
-        "2 x 4 x n x m bytes of memory per layer), or built_once for the layers whose "
-        "kernel fits --max-kernel-bytes (auto); see keras_dctsparse.export_tflite",
+        help="TFLite only: run D as a fast transform on every call (implicit); build "
+        "each layer's dense kernel once at the first call (built_once: read back on every "
+        "call); build the dense layers' alpha * D when the interpreter allocates tensors "
+        "and run S as a sparse FULLY_CONNECTED (built_at_load, float32); or, for the "
+        "layers whose kernel fits --max-kernel-bytes, built_at_load (dense) / built_once "
+        "(conv) (auto); see keras_dctsparse.export_tflite",
     )
     export.add_argument(
         "--max-kernel-bytes",
@@ -343,6 +345,14 @@ def build_parser():
         default=None,
         help="TFLite only, --form auto: largest float32 dense kernel (bytes) of a layer "
         "built once (default 8 MiB)",
+    )
+    export.add_argument(
+        "--sparse-product",
+        choices=("gather", "csr"),
+        default="gather",
+        help="TFLite only, implicit form: S by GATHER/MUL/UNSORTED_SEGMENT_SUM (gather), "
+        "or as a FULLY_CONNECTED with a CSR sparse weight (csr: faster, float32 only, "
+        "traces an n x m placeholder at export time)",
     )
 
     sweep = commands.add_parser(

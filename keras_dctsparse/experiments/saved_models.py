@@ -65,10 +65,11 @@ def export(args):
         or args.dct_constants != "stored"
         or args.form != "implicit"
         or args.max_kernel_bytes is not None
+        or args.sparse_product != "gather"
     ):
         raise CLIError(
-            "--quantization, --dct-constants, --form and --max-kernel-bytes apply to "
-            "--format tflite only",
+            "--quantization, --dct-constants, --form, --max-kernel-bytes and "
+            "--sparse-product apply to --format tflite only",
             status=2,
         )
     _check_export_target(args)
@@ -93,6 +94,7 @@ def export(args):
                 quantization=quantization,
                 dct_constants=args.dct_constants,
                 form=args.form,
+                sparse_product=args.sparse_product,
                 **bound,
             )
     except (NotImplementedError, ValueError) as error:

@@ -155,10 +155,21 @@ def test_export_tflite_form(trained, tmp_path, capsys):
     argv = base + ["--output", str(auto), "--form", "auto", "--max-kernel-bytes", "0"]
     assert cli.main(argv) == 0
     assert "CALL_ONCE" not in tflite_op_names(auto.read_bytes())
-    argv = ["export", "--model-path", str(trained / "model.keras"), "--format", "savedmodel",
-            "--output", str(tmp_path / "sm"), "--form", "auto"]
-    assert cli.main(argv) == 2
-    assert "--form" in capsys.readouterr().err
+    at_load = tmp_path / "at_load.tflite"
+    assert cli.main(base + ["--output", str(at_load), "--form", "built_at_load"]) == 0
+    ops = tflite_op_names(at_load.read_bytes())
+    assert "CALL_ONCE" not in ops and "UNSORTED_SEGMENT_SUM" not in ops
+    assert "FULLY_CONNECTED" in ops
+    gather, csr = tmp_path / "gather.tflite", tmp_path / "csr.tflite"
+    assert cli.main(base + ["--output", str(gather)]) == 0
+    assert cli.main(base + ["--output", str(csr), "--sparse-product", "csr"]) == 0
+    assert "UNSORTED_SEGMENT_SUM" in tflite_op_names(gather.read_bytes())
+    assert "UNSORTED_SEGMENT_SUM" not in tflite_op_names(csr.read_bytes())
+    for flag in (["--form", "auto"], ["--sparse-product", "csr"]):
+        argv = ["export", "--model-path", str(trained / "model.keras"), "--format",
+                "savedmodel", "--output", str(tmp_path / "sm"), *flag]
+        assert cli.main(argv) == 2
+        assert flag[0] in capsys.readouterr().err
 
 
 def test_export_quantization_needs_tflite(trained, tmp_path, capsys):
