@@ -82,10 +82,10 @@ def test_conv_net():
     assert "DCTSparseConv2D" in proc.stdout  # the sparsity report lists the layers
 
 
-def test_tflite_export_runs_both_forms(tmp_path):
+def test_tflite_export_runs_every_form(tmp_path):
     proc = run_example("tflite_export.py", "--out", str(tmp_path), "--epochs", "3")
     assert proc.returncode == 0, proc.stderr
-    for form in ("implicit", "built_once"):
+    for form in ("implicit", "built_once", "built_at_load"):
         line = next(l for l in proc.stdout.splitlines() if l.startswith(form + ":"))
         assert float(line.split()[-1]) < 1e-4  # TFLite matches Keras
         assert (tmp_path / f"digits_{form}.tflite").is_file()
