@@ -6,8 +6,8 @@ is the `c`-th orthonormal DCT-II coefficient of each flattened, channel-fastest 
 stored: it is regenerated in-graph from `range`/`cos` on every call. `S` is the trainable
 sparse part (`SparseWeight`) with the shape of the Keras kernel, and `alpha` one scalar.
 
-Backends: what follows is the TensorFlow path. Under JAX and PyTorch (`call` ->
-`_generic_forward`) every layer runs one `keras.ops.conv`/`depthwise_conv` with the dense
+Backends: what follows is the TensorFlow path. Under JAX and PyTorch (`call_with_kernel`)
+every layer runs one `keras.ops.conv`/`depthwise_conv` with the dense
 temporary kernel `alpha * Kd + S` (`keras_dctsparse.ops.keras_ops`); `sparse_kernel="sparse"`
 and `offset_method="matmul"`/`"fft"` need TensorFlow and are refused there.
 
@@ -476,12 +476,26 @@ class _DCTSparseConvBase(DCTSparseLayer):
         return outputs
 
     def call(self, inputs):
-        if not TENSORFLOW:
-            return self._generic_forward(inputs)
         return self.call_with_kernel(inputs)
 
-    def _generic_forward(self, inputs):
-        """`call` in `keras.ops` for the non-TF backends: one conv with `alpha * Kd + S`."""
+    def call_with_kernel(self, inputs, kernel_fn=None):
+        """The layer's computation, optionally with a kernel supplied by `kernel_fn`.
+
+        On TensorFlow the linear part follows the layer's plan (`choose_conv_plan`: one
+        conv with `alpha * Kd + S`, or the sparse path plus a separate offset); on the
+        other backends it is one `keras.ops` conv with `alpha * Kd + S`.
+
+        Args:
+            inputs: The layer's input (its `data_format`).
+            kernel_fn: None (use the weights and `offset_method`), or a function of the
+                channels_last input `x` (in `transform_dtype()`) returning the full kernel
+                `alpha * Kd + S` in Keras layout, applied as one convolution (TensorFlow
+                only). The TFLite export passes a kernel rebuilt from builtin ops and
+                frozen weights.
+
+        Returns:
+            The layer's output.
+        """
         dtype = self.transform_dtype()
         x = ops.cast(inputs, dtype)
         if self.data_format == "channels_first":
@@ -491,59 +505,32 @@ class _DCTSparseConvBase(DCTSparseLayer):
             left = (self.kernel_size[0] - 1) * self.dilation_rate[0]
             x = ops.pad(x, [(0, 0), (left, 0), (0, 0)])
             padding = "valid"
-        linear = keras_ops.convolve(
-            x,
-            self._effective_kernel(dtype),
-            self.strides,
-            padding,
-            self.dilation_rate,
-            depthwise=self.depthwise,
-        )
+        if not TENSORFLOW:
+            linear = keras_ops.convolve(
+                x, self._effective_kernel(dtype), self.strides, padding, self.dilation_rate,
+                depthwise=self.depthwise,
+            )
+        elif kernel_fn is not None:
+            linear = self._convolve(x, kernel_fn(x), padding)
+        else:
+            linear = self._planned_linear(x, padding, dtype)
         outputs = self.finish(self.observe_linear_output(x, linear, padding=padding))
         if self.data_format == "channels_first":
             outputs = ops.transpose(outputs, [0, self.rank + 1, *range(1, self.rank + 1)])
         return outputs
 
-    def call_with_kernel(self, inputs, kernel_fn=None):
-        """The layer's computation on TensorFlow, optionally with a kernel supplied by `kernel_fn`.
-
-        Args:
-            inputs: The layer's input (its `data_format`).
-            kernel_fn: None (use the weights and `offset_method`), or a function of the
-                channels_last input `x` (in `transform_dtype()`) returning the full kernel
-                `alpha * Kd + S` in Keras layout, applied as one convolution. The TFLite
-                export passes a kernel rebuilt from builtin ops and frozen weights.
-
-        Returns:
-            The layer's output.
-        """
-        dtype = self.transform_dtype()
-        x = tf.cast(inputs, dtype)
-        if self.data_format == "channels_first":
-            x = tf.transpose(x, [0, *range(2, self.rank + 2), 1])
-        padding = self.padding
-        if padding == "causal":
-            left = (self.kernel_size[0] - 1) * self.dilation_rate[0]
-            x = tf.pad(x, [[0, 0], [left, 0], [0, 0]])
-            padding = "valid"
-        if kernel_fn is not None:
-            linear = self._convolve(x, kernel_fn(x), padding)
+    def _planned_linear(self, x, padding, dtype):
+        """`alpha * Kd x + S x` on TensorFlow, by the layer's plan (`_plan`)."""
+        s_path, method = self._plan(x, padding)
+        if s_path == "dense" and method in (None, "fused"):
+            # One conv with alpha * Kd + S (or S alone without the offset).
+            return self._convolve(x, self._effective_kernel(dtype), padding)
+        if s_path == "sparse":
+            sparse = self._sparse_conv(x, padding)
         else:
-            s_path, method = self._plan(x, padding)
-            if s_path == "dense" and method in (None, "fused"):
-                # One conv with alpha * Kd + S (or S alone without the offset).
-                linear = self._convolve(x, self._effective_kernel(dtype), padding)
-            else:
-                if s_path == "sparse":
-                    sparse = self._sparse_conv(x, padding)
-                else:
-                    sparse = self._convolve(x, self.sparse_weight.dense_kernel(dtype), padding)
-                offset = None if method is None else self._offset(x, padding, method)
-                linear = self.linear_sum(offset, sparse)
-        outputs = self.finish(self.observe_linear_output(x, linear, padding=padding))
-        if self.data_format == "channels_first":
-            outputs = tf.transpose(outputs, [0, self.rank + 1, *range(1, self.rank + 1)])
-        return outputs
+            sparse = self._convolve(x, self.sparse_weight.dense_kernel(dtype), padding)
+        offset = None if method is None else self._offset(x, padding, method)
+        return self.linear_sum(offset, sparse)
 
     if TENSORFLOW:
         # The name `keras_dctsparse.export.tflite` calls. Not defined on the other backends:
