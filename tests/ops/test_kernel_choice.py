@@ -26,6 +26,11 @@ def test_block_folding_bound_counts_bytes():
 def test_sampled_value_gradient_only_at_low_density():
     assert kc.use_sampled_value_gradient(1000, 1000, 1000)
     assert not kc.use_sampled_value_gradient(1000, 1000, 100_000)
+    # Small kernels read it from the dense dy^T x whatever their density.
+    assert not kc.use_sampled_value_gradient(300, 100, 887)
+    size = kc.SAMPLED_GRADIENT_MIN_ELEMENTS
+    assert not kc.use_sampled_value_gradient(size, 1, 1)
+    assert kc.use_sampled_value_gradient(size + 1, 1, 1)
 
 
 def test_costs_grow_with_batch_and_nnz():

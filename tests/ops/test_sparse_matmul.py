@@ -96,7 +96,8 @@ BRANCH_CASES = [
     (33, 50, 200, 3),  # small: folded DCT block, dense value gradient
     (20, 12, 240, 2),  # full density: S^T is a reshape of the values
     (1700, 1600, 300, 2),  # block too large to fold: fast DCT; sampled value gradient
-    (40, 30, 10, 1),  # sampled value gradient with the folded block
+    (300, 250, 1000, 64),  # sampled value gradient with the folded block
+    (40, 30, 10, 1),  # small and sparse: dense value gradient, folded block
     (600, 500, 30000, 5),  # (K^T x^T)^T product, fast DCT (block dearer), dense gradient
     (520, 520, 20000, 300),  # (K^T x^T)^T product with the folded block
 ]
