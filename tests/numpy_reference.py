@@ -47,3 +47,22 @@ def col2im(cols, shape, kernel_size, strides, padding, dilation):
     out = np.zeros(np.prod(shape) + 1)
     np.add.at(out, sources.ravel(), cols.ravel())
     return out[1:].reshape(shape)
+
+
+def random_sparse_problem(n, m, nnz, batch, rng=None):
+    """A random sparse `(n, m)` matrix and batches for it, positions sorted column-major.
+
+    Returns:
+        `(rows, cols, values, dense, x, dy)`: int32 positions sorted by column then row
+        (the layers' order), float64 values, the dense matrix holding them, an input
+        `(batch, n)` and an output gradient `(batch, m)`.
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    keys = np.sort(rng.choice(n * m, nnz, replace=False))  # col * n + row
+    cols, rows = np.divmod(keys, n)
+    values = rng.standard_normal(nnz)
+    dense = np.zeros((n, m))
+    dense[rows, cols] = values
+    x = rng.standard_normal((batch, n))
+    dy = rng.standard_normal((batch, m))
+    return rows.astype(np.int32), cols.astype(np.int32), values, dense, x, dy

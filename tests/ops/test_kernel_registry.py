@@ -9,20 +9,14 @@ from keras_dctsparse.layers import DCTSparseDense
 from keras_dctsparse.layers import DCTSparseEinsumDense
 from keras_dctsparse.ops import kernel_registry as registry
 from keras_dctsparse.ops import sparse_matmul as sm
-from keras_dctsparse.ops.support import sample_support
 from numpy_reference import dct_block
+from numpy_reference import random_sparse_problem
 
 
 def random_problem(n, m, nnz, batch):
-    rng = np.random.default_rng()
-    rows, cols = sample_support((n, m), nnz, seed=int(rng.integers(1 << 31)))
-    values = rng.standard_normal(nnz)
-    dense = np.zeros((n, m))
-    dense[rows, cols] = values
-    x = rng.standard_normal((batch, n))
-    dy = rng.standard_normal((batch, m))
-    alpha = float(rng.uniform(0.5, 2.0))
-    return rows.astype(np.int32), cols.astype(np.int32), values, dense, x, dy, alpha
+    """`random_sparse_problem` plus a random `alpha`."""
+    alpha = float(np.random.default_rng().uniform(0.5, 2.0))
+    return random_sparse_problem(n, m, nnz, batch) + (alpha,)
 
 
 def run_registered(backend, name, problem, m, with_offset):

@@ -4,19 +4,8 @@ import tensorflow as tf
 
 from keras_dctsparse.ops import kernel_choice
 from keras_dctsparse.ops import sparse_matmul as sm
-from keras_dctsparse.ops.support import sample_support
 from numpy_reference import dct_block
-
-
-def random_problem(n, m, nnz, batch):
-    rng = np.random.default_rng()
-    rows, cols = sample_support((n, m), nnz, seed=int(rng.integers(1 << 31)))
-    values = rng.standard_normal(nnz)
-    dense = np.zeros((n, m))
-    dense[rows, cols] = values
-    x = rng.standard_normal((batch, n))
-    dy = rng.standard_normal((batch, m))
-    return rows.astype(np.int32), cols.astype(np.int32), values, dense, x, dy
+from numpy_reference import random_sparse_problem
 
 
 def run(kernel, rows, cols, values, x, dy, m, dynamic_batch):
@@ -48,7 +37,7 @@ def run(kernel, rows, cols, values, x, dy, m, dynamic_batch):
 @pytest.mark.parametrize("dynamic_batch", [False, True])
 def test_kernels_match_numpy_forward_and_backward(kernel, batch, dynamic_batch):
     n, m = 70, 45
-    rows, cols, values, dense, x, dy = random_problem(n, m, 300, batch)
+    rows, cols, values, dense, x, dy = random_sparse_problem(n, m, 300, batch)
     y, dx, dvalues = run(kernel, rows, cols, values, x, dy, m, dynamic_batch)
     np.testing.assert_allclose(y, x @ dense, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dx, dy @ dense.T, rtol=1e-5, atol=1e-5)
@@ -114,7 +103,7 @@ def test_branch_cases_reach_every_branch():
 
 
 def offset_problem(n, m, nnz, batch, dtype, kernel, dynamic_batch=False):
-    rows, cols, values, dense, x, dy = random_problem(n, m, nnz, batch)
+    rows, cols, values, dense, x, dy = random_sparse_problem(n, m, nnz, batch)
     offset = dct_block(m, n)  # D, (m x n)
     alpha = 0.6
 
@@ -242,7 +231,7 @@ def test_materialized_refuses_huge_kernels():
 
 @pytest.mark.parametrize("kernel", sm.SPARSE_KERNELS)
 def test_sparse_matmul_without_offset_float64(kernel):
-    rows, cols, values, dense, x, dy = random_problem(40, 30, 1200, 4)
+    rows, cols, values, dense, x, dy = random_sparse_problem(40, 30, 1200, 4)
 
     @tf.function
     def forward_backward(x, values):
@@ -263,7 +252,7 @@ def test_sparse_matmul_without_offset_float64(kernel):
 @pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
 def test_sampled_dot_of_transposes_matches_numpy(dtype):
     # The CSR kernel's value gradient: x^T and dy^T given, one dot per nonzero.
-    rows, cols, _, _, x, dy = random_problem(50, 60, 400, 7)
+    rows, cols, _, _, x, dy = random_sparse_problem(50, 60, 400, 7)
     got = sm._sampled_dot_transposed(
         tf.constant(x.T, dtype), tf.constant(dy.T, dtype), rows, cols
     ).numpy()
