@@ -546,6 +546,8 @@ class DCTSparseLayer(keras.layers.Layer):
 
         The kernel is seen as its `(rows, cols)` matrix view (all axes but the last are
         rows). This is the gradient of every position, held or not: what RigL ranks.
+        For layers whose linear map is `inputs @ kernel` (`linear_map_is_matmul`) it is
+        `inputs^T output_gradient`; other layer types override it.
 
         Args:
             inputs: The linear map's input, as passed to `observe_linear_output`.
@@ -557,7 +559,9 @@ class DCTSparseLayer(keras.layers.Layer):
         Returns:
             A `(rows, last_col - first_col)` tensor.
         """
-        raise NotImplementedError
+        if not self.linear_map_is_matmul:
+            raise NotImplementedError
+        return ops.matmul(ops.transpose(inputs), output_gradient[:, first_col:last_col])
 
     def kernel_gradient_blocks(self, max_elements):
         """Column blocks `[(first, last), ...]` for `kernel_gradient` of at most `max_elements`.

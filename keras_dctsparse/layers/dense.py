@@ -152,11 +152,6 @@ class DCTSparseDense(DCTSparseLayer):
         outputs = self.finish(self.observe_linear_output(x, linear))
         return ops.reshape(outputs, (*leading, self.units))
 
-    def kernel_gradient(self, inputs, output_gradient, context, first_col, last_col):
-        if TENSORFLOW:
-            return tf.matmul(inputs, output_gradient[:, first_col:last_col], transpose_a=True)
-        return ops.matmul(ops.transpose(inputs), output_gradient[:, first_col:last_col])
-
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 

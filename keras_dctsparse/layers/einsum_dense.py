@@ -313,9 +313,6 @@ class DCTSparseEinsumDense(DCTSparseLayer):
         linear = self.observe_linear_output(rows, linear)
         return self.finish(self.matrix_output(linear, x))
 
-    def kernel_gradient(self, inputs, output_gradient, context, first_col, last_col):
-        return ops.matmul(ops.transpose(inputs), output_gradient[:, first_col:last_col])
-
     @property
     def kernel(self):
         """The effective kernel `alpha * D^T + S` in the Keras kernel layout (for inspection).
