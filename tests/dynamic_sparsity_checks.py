@@ -8,8 +8,10 @@ Used by `tests/test_dynamic_sparsity.py` (TensorFlow-only features: `tf.data`,
 import keras
 import numpy as np
 
+from keras_dctsparse import DCTSparseDense
 from keras_dctsparse import DynamicSparsity
 from keras_dctsparse.dynamic_sparsity import optimizer_slots
+from numpy_reference import dct_block
 
 
 def column_major_keys(layer):
@@ -34,6 +36,35 @@ def trained_one_step(model, x, y):
     """Compiles `model` with Adam and MSE and trains one full-batch step (slots nonzero)."""
     model.compile(keras.optimizers.Adam(1e-3), "mse")
     model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+
+
+def trained_dense_case():
+    """A `DCTSparseDense` with the offset, trained one step, and its numpy references.
+
+    Returns:
+        `(model, layer, x, y, dense_gradient, reference_output)`: the two functions
+        compute, from the layer's current weights with numpy, the MSE loss gradient
+        w.r.t. the whole `(n, m)` kernel on `(x, y)` and the layer's output on `x`.
+    """
+    rng = np.random.default_rng()
+    n, m, batch = 24, 10, 16
+    x = rng.normal(size=(batch, n)).astype("float32")
+    y = rng.normal(size=(batch, m)).astype("float32")
+    layer = DCTSparseDense(m, density=0.2, sparse_initializer="random_normal", seed=3)
+    model = keras.Sequential([keras.Input((n,)), layer])
+    trained_one_step(model, x, y)
+
+    def reference_output():
+        rows, cols = keras.ops.convert_to_numpy(layer.sparse_weight.indices)
+        kernel = float(keras.ops.convert_to_numpy(layer.alpha)) * dct_block(m, n).T
+        kernel[rows, cols] += keras.ops.convert_to_numpy(layer.sparse_weight.values)
+        return x.astype(np.float64) @ kernel + keras.ops.convert_to_numpy(layer.bias)
+
+    def dense_gradient():
+        residual = reference_output() - y
+        return 2.0 / residual.size * x.T.astype(np.float64) @ residual
+
+    return model, layer, x, y, dense_gradient, reference_output
 
 
 def check_update(model, layer, x, y, dense_gradient, method="rigl", data=None,

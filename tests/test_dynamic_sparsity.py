@@ -21,27 +21,13 @@ from keras_dctsparse import SET
 from keras_dctsparse import DynamicSparsity
 from dynamic_sparsity_checks import check_update
 from dynamic_sparsity_checks import column_major_keys
+from dynamic_sparsity_checks import trained_dense_case
 from dynamic_sparsity_checks import trained_one_step
-from numpy_reference import dct_block
 
 
 def test_rigl_with_tf_data_matches_numpy():
-    rng = np.random.default_rng()
-    n, m, batch = 24, 10, 16
-    x = rng.normal(size=(batch, n)).astype("float32")
-    y = rng.normal(size=(batch, m)).astype("float32")
-    layer = DCTSparseDense(m, density=0.2, sparse_initializer="random_normal", seed=3)
-    model = keras.Sequential([keras.Input((n,)), layer])
-    trained_one_step(model, x, y)
-
-    def dense_gradient():
-        rows, cols = layer.sparse_weight.indices.numpy()
-        kernel = float(layer.alpha.numpy()) * dct_block(m, n).T
-        kernel[rows, cols] += layer.sparse_weight.values.numpy()
-        residual = x.astype(np.float64) @ kernel + layer.bias.numpy() - y
-        return 2.0 / residual.size * x.T.astype(np.float64) @ residual
-
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    model, layer, x, y, dense_gradient, _ = trained_dense_case()
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x))
     check_update(model, layer, x, y, dense_gradient, data=data)
 
 

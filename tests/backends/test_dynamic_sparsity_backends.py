@@ -22,30 +22,18 @@ from keras_dctsparse import RigL
 from dynamic_sparsity_checks import by_key
 from dynamic_sparsity_checks import check_update
 from dynamic_sparsity_checks import column_major_keys
+from dynamic_sparsity_checks import trained_dense_case
 from dynamic_sparsity_checks import trained_one_step
 from layer_reference import conv_reference
-from layer_reference import dense_reference
 from layer_reference import numpy_sparse
 from numpy_reference import im2col
 
 
 def test_rigl_dense_layer_with_offset_matches_numpy():
-    rng = np.random.default_rng()
-    n, m, batch = 24, 10, 16
-    x = rng.normal(size=(batch, n)).astype("float32")
-    y = rng.normal(size=(batch, m)).astype("float32")
-    layer = DCTSparseDense(m, density=0.2, sparse_initializer="random_normal", seed=3)
-    model = keras.Sequential([keras.Input((n,)), layer])
-    trained_one_step(model, x, y)
-
-    def dense_gradient():
-        residual = dense_reference(layer, x)[0] - y
-        return 2.0 / residual.size * x.T.astype(np.float64) @ residual
-
+    model, layer, x, y, dense_gradient, reference_output = trained_dense_case()
     check_update(model, layer, x, y, dense_gradient)
-    np.testing.assert_allclose(
-        model.predict(x, verbose=0), dense_reference(layer, x)[0], rtol=1e-4, atol=1e-5
-    )
+    np.testing.assert_allclose(model.predict(x, verbose=0), reference_output(), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_rigl_conv_layer_with_offset_matches_numpy():
