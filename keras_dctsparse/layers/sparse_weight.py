@@ -233,9 +233,8 @@ class SparseWeight:
         """`base + S` as a dense tensor of the kernel shape (a temporary, never a weight).
 
         Used by the fused conv path (`base = alpha * Kd`) and for inspection. The
-        values format scatters with `ops.sparse_conv.scatter_kernel` (by XLA for
-        large kernels, where TF's `scatter_nd` is several times slower; by plain
-        TF ops for small ones).
+        values format scatters with `ops.sparse_conv.scatter_kernel`
+        (`SparseToDense`; TF's `scatter_nd` is several times slower).
 
         Args:
             dtype: None (the weights' dtype) or the dtype of the result.

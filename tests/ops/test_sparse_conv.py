@@ -144,31 +144,23 @@ def test_macs_follow_nnz():
     assert sc.sparse_conv_macs(147, 16 * 16) == 147 * 256
 
 
-def test_scatter_method_both_sides_of_each_threshold():
-    small = sc.SMALL_SCATTER_MAX_ELEMENTS
-    assert sc.scatter_method(small, small) == "tf"
-    assert sc.scatter_method(small, 1) == "tf"
-    big = small + 1
-    low = int(sc.TRANSPOSED_SCATTER_MIN_DENSITY * big)  # just below the density bound
-    assert sc.scatter_method(big, low) == "xla_direct"
-    assert sc.scatter_method(big, low + 1) == "xla_transposed"
-    assert sc.scatter_method(big, None) == "xla_transposed"
+# (shape, nnz): small and large kernels, low and high density.
+SCATTER_CASES = [((3, 3, 4, 5), 40), ((3, 3, 4, 5), 3), ((3, 3, 8, 1024), 300),
+                 ((3, 3, 8, 1024), 5000), ((3, 3, 8, 1024), 60000)]
 
 
-# (shape, nnz): TF ops; XLA direct and transposed (above SMALL_SCATTER_MAX_ELEMENTS).
-SCATTER_CASES = [((3, 3, 4, 5), 40, "tf"), ((3, 3, 4, 5), 3, "tf"),
-                 ((3, 3, 8, 1024), 300, "xla_direct"), ((3, 3, 8, 1024), 5000, "xla_transposed")]
-
-
-@pytest.mark.parametrize("shape, nnz, method", SCATTER_CASES)
+@pytest.mark.parametrize("shape, nnz", SCATTER_CASES)
 @pytest.mark.parametrize("with_base", [False, True])
-def test_scatter_kernel_and_gradients(with_base, shape, nnz, method):
-    rng = np.random.default_rng(3)
+def test_scatter_kernel_and_gradients(with_base, shape, nnz):
+    rng = np.random.default_rng()
     height, width = int(np.prod(shape[:-1])), shape[-1]
-    assert sc.scatter_method(height * width, nnz) == method
     rows, cols = random_support(height, width, nnz, rng)
     order = rng.permutation(nnz)  # Any order, not only column-major.
     check_scatter_kernel(shape, rows[order], cols[order], with_base, rng)
+    # SparseWeight's column-major order (sorted by column, then row).
+    by_column = np.lexsort((rows, cols))
+    check_scatter_kernel(shape, rows[by_column], cols[by_column], with_base, rng,
+                         column_major=True)
 
 
 @pytest.mark.parametrize("with_base", [False, True])
