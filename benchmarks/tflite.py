@@ -25,6 +25,9 @@ LeNet-300-100 (784-300-100-10, relu, relu, softmax):
   from a resource variable, which TFLite copies on every call.
 - `DCTpS 0.01, sparse_product=csr`: the implicit form (fast DCT) with `S` as a
   `FULLY_CONNECTED` with a CSR sparse weight instead of gather/segment-sum.
+- `DCTpS 0.01, form=auto`: per layer (`export.tflite.layer_form`): the
+  784 x 300 layer implicit with the CSR product, the 300 x 100 and 100 x 10
+  layers (under `AUTO_IMPLICIT_MIN_ELEMENTS` entries) built at load.
 - `DCTpS 0.01, dct_constants=computed`: the DCT's tables rebuilt by the
   interpreter on every call instead of stored.
 - `DCTpS 0.01, float16` / `dynamic_int8`: values (and, for float16, tables)
@@ -313,6 +316,7 @@ def main():
     entries.append(
         ("DCTpS 0.01, sparse_product=csr", nnz(model), convert_tflite(model, sparse_product="csr"))
     )
+    entries.append(("DCTpS 0.01, form=auto", nnz(model), convert_tflite(model, form="auto")))
     entries.append(
         ("DCTpS 0.01, form=built_once, dynamic_int8", nnz(model),
          convert_tflite(model, form="built_once", quantization="dynamic_int8"))

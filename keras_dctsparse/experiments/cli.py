@@ -336,15 +336,17 @@ def build_parser():
         "each layer's dense kernel once at the first call (built_once: read back on every "
         "call); build the dense layers' alpha * D when the interpreter allocates tensors "
         "and run S as a sparse FULLY_CONNECTED (built_at_load, float32); or, for the "
-        "layers whose kernel fits --max-kernel-bytes, built_at_load (dense) / built_once "
-        "(conv) (auto); see keras_dctsparse.export_tflite",
+        "layers whose kernel fits --max-kernel-bytes, per layer the fastest: implicit with "
+        "the CSR product for float32 dense layers of 65536 entries or more, built_at_load "
+        "for smaller ones, built_once for convolutions and quantized files (auto); see "
+        "keras_dctsparse.export_tflite",
     )
     export.add_argument(
         "--max-kernel-bytes",
         type=int,
         default=None,
         help="TFLite only, --form auto: largest float32 dense kernel (bytes) of a layer "
-        "built once (default 8 MiB)",
+        "built once or at load, or exported with the CSR product (default 8 MiB)",
     )
     export.add_argument(
         "--sparse-product",

@@ -22,6 +22,8 @@ from keras_dctsparse.export.builtin_ops import is_power_of_two
 from keras_dctsparse.export.tflite import INT8_MIN_SAVING_BYTES
 from keras_dctsparse.export.tflite import POSITION_GAPS_MIN_SAVING_BYTES
 from keras_dctsparse.export.tflite import delta_encode
+from keras_dctsparse.export.tflite import layer_form
+from keras_dctsparse.export.tflite import layer_sparse_product
 from keras_dctsparse.export.tflite import pack_positions
 from keras_dctsparse.export.tflite import quantize_int8
 from keras_dctsparse.export.tflite import sparse_entries
@@ -593,14 +595,44 @@ def test_auto_form_follows_the_memory_bound():
     assert subgraph_op_names(data)[0].count("FULLY_CONNECTED") == 6
     assert_matches_keras(model, data, seed=2, batches=(1, 7, 1))
     assert largest_constant_bytes(data) < 4 * 100 * 300 // 4
-    everything = convert_tflite(model, form="auto")  # the default bound holds all three
-    assert subgraph_op_names(everything)[0].count("FULLY_CONNECTED") == 6
+    # The default bound holds all three: the 784 x 300 layer (at least
+    # AUTO_IMPLICIT_MIN_ELEMENTS entries) is then implicit with the CSR product (two FCs
+    # in its DCT, one sparse FC for S), the two small ones built at load (two FCs each).
+    everything = convert_tflite(model, form="auto")
+    assert subgraph_op_names(everything)[0].count("FULLY_CONNECTED") == 7
     assert "UNSORTED_SEGMENT_SUM" not in tflite_op_names(everything)
+    assert sparse_fc_weight_count(everything) == 3
+    assert_matches_keras(model, everything, seed=4, batches=(1, 7, 1))
+    assert largest_constant_bytes(everything) < 4 * 100 * 300 // 4
     nothing = convert_tflite(model, form="auto", max_kernel_bytes=0)
     assert "UNSORTED_SEGMENT_SUM" in tflite_op_names(nothing)
     # Quantized files build their kernels at the first call instead.
     int8 = convert_tflite(model, form="auto", quantization="dynamic_int8")
     assert "CALL_ONCE" in tflite_op_names(int8)
+
+
+def sparse_fc_weight_count(data):
+    """Number of tensors of a TFLite model stored with sparsity metadata (CSR weights)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(bytearray(data), 0)
+    subgraph = model.Subgraphs(0)
+    return sum(
+        subgraph.Tensors(t).Sparsity() is not None for t in range(subgraph.TensorsLength())
+    )
+
+
+def test_auto_form_rule():
+    big, small = lenet(0.01).layers[:2]  # 784 x 300 and 300 x 100
+    assert small.sparse_weight.matrix_shape == (300, 100)
+    assert layer_form(small, "auto") == "built_at_load"
+    assert layer_form(big, "auto") == "implicit"
+    assert layer_sparse_product(big, "auto") == "csr"
+    assert layer_sparse_product(big, "auto", max_kernel_bytes=4 * 784 * 300 - 1) == "gather"
+    assert layer_sparse_product(big, "implicit") == "gather"
+    assert layer_sparse_product(big, "implicit", sparse_product="csr") == "csr"
+    assert layer_form(big, "auto", quantization="float16") == "built_once"
+    assert layer_sparse_product(big, "auto", quantization="float16") == "gather"
 
 
 def test_form_errors():
