@@ -53,6 +53,7 @@ __all__ = [
     "is_power_of_two",
     "load_time_int",
     "mixed_radix_factors",
+    "mixed_radix_tables_at_load",
     "run_time_zero",
     "sparse_matmul_builtin",
 ]
@@ -149,7 +150,7 @@ def _output_twiddles(length, count, chirped):
     return scale * cos, scale * sin
 
 
-CONSTANTS = ("stored", "computed")
+CONSTANTS = ("stored", "computed", "at_load")
 
 
 class _StoredConstants:
@@ -167,6 +168,52 @@ class _StoredConstants:
         cos, sin = _output_twiddles(length, count, chirped)
         return _float32(cos), _float32(sin)
 
+    def mixed_radix(self, length, count):
+        """`(inner, twiddle_cos, twiddle_sin, outer)` of `_mixed_radix_dft` as constants."""
+        return tuple(_float32(table) for table in _mixed_radix_constants(length, count))
+
+    def reorder(self, x):
+        """Makhoul's reordering of the rows of `x` (`_makhoul_reorder`)."""
+        return _makhoul_reorder(x)
+
+
+class _AtLoadConstants(_StoredConstants):
+    """Stored tables, except the mixed-radix DFT matrices: built at load time.
+
+    For lengths `N` with a two-factor split and `N % 4 == 0`, the `cos` / `sin`
+    matrices of `_mixed_radix_dft` are gathered from one stored half period
+    of `cos(2 pi r / N)` (`N / 2 + 1` floats) by integer index arithmetic
+    that the TFLite runtime evaluates once, when it prepares the graph
+    (`RANGE`, `MUL`, `TILE`, `CONCATENATION`, `GATHER` of load-time inputs,
+    see `load_time_int`), instead of storing the `2 N1^2 + 2 N + 4 N2 K2`
+    numbers of the matrices (784: 393 floats instead of 4,480). The angle
+    `2 pi p / N` of an integer product `p` is read at `fold((p + shift) mod
+    N)`, `fold(r) = min(r, N - r)` (cos is even), with a shift of `N / 4` for
+    `-sin` and `3 N / 4` for `sin`. Other lengths keep stored matrices.
+
+    Args:
+        ints: A function `value -> load_time_int(anchor, value)`.
+    """
+
+    def __init__(self, ints):
+        self.ints = ints
+
+    def mixed_radix(self, length, count):
+        if length % 4:
+            return super().mixed_radix(length, count)
+        return mixed_radix_tables_at_load(length, count, self.ints)
+
+    def reorder(self, x):
+        """`_makhoul_reorder` as one `GATHER` of an index built at load time (fewer operators)."""
+        length = x.shape[-1]
+        # [0, 2, 4, ..., then the odd indices descending].
+        order = tf.concat(
+            [tf.range(self.ints(0), length, 2), tf.range(length - 1 - length % 2, self.ints(0), -2)],
+            axis=0,
+        )
+        order.set_shape([length])  # static, for the shapes that follow (no operator)
+        return tf.gather(x, order, axis=1)
+
 
 class _ComputedConstants:
     """The same tables rebuilt by the graph on every call (`COS`, `SIN`, `RFFT2D`).
@@ -181,6 +228,10 @@ class _ComputedConstants:
 
     def __init__(self, zero):
         self.zero = tf.cast(zero, tf.int64)
+
+    def reorder(self, x):
+        """Makhoul's reordering of the rows of `x` (`_makhoul_reorder`)."""
+        return _makhoul_reorder(x)
 
     def _range(self, size):
         # Both bounds depend on `zero`: a RANGE with constant bounds would be
@@ -245,11 +296,13 @@ def run_time_zero(x):
     return tf.minimum(tf.shape(x)[0], 0)
 
 
-def _constants_for(x, constants):
+def _constants_for(x, constants, ints=None):
     if constants == "stored":
         return _StoredConstants()
     if constants == "computed":
         return _ComputedConstants(run_time_zero(x))
+    if constants == "at_load":
+        return _AtLoadConstants(ints or functools.partial(load_time_int, x))
     raise ValueError(
         f"Argument `constants` must be one of {CONSTANTS}; received constants={constants!r}."
     )
@@ -383,7 +436,91 @@ def _mixed_radix_constants(length, count):
     return inner, twiddle_cos, twiddle_sin, outer
 
 
-def _mixed_radix_dft(v, count):
+def mixed_radix_tables_at_load(length, count, ints):
+    """The tables of `_mixed_radix_dft` as tensors the interpreter builds at load time.
+
+    Same values as `_mixed_radix_constants` (float32): `inner` `(N1, 2 N1)`,
+    `twiddle_cos`, `twiddle_sin` `(N2, N1)` and `outer` `(2 N2, 2 K2)`, from
+    one stored half period `cos(2 pi r / N)`, `r = 0 .. N / 2`, gathered at
+    integer angle indices built from `RANGE`, `MUL`, `TILE`,
+    `CONCATENATION` and `GATHER` of load-time integers, which the TFLite
+    runtime evaluates once when it prepares the graph (see `load_time_int`).
+
+    Args:
+        length: DFT length `N`, with `mixed_radix_factors(N)` and `N % 4 == 0`.
+        count: Number of leading frequencies needed.
+        ints: A function `value -> load_time_int(anchor, value)`.
+
+    Returns:
+        `(inner, twiddle_cos, twiddle_sin, outer)` float32 tensors.
+
+    Example:
+
+    >>> tables = mixed_radix_tables_at_load(12, 5, functools.partial(load_time_int, tf.ones((1, 1))))
+    >>> [t.shape.as_list() for t in tables]
+    [[4, 8], [3, 4], [3, 4], [6, 4]]
+    """
+    n1, n2 = mixed_radix_factors(length)
+    if length % 4:
+        raise ValueError(f"The DFT length must be a multiple of 4; received {length}.")
+    outer_count = -(-count // n1)
+
+    def outer_product(first, step, second):
+        # [first[i] * second[j]] with first = 0, step, 2 step, ... (int32 MUL).
+        rows = tf.reshape(tf.range(ints(0), first * step, step), [first, 1])
+        return rows * tf.range(ints(0), second)
+
+    # Integer angles p (the angle is 2 pi p / N).
+    inner_p = outer_product(n1, n2, n1)  # a b N2: DFT_N1
+    twiddle_p = outer_product(n2, 1, n1)  # n2 k1
+    outer_p = outer_product(n2, n1, outer_count)  # n2 k2 N1: DFT_N2
+    largest = max((n1 - 1) * (n1 - 1) * n2, (n2 - 1) * (n1 - 1), (n2 - 1) * (outer_count - 1) * n1)
+    periods = largest // length + 2  # covers p + shift for every shift < N
+    half = length // 2
+    # fold(r) = min(r, N - r) over one period, tiled: cos(2 pi r / N) = cos_half[fold(r mod N)].
+    # Every RANGE takes one load-time operand (so the converter cannot fold it into
+    # a stored vector), always ints(0) or ints(1): each distinct load-time integer
+    # costs operators in the file.
+    fold = tf.concat(
+        [tf.range(ints(0), half + 1), tf.range(half - 1, ints(0), -1)], axis=0
+    )
+    folded = tf.tile(fold, [periods])
+    span = (periods - 1) * length
+
+    def shifted(shift):
+        # fold((p + shift) mod N) for p < span.
+        return folded if shift == 0 else tf.gather(folded, tf.range(shift, shift + span, ints(1)))
+
+    cos_at, minus_sin_at, sin_at = shifted(0), shifted(length // 4), shifted(3 * length // 4)
+    cos_half, _ = _phase(2 * np.arange(half + 1), length)
+    table = _float32(cos_half)
+
+    def at(pattern, products):
+        return tf.gather(pattern, products)
+
+    inner = tf.concat([at(cos_at, inner_p), at(minus_sin_at, inner_p)], axis=1)
+    outer_cos, outer_sin = at(cos_at, outer_p), at(sin_at, outer_p)
+    outer = tf.concat(
+        [
+            tf.concat([outer_cos, at(minus_sin_at, outer_p)], axis=1),
+            tf.concat([outer_sin, outer_cos], axis=1),
+        ],
+        axis=0,
+    )
+    tables = (
+        tf.gather(table, inner),
+        tf.gather(table, at(cos_at, twiddle_p)),
+        tf.gather(table, at(sin_at, twiddle_p)),
+        tf.gather(table, outer),
+    )
+    # Static shapes (ranges that start at a load-time integer have none in a graph);
+    # set_shape adds no operator.
+    for tensor, shape in zip(tables, [(n1, 2 * n1), (n2, n1), (n2, n1), (2 * n2, 2 * outer_count)]):
+        tensor.set_shape(shape)
+    return tables
+
+
+def _mixed_radix_dft(v, count, tables):
     """`DFT_N(v)[k]`, `k < count`, for real `v` of length `N = N1 * N2` (rank 2), by matmuls.
 
     Cooley-Tukey with one split: `n = N2 n1 + n2`, `k = k1 + N1 k2`,
@@ -401,20 +538,19 @@ def _mixed_radix_dft(v, count):
     """
     length = v.shape[-1]
     n1, n2 = mixed_radix_factors(length)
-    inner, twiddle_cos, twiddle_sin, outer = _mixed_radix_constants(length, count)
-    outer_count = outer.shape[1] // 2
+    inner, t_cos, t_sin, outer = tables.mixed_radix(length, count)
+    outer_count = -(-count // n1)
     a = tf.transpose(tf.reshape(v, [-1, n1, n2]), [0, 2, 1])  # [b, n2, n1]
-    y = tf.matmul(tf.reshape(a, [-1, n1]), _float32(inner))  # [b * n2, 2 n1]
-    y = tf.reshape(y, [-1, n2, 2 * n1])
-    y_re, y_im = y[:, :, :n1], y[:, :, n1:]
-    t_cos, t_sin = _float32(twiddle_cos), _float32(twiddle_sin)
+    y = tf.matmul(tf.reshape(a, [-1, n1]), inner)  # [b * n2, 2 n1]
+    y_re, y_im = tf.split(tf.reshape(y, [-1, n2, 2 * n1]), 2, axis=2)
     z_re = y_re * t_cos + y_im * t_sin  # times W_N^(n2 k1) = cos - i sin
     z_im = y_im * t_cos - y_re * t_sin
     z = tf.transpose(tf.concat([z_re, z_im], axis=1), [0, 2, 1])  # [b, k1, 2 n2]
-    x = tf.matmul(tf.reshape(z, [-1, 2 * n2]), _float32(outer))  # [b * k1, 2 k2]
+    x = tf.matmul(tf.reshape(z, [-1, 2 * n2]), outer)  # [b * k1, 2 k2]
     x = tf.transpose(tf.reshape(x, [-1, n1, 2 * outer_count]), [0, 2, 1])  # [b, 2 k2, k1]
-    re = tf.reshape(x[:, :outer_count, :], [-1, outer_count * n1])[:, :count]
-    im = tf.reshape(x[:, outer_count:, :], [-1, outer_count * n1])[:, :count]
+    re, im = tf.split(x, 2, axis=1)
+    re = tf.reshape(re, [-1, outer_count * n1])[:, :count]
+    im = tf.reshape(im, [-1, outer_count * n1])[:, :count]
     return re, im
 
 
@@ -433,21 +569,21 @@ def _makhoul_spectrum(v, count, tables):
         re, im = _rfft_parts(v, length, count)
         return re, im, False
     if isinstance(tables, _StoredConstants) and mixed_radix_factors(length):
-        re, im = _mixed_radix_dft(v, count)
+        re, im = _mixed_radix_dft(v, count, tables)
         return re, im, False
     re, im = _bluestein_dft(v, count, tables)
     return re, im, True
 
 
-def _dct2_leading(x, count, constants="stored"):
+def _dct2_leading(x, count, constants="stored", ints=None):
     """First `count` orthonormal DCT-II coefficients of the rows of `x` (rank 2)."""
     length = x.shape[-1]
     if length == 1:
         return x  # the 1-point orthonormal DCT-II is the identity
     half = length // 2
     num_freqs = min(count, half + 1)
-    tables = _constants_for(x, constants)
-    re, im, chirped = _makhoul_spectrum(_makhoul_reorder(x), num_freqs, tables)
+    tables = _constants_for(x, constants, ints)
+    re, im, chirped = _makhoul_spectrum(tables.reorder(x), num_freqs, tables)
     cos, sin = tables.twiddles(length, num_freqs, chirped)
     # X[k] = Re(t[k]) for k <= N/2, with t[k] = s_k exp(-i phi_k) (re + i im).
     coefficients = re * cos + im * sin
@@ -479,7 +615,7 @@ def _from_rows(y, leading_shape):
     return tf.reshape(y, tf.concat([leading_shape, [y.shape[-1]]], axis=0))
 
 
-def _dct2_first(x, length, count, constants="stored"):
+def _dct2_first(x, length, count, constants="stored", ints=None):
     """Pads `x` to `length` and returns its first `count` DCT-II coefficients."""
     rows, leading_shape = _as_rows(x)
     width = rows.shape[-1]
@@ -487,11 +623,11 @@ def _dct2_first(x, length, count, constants="stored"):
         raise ValueError(
             f"The DCT length ({length}) must be at least the input size ({width})."
         )
-    coefficients = _dct2_leading(_pad_last(rows, length), count, constants)
+    coefficients = _dct2_leading(_pad_last(rows, length), count, constants, ints)
     return _from_rows(coefficients, leading_shape)
 
 
-def dct2_ortho_builtin(x, length=None, constants="stored"):
+def dct2_ortho_builtin(x, length=None, constants="stored", ints=None):
     """Orthonormal DCT-II along the last axis, with TFLite builtin ops only.
 
     Matches `scipy.fft.dct(x_padded, type=2, norm="ortho")` where `x_padded` is
@@ -507,6 +643,15 @@ def dct2_ortho_builtin(x, length=None, constants="stored"):
             graph, hence of an exported file. `"computed"`: the graph rebuilds
             them on every call (`COS`, `SIN`, two more `RFFT2D` for
             non-power-of-two lengths), so a file holds none of them; slower.
+            `"at_load"`: as `"stored"`, but the matrices of the mixed-radix
+            DFT (lengths with a two-factor split, `N % 4 == 0`) are built by
+            the interpreter once, when it prepares the graph, from one stored
+            half period of `N / 2 + 1` cosines (`mixed_radix_tables_at_load`):
+            a smaller file, the same speed where the runtime evaluates
+            operators of constant inputs at preparation (TFLite does).
+        ints: For `"at_load"`: None (integers anchored on `x`'s batch size,
+            `load_time_int`) or a function `value -> load_time_int(anchor,
+            value)` sharing them between layers.
 
     Returns:
         float32 tensor of shape `(..., N)`.
@@ -522,10 +667,10 @@ def dct2_ortho_builtin(x, length=None, constants="stored"):
     """
     width = tf.convert_to_tensor(x).shape[-1]
     length = width if length is None else int(length)
-    return _dct2_first(x, length, length, constants)
+    return _dct2_first(x, length, length, constants, ints)
 
 
-def dct_offset_builtin(x, units, constants="stored"):
+def dct_offset_builtin(x, units, constants="stored", ints=None):
     """The DCT offset `D x` of a `(n -> units)` layer, with TFLite builtin ops only.
 
     Same result as `keras_dctsparse.ops.transforms.dct_offset`: the first
@@ -540,6 +685,15 @@ def dct_offset_builtin(x, units, constants="stored"):
             graph, hence of an exported file. `"computed"`: the graph rebuilds
             them on every call (`COS`, `SIN`, two more `RFFT2D` for
             non-power-of-two lengths), so a file holds none of them; slower.
+            `"at_load"`: as `"stored"`, but the matrices of the mixed-radix
+            DFT (lengths with a two-factor split, `N % 4 == 0`) are built by
+            the interpreter once, when it prepares the graph, from one stored
+            half period of `N / 2 + 1` cosines (`mixed_radix_tables_at_load`):
+            a smaller file, the same speed where the runtime evaluates
+            operators of constant inputs at preparation (TFLite does).
+        ints: For `"at_load"`: None (integers anchored on `x`'s batch size,
+            `load_time_int`) or a function `value -> load_time_int(anchor,
+            value)` sharing them between layers.
 
     Returns:
         float32 tensor of shape `(..., units)`.
@@ -550,7 +704,7 @@ def dct_offset_builtin(x, units, constants="stored"):
     TensorShape([2, 300])
     """
     width = tf.convert_to_tensor(x).shape[-1]
-    return _dct2_first(x, max(width, int(units)), int(units), constants)
+    return _dct2_first(x, max(width, int(units)), int(units), constants, ints)
 
 
 def sparse_matmul_builtin(x, values, rows, cols, units):
@@ -642,7 +796,7 @@ def _periodic_index(ints, length, count):
     period = tf.concat(
         [
             tf.range(ints(1), 2 * length + 1, 1),  # r = 1 .. 2N
-            tf.range(ints(2 * length - 1), -1, -1),  # 4N - r, r = 2N+1 .. 4N
+            tf.range(2 * length - 1, -1, ints(-1)),  # 4N - r, r = 2N+1 .. 4N
         ],
         axis=0,
     )
@@ -696,7 +850,7 @@ def dct_kernel_at_load(x, units, input_dim, alpha, ints=None):
         ints = functools.partial(load_time_int, x)
     odd = tf.range(ints(1), 2 * input_dim, 2)  # 2j + 1
     rows = tf.range(ints(0), units)  # k
-    products = tf.reshape(rows, [units, 1]) * tf.reshape(odd, [1, input_dim])
+    products = tf.reshape(rows, [units, 1]) * odd
     index = tf.gather(_periodic_index(ints, length, count), products)
     r = np.arange(2 * length + 1, dtype=np.int64)
     cos, _ = _phase(r, 2 * length)

@@ -180,9 +180,9 @@ def export_call(
 
     Args:
         layer: A built `DCTSparseDense` or DCTpS convolution.
-        dct_constants: `"stored"` or `"computed"` tables of a Dense layer's
-            fast DCT (`builtin_ops.dct_offset_builtin`); convolutions always
-            compute their `COS` table.
+        dct_constants: `"stored"`, `"computed"` or `"at_load"` tables of a
+            Dense layer's fast DCT (`builtin_ops.dct_offset_builtin`);
+            convolutions always compute their `COS` table.
         quantization: None, `"float16"` (left to the converter; for files with
             built-once kernels `flatbuffer.float16_constants` after it) or
             `"dynamic_int8"` (the sparse values stored as int8 with one
@@ -459,7 +459,8 @@ def _dense_export_call(
             if bias is not None:
                 outputs = outputs + bias
             if alpha is not None:
-                offset = dct_offset_builtin(x, units, dct_constants)
+                ints = csr.int if dct_constants == "at_load" else None
+                offset = dct_offset_builtin(x, units, dct_constants, ints)
                 outputs = outputs + tf.constant(alpha) * offset
             return outputs
 
@@ -1021,9 +1022,11 @@ def _export_calls(
                 )
                 if chosen == "implicit" and product == "csr":
                     csr = store.sparse_weights
+                constants = dct_constants
+                if form == "auto" and csr is not None and dct_constants == "stored":
+                    constants = "at_load"  # the same speed, a smaller file
                 replacement = export_call(
-                    layer, dct_constants, quantization, built_once, narrow_positions, at_load,
-                    csr,
+                    layer, constants, quantization, built_once, narrow_positions, at_load, csr,
                 )
                 layer.__dict__["call"] = replacement
         yield store
@@ -1359,7 +1362,14 @@ def export_tflite(
             file. `"computed"`: the interpreter rebuilds them on every
             invocation (`COS`, `SIN`, extra `RFFT2D`s), so the file holds
             only the nonzeros, positions, biases and graph; slower (see
-            `benchmarks/tflite.py`). Convolutions always compute theirs.
+            `benchmarks/tflite.py`). `"at_load"`: as `"stored"`, but the
+            matrices of the mixed-radix DFT (lengths `N = N1 * N2` with
+            `N % 4 == 0`, such as 784) are built by the interpreter once,
+            when it allocates tensors, from a stored half period of
+            `N / 2 + 1` cosines (`builtin_ops.mixed_radix_tables_at_load`):
+            a smaller file at the same speed (`form="auto"` uses it for the
+            layers it exports implicitly with the CSR product). Convolutions
+            always compute theirs.
         form: How each DCTpS layer's `alpha * D + S` is run.
             `"implicit"` (default): as described above, `D` as a fast
             transform on every call (Dense) or the conv kernel rebuilt on

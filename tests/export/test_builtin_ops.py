@@ -190,6 +190,42 @@ def test_tflite_computed_constants_store_no_tables(input_dim, units):
     assert len(computed) < len(stored)
 
 
+@pytest.mark.parametrize("input_dim,units", [(784, 300), (300, 100), (12, 5), (15, 15), (21, 63)])
+def test_tflite_at_load_constants(input_dim, units):
+    # The mixed-radix DFT matrices (N % 4 == 0) are built by allocate_tensors from a
+    # half period of N / 2 + 1 cosines; other lengths keep stored tables (15, 63).
+    # The Makhoul reordering is one GATHER (odd lengths too).
+    length = max(input_dim, units)
+    stored = converted_offset(input_dim, units)
+    at_load = converted_offset(input_dim, units, "at_load")
+    assert_no_flex_ops(at_load)
+    if length % 4 == 0:
+        assert tflite_constant_bytes(at_load) < tflite_constant_bytes(stored) - 4 * length
+        n1, n2 = builtin_ops.mixed_radix_factors(length)
+        interpreter = Interpreter(
+            model_content=at_load, experimental_preserve_all_tensors=True
+        )
+        interpreter.allocate_tensors()  # no invoke: the DFT matrices are already there
+        products = [
+            op for op in interpreter._get_ops_details()
+            if op["op_name"] in ("FULLY_CONNECTED", "BATCH_MATMUL")
+        ]
+        weights = [interpreter.get_tensor(int(op["inputs"][1])) for op in products]
+        # The inner DFT_N1 of the real input: [cos | -sin] of 2 pi a b / N1 (numpy).
+        a = np.arange(n1)
+        angle = 2 * np.pi * np.outer(a, a) / n1
+        inner = np.concatenate([np.cos(angle), -np.sin(angle)], axis=1)
+        assert any(
+            w.shape == inner.shape and np.allclose(w, inner, atol=1e-6) for w in weights
+        )
+    interpreter = Interpreter(model_content=at_load)
+    rng = np.random.default_rng()
+    for batch in (1, 7):
+        x = rng.standard_normal((batch, input_dim)).astype(np.float32)
+        y = run(interpreter, x)
+        assert relative_error(y, reference_dct(x, length, units)) < TFLITE_TOLERANCE
+
+
 def test_unknown_constants_is_an_error():
     with pytest.raises(ValueError, match="constants.*'table'"):
         builtin_ops.dct_offset_builtin(tf.zeros((1, 10)), 5, constants="table")

@@ -596,10 +596,14 @@ def test_auto_form_follows_the_memory_bound():
     assert_matches_keras(model, data, seed=2, batches=(1, 7, 1))
     assert largest_constant_bytes(data) < 4 * 100 * 300 // 4
     # The default bound holds all three: the 784 x 300 layer (at least
-    # AUTO_IMPLICIT_MIN_ELEMENTS entries) is then implicit with the CSR product (two FCs
-    # in its DCT, one sparse FC for S), the two small ones built at load (two FCs each).
+    # AUTO_IMPLICIT_MIN_ELEMENTS entries) is then implicit with the CSR product (two
+    # matmuls in its DCT, with DFT matrices built at load, one sparse FC for S), the two
+    # small ones built at load (two FCs each).
     everything = convert_tflite(model, form="auto")
-    assert subgraph_op_names(everything)[0].count("FULLY_CONNECTED") == 7
+    names = subgraph_op_names(everything)[0]
+    assert names.count("FULLY_CONNECTED") + names.count("BATCH_MATMUL") == 7
+    csr = convert_tflite(model, sparse_product="csr")  # every layer implicit, stored tables
+    assert tflite_constant_bytes(everything) < tflite_constant_bytes(csr) - 4 * 784
     assert "UNSORTED_SEGMENT_SUM" not in tflite_op_names(everything)
     assert sparse_fc_weight_count(everything) == 3
     assert_matches_keras(model, everything, seed=4, batches=(1, 7, 1))
