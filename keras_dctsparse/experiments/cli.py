@@ -323,10 +323,12 @@ def build_parser():
     )
     export.add_argument(
         "--dct-constants",
-        choices=("stored", "computed"),
+        choices=("stored", "computed", "at_load"),
         default="stored",
-        help="TFLite only: store the fast DCT's O(N) tables in the file, or let the "
-        "interpreter compute them on every call (smaller file for large layers, slower)",
+        help="TFLite only: store the fast DCT's O(N) tables in the file, let the "
+        "interpreter compute them on every call (smaller file for large layers, slower), "
+        "or build its mixed-radix DFT matrices when the interpreter allocates tensors "
+        "(at_load: a smaller file at the same speed; --form auto uses it)",
     )
     export.add_argument(
         "--form",

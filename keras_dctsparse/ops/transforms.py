@@ -18,6 +18,7 @@ __all__ = [
     "dct_length",
     "dct_offset",
     "dct_matrix",
+    "dct_offset_transpose",
 ]
 
 _COMPLEX = {tf.float32: tf.complex64, tf.float64: tf.complex128}
@@ -121,11 +122,40 @@ def _fast_offset(x, units):
     @tf.custom_gradient
     def offset(x):
         def grad(dy):
-            return _dct3_compiled(padded(dy))[:, :n]
+            return dct_offset_transpose(dy, n)
 
         return _dct2_compiled(padded(x))[:, :units], grad
 
     return offset(x)
+
+
+def dct_offset_transpose(dy, input_dim):
+    """`D^T dy`, the transpose of `dct_offset` (its input gradient), for rank-2 `dy`.
+
+    The first `input_dim` entries of the orthonormal DCT-III of each row of `dy`
+    zero-padded to `N = max(input_dim, units)` (`units = dy.shape[-1]`): one
+    length-`N` inverse real FFT.
+
+    Args:
+        dy: float32/float64 tensor of shape `(rows, units)` with a static `units`.
+        input_dim: Number of inputs `n` of the offset's layer.
+
+    Returns:
+        Tensor of shape `(rows, input_dim)`.
+
+    Example:
+
+    >>> dy = tf.constant([[1.0, 0.0, 0.0]])
+    >>> [round(v, 4) for v in dct_offset_transpose(dy, 4).numpy()[0].tolist()]
+    [0.5, 0.5, 0.5, 0.5]
+    """
+    units = dy.shape[-1]
+    length = dct_length(input_dim, units)
+    if length == 1:
+        return dy
+    if units < length:
+        dy = tf.pad(dy, [[0, 0], [0, length - units]])
+    return _dct3_compiled(dy)[:, :input_dim]
 
 
 def dct_length(input_dim, units):

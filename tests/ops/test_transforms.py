@@ -89,6 +89,16 @@ def test_dct_offset_gradient_is_the_transpose(n, m, dtype):
     )
 
 
+@pytest.mark.parametrize("n, m", [(20, 7), (7, 20), (16, 16), (1, 5), (5, 1), (1, 1), (784, 300)])
+def test_dct_offset_transpose_matches_scipy(n, m):
+    # D^T dy with D the (m x n) top-left block of scipy's orthonormal DCT-II matrix.
+    length = max(n, m)
+    block = scipy.fft.dct(np.eye(length), type=2, norm="ortho", axis=0)[:m, :n]
+    dy = np.random.default_rng().standard_normal((4, m))
+    got = transforms.dct_offset_transpose(tf.constant(dy, tf.float64), n).numpy()
+    np.testing.assert_allclose(got, dy @ block, atol=1e-12 * np.abs(dy).sum(axis=-1).max())
+
+
 def test_dct_offset_inside_xla_and_under_a_dynamic_batch():
     @tf.function(jit_compile=True, input_signature=[tf.TensorSpec([None, 12], tf.float32)])
     def apply(x):
