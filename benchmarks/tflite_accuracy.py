@@ -5,7 +5,7 @@ For each trained `.keras` model given (for example from `dctsparse train` or
 float16 and dynamic-range int8 (`quantization=`) in the implicit form, as
 float32, float16 and dynamic-range int8 with `form="built_once"`, and as float32
 with `form="built_at_load"` (the Dense layers; convolutions are then built
-once), runs the MNIST test set
+once) and `form="auto"` (per layer, `export.tflite.layer_form`), runs the MNIST test set
 through the `ai-edge-litert` interpreter and prints a table: file size, test
 accuracy, its change from Keras, and the largest absolute difference of the
 output probabilities.
@@ -40,6 +40,7 @@ EXPORTS = (
     ("built_once", "float16"),
     ("built_once", "dynamic_int8"),
     ("built_at_load", None),
+    ("auto", None),
 )
 
 
