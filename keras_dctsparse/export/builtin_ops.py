@@ -680,20 +680,8 @@ def dct_offset_builtin(x, units, constants="stored", ints=None):
     Args:
         x: Tensor of shape `(..., n)` with a static `n`; computed in float32.
         units: Number of output coefficients `m`.
-        constants: `"stored"` (default): the transform's O(N) tables (chirps,
-            chirp-filter spectrum, twiddles) are float32 constants of the
-            graph, hence of an exported file. `"computed"`: the graph rebuilds
-            them on every call (`COS`, `SIN`, two more `RFFT2D` for
-            non-power-of-two lengths), so a file holds none of them; slower.
-            `"at_load"`: as `"stored"`, but the matrices of the mixed-radix
-            DFT (lengths with a two-factor split, `N % 4 == 0`) are built by
-            the interpreter once, when it prepares the graph, from one stored
-            half period of `N / 2 + 1` cosines (`mixed_radix_tables_at_load`):
-            a smaller file, the same speed where the runtime evaluates
-            operators of constant inputs at preparation (TFLite does).
-        ints: For `"at_load"`: None (integers anchored on `x`'s batch size,
-            `load_time_int`) or a function `value -> load_time_int(anchor,
-            value)` sharing them between layers.
+        constants, ints: As for `dct2_ortho_builtin`: the transform's tables
+            `"stored"` (default), `"computed"` on every call, or `"at_load"`.
 
     Returns:
         float32 tensor of shape `(..., units)`.
