@@ -189,7 +189,11 @@ class _AtLoadConstants(_StoredConstants):
     numbers of the matrices (784: 393 floats instead of 4,480). The angle
     `2 pi p / N` of an integer product `p` is read at `fold((p + shift) mod
     N)`, `fold(r) = min(r, N - r)` (cos is even), with a shift of `N / 4` for
-    `-sin` and `3 N / 4` for `sin`. Other lengths keep stored matrices.
+    `-sin` and `3 N / 4` for `sin`. Other lengths keep stored matrices. At run
+    time the interpreter also holds the int32 index patterns the matrices are
+    gathered with, about `12 N1 N` bytes (263 KB for 784 = 28 * 28, a quarter of
+    the 784 x 300 dense kernel), which is why `form="auto"` uses this only under
+    its memory bound.
 
     Args:
         ints: A function `value -> load_time_int(anchor, value)`.
