@@ -153,7 +153,15 @@ def _output_twiddles(length, count, chirped):
 CONSTANTS = ("stored", "computed", "at_load")
 
 
-class _StoredConstants:
+class _Tables:
+    """Base of the table providers: Makhoul's reordering as `_makhoul_reorder`."""
+
+    def reorder(self, x):
+        """Makhoul's reordering of the rows of `x` (`_makhoul_reorder`)."""
+        return _makhoul_reorder(x)
+
+
+class _StoredConstants(_Tables):
     """The transform's O(N) tables as float32 constants (computed in float64)."""
 
     def chirp(self, length, count):
@@ -171,10 +179,6 @@ class _StoredConstants:
     def mixed_radix(self, length, count):
         """`(inner, twiddle_cos, twiddle_sin, outer)` of `_mixed_radix_dft` as constants."""
         return tuple(_float32(table) for table in _mixed_radix_constants(length, count))
-
-    def reorder(self, x):
-        """Makhoul's reordering of the rows of `x` (`_makhoul_reorder`)."""
-        return _makhoul_reorder(x)
 
 
 class _AtLoadConstants(_StoredConstants):
@@ -219,7 +223,7 @@ class _AtLoadConstants(_StoredConstants):
         return tf.gather(x, order, axis=1)
 
 
-class _ComputedConstants:
+class _ComputedConstants(_Tables):
     """The same tables rebuilt by the graph on every call (`COS`, `SIN`, `RFFT2D`).
 
     Every index range is offset by `zero`, an int64 scalar that is 0 at run
@@ -232,10 +236,6 @@ class _ComputedConstants:
 
     def __init__(self, zero):
         self.zero = tf.cast(zero, tf.int64)
-
-    def reorder(self, x):
-        """Makhoul's reordering of the rows of `x` (`_makhoul_reorder`)."""
-        return _makhoul_reorder(x)
 
     def _range(self, size):
         # Both bounds depend on `zero`: a RANGE with constant bounds would be

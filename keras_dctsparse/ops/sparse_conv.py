@@ -376,17 +376,28 @@ def sparse_conv(
     return y[:, :, 0, :]
 
 
-def _scatter_add(base, flat, values, shape):
-    """``values`` at ``flat = row * cols + col`` (any order) of a ``shape`` matrix, plus ``base``.
+def scatter_dense(flat, values, shape):
+    """The ``shape`` matrix with ``values`` at the row-major ``flat`` indices, zeros elsewhere.
 
-    ``SparseToDense`` (one pass of zeros and ``nnz`` writes, no XLA cluster), then
-    ``base`` (None: nothing) added.
-    Measured on CPU (2 cores, 3x3 kernels, batch 32, interleaved) against the XLA scatters
-    it replaced (``tensor_scatter_nd_add`` into the transposed kernel between two
-    transposes, or straight into a copy of ``base``): as fast or faster everywhere, the
-    forward of an 8x8x512 conv at 10% density 19.9 ms instead of 24.2 ms (dense 18.1 ms),
-    at 30% 23.1 ms instead of 24.7 ms; ``tf.scatter_nd`` and plain
-    ``tensor_scatter_nd_add`` are several times slower than both.
+    ``SparseToDense`` (one pass of zeros and ``nnz`` writes, any order, no XLA cluster).
+    Measured on CPU (2 cores, 3x3 conv kernels, batch 32, interleaved) against the XLA
+    scatters the conv layers used before (``tensor_scatter_nd_add`` into the transposed
+    kernel between two transposes, or straight into a copy of the base): as fast or
+    faster everywhere, the forward of an 8x8x512 conv at 10% density 19.9 ms instead of
+    24.2 ms (dense 18.1 ms), at 30% 23.1 ms instead of 24.7 ms; ``tf.scatter_nd`` and
+    plain ``tensor_scatter_nd_add`` are several times slower than both.
+
+    Args:
+        flat: ``(nnz,)`` int32/int64 distinct indices into the flattened matrix.
+        values: ``(nnz,)`` values.
+        shape: ``(rows, cols)``.
+
+    Returns:
+        A ``shape`` tensor in the dtype of ``values``.
+
+    Example:
+        >>> scatter_dense(tf.constant([1, 2]), tf.ones(2), (2, 2)).numpy().tolist()
+        [[0.0, 1.0], [1.0, 0.0]]
     """
     dense = tf.raw_ops.SparseToDense(
         sparse_indices=flat,
@@ -395,15 +406,14 @@ def _scatter_add(base, flat, values, shape):
         default_value=tf.zeros((), values.dtype),
         validate_indices=False,
     )
-    dense = tf.reshape(dense, shape)
-    return dense if base is None else dense + base
+    return tf.reshape(dense, shape)
 
 
 def scatter_kernel(values, rows, cols, kernel_shape, base=None, column_major=False):
     """The dense kernel ``base + S`` from ``S``'s values and positions.
 
     For the fused path of the conv layers (one convolution with ``alpha * Kd + S``):
-    ``S`` is written by ``SparseToDense`` and ``base`` added (``_scatter_add``); its
+    ``S`` is written by ``scatter_dense`` and ``base`` added; its
     gradient is a gather for the values and ``dK`` for ``base``. With ``column_major``
     and every position held (density 1), ``S`` is a transpose of the values and nothing
     is scattered (8x8x512 conv kernel, train step of build + gradient: 3.5 ms against
@@ -445,7 +455,8 @@ def scatter_kernel(values, rows, cols, kernel_shape, base=None, column_major=Fal
     def scatter(weights, *start):
         weights = tf.stop_gradient(weights)
         start = tf.stop_gradient(start[0]) if start else None
-        kernel = _scatter_add(start, flat, weights, (height, width))
+        kernel = scatter_dense(flat, weights, (height, width))
+        kernel = kernel if start is None else kernel + start
 
         def grad(dkernel):
             dkernel = tf.stop_gradient(dkernel)
@@ -478,4 +489,4 @@ def sparse_conv_macs(nnz, out_pixels):
 
 
 __all__ = ["sparse_conv", "sparse_conv2d", "sparse_positions", "sparse_conv_macs",
-           "scatter_kernel"]
+           "scatter_dense", "scatter_kernel"]

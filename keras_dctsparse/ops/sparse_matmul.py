@@ -46,6 +46,7 @@ from tensorflow.python.ops import control_flow_util
 from keras_dctsparse.ops import kernel_choice
 from keras_dctsparse.ops import kernel_registry
 from keras_dctsparse.ops.conv_offset import dct_block
+from keras_dctsparse.ops.sparse_conv import scatter_dense
 from keras_dctsparse.ops.transforms import dct_offset
 from keras_dctsparse.ops.transforms import dct_offset_transpose
 
@@ -165,8 +166,7 @@ def _offset_gather_input_gradient(dy, alpha, values, rows, cols, input_dim):
 @tf.function(jit_compile=True)
 def _offset_gather_weight_gradients(x, dy, offset, rows, cols):
     """`(d alpha, d values)`: `sum(dy * D x)` and `dy^T x` at the positions."""
-    sampled = tf.reduce_sum(tf.gather(x, rows, axis=1) * tf.gather(dy, cols, axis=1), axis=0)
-    return tf.reduce_sum(dy * offset), sampled
+    return tf.reduce_sum(dy * offset), _sampled_dot(x, dy, rows, cols)
 
 
 def _offset_gather(x, alpha, values, rows, cols, units):
@@ -209,14 +209,7 @@ def _transposed_dense(values, rows, cols, units, input_dim):
     if values.shape[0] == units * input_dim:
         return tf.reshape(values, (units, input_dim)), None
     flat = cols * input_dim + rows
-    matrix = tf.raw_ops.SparseToDense(
-        sparse_indices=flat,
-        output_shape=[units * input_dim],
-        sparse_values=values,
-        default_value=tf.zeros((), values.dtype),
-        validate_indices=False,
-    )
-    return tf.reshape(matrix, (units, input_dim)), flat
+    return scatter_dense(flat, values, (units, input_dim)), flat
 
 
 def _at_positions(d_transposed, flat):
