@@ -55,6 +55,11 @@ for the implicit form: file <= 1.5 x nnz x 8 B + 16 KB, latency <= 0.5x dense):
   `form=built_at_load` (for comparison: `auto` keeps this layer implicit, its
   dense kernel is over the default 8 MiB bound).
 
+With `--layers`, instead: one `DCTSparseDense` layer at density 0.01 per shape
+(the shapes behind `export.tflite.AUTO_IMPLICIT_MIN_ELEMENTS`), as `Dense`,
+`form=built_at_load` and the implicit form with `sparse_product=csr` (what
+`form="auto"` exports at or above that bound, with `dct_constants=at_load`).
+
 Latency: best and median of `Interpreter.invoke()` at batch 1 (default
 delegates, `num_threads` threads), input set once, after 20 warm-up calls; the
 calls of all files of a table are interleaved (A, B, C, A, B, C, ...), so
@@ -276,16 +281,42 @@ def nnz(model):
     return sum(layer.nnz for layer in model.layers if isinstance(layer, DCTSparseLayer))
 
 
+LAYER_SHAPES = ((256, 256), (300, 100), (400, 120), (512, 512), (784, 300), (1000, 1000))
+
+
+def layer_tables(repeats, threads, caption):
+    """One table per `LAYER_SHAPES` entry: Dense, built at load, implicit with CSR."""
+    for input_dim, units in LAYER_SHAPES:
+        dense = keras.Sequential([keras.Input((input_dim,)), keras.layers.Dense(units)])
+        model = randomize(keras.Sequential(
+            [keras.Input((input_dim,)), DCTSparseDense(units, density=0.01, seed=0)]
+        ))
+        entries = [
+            ("Dense", input_dim * units, convert_standard(dense)),
+            ("DCTpS 0.01, form=built_at_load", nnz(model),
+             convert_tflite(model, form="built_at_load")),
+            ("DCTpS 0.01, sparse_product=csr, dct_constants=at_load", nnz(model),
+             convert_tflite(model, sparse_product="csr", dct_constants="at_load")),
+        ]
+        print(f"\n{input_dim} x {units} layer TFLite " + caption)
+        print(table(entries, repeats, threads))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2000)
     parser.add_argument("--big-repeats", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--layers", action="store_true",
+                        help="time single layers (LAYER_SHAPES) instead of the models")
     args = parser.parse_args()
     caption = (
         f"(float32, builtins only), batch 1, {args.threads} thread(s), "
         f"best / median of {args.repeats} interleaved calls\n"
     )
+    if args.layers:
+        layer_tables(args.repeats, args.threads, caption)
+        return
 
     dense_params = sum(n * m for n, m in zip(SIZES[:-1], SIZES[1:]))
     entries = [("Dense", dense_params, convert_standard(dense_lenet()))]

@@ -117,11 +117,12 @@ SPARSE_PRODUCTS = ("gather", "csr")
 DEFAULT_MAX_KERNEL_BYTES = 8 * 2**20
 # Float32 matrix layers under the bound with at least this many kernel entries are exported
 # by `form="auto"` in the implicit form with the CSR product (fast DCT + TFLite's sparse
-# FULLY_CONNECTED), smaller ones built at load. Measured (one layer at density 0.01,
+# FULLY_CONNECTED, tables at load), smaller ones built at load. Measured by
+# `cd benchmarks && python tflite.py --layers --repeats 3000` (one layer at density 0.01,
 # batch 1, one thread, best of 3000 interleaved calls; implicit-CSR / built at load /
-# dense): 256x256 3.7 / 4.3 / 2.3 us, 512x512 6.8 / 14.2 / 9.7 us, 784x300 4.6 / 12.6 /
-# 14.3 us, 1000x1000 11.9 / 56.2 / 60.9 us; below, a tie with a smaller file built at
-# load (300x100: 2.3 / 2.5 us, 16.3 / 8.8 KB).
+# dense): 256x256 3.9 / 4.0 / 2.2 us, 512x512 7.3 / 13.8 / 9.6 us, 784x300 6.1 / 12.0 /
+# 13.7 us, 1000x1000 14.1 / 49.1 / 57.1 us; below, built at load is faster and its file
+# smaller (300x100: 3.2 / 2.3 us, 14.9 / 8.7 KB; 400x120: 3.6 / 3.1 us).
 AUTO_IMPLICIT_MIN_ELEMENTS = 2**16
 # `DCTSparseLayer.export_kind` values this module exports: "matrix" (a layer computing
 # `matrix_output(matrix_input(x) @ W)` + bias: DCTSparseDense, DCTSparseEinsumDense) and
@@ -1406,9 +1407,9 @@ def export_tflite(
             (`4 * n * m`, `dense_kernel_bytes`), float32 matrix layers of
             at least `AUTO_IMPLICIT_MIN_ELEMENTS` (65536) entries implicit
             with `sparse_product="csr"` (the fastest: 784 x 300 at 1% in
-            4.6 us against 12.6 us built at load and 14.3 us dense),
-            smaller float32 matrix layers `"built_at_load"` (as fast, a
-            smaller file), `"built_once"` otherwise (quantized files,
+            6.1 us against 12.0 us built at load and 13.7 us dense),
+            smaller float32 matrix layers `"built_at_load"` (faster there,
+            and a smaller file), `"built_once"` otherwise (quantized files,
             convolutions); implicit with `sparse_product` above the bound.
         max_kernel_bytes: The per-layer memory bound of `form="auto"`, in
             bytes of the float32 dense kernel (default 8 MiB: a 2048 x 1024
