@@ -208,3 +208,30 @@ def test_static_output_shape_with_unknown_batch():
         return y
 
     assert convolve(tf.ones((2, 14, 14, 6))).shape == (2, 10, 10, 16)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 4])
+def test_unknown_batch_split_into_slices(batch):
+    # With an unknown static batch the work is split into batch slices at run time
+    # (uneven for 3, one empty slice for 1 on two threads): forward and both gradients
+    # must still match the reference.
+    rng = np.random.default_rng(batch)
+    rows, cols = random_support(27, 5, 12, rng)
+    values = rng.standard_normal(12)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 6, 7, 3)), tf.TensorSpec((None, 6, 7, 5))])
+    def run(inputs, dy):
+        v = tf.constant(values, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch([inputs, v])
+            y = sc.sparse_conv2d(inputs, v, tf.constant(rows), tf.constant(cols), 3, 5,
+                                 padding="same")
+            loss = tf.reduce_sum(y * dy)
+        return (y, *tape.gradient(loss, [inputs, v]))
+
+    x = rng.standard_normal((batch, 6, 7, 3))
+    dy = rng.standard_normal((batch, 6, 7, 5))
+    actual = run(tf.constant(x, tf.float32), tf.constant(dy, tf.float32))
+    wanted = reference(x, values, rows, cols, (3, 3), 5, (1, 1), "same", (1, 1), 1, dy)
+    for got, want in zip(actual, wanted):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
