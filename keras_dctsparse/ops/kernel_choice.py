@@ -38,10 +38,13 @@ __all__ = [
     "SAMPLED_GRADIENT_MAX_DENSITY",
     "SAMPLED_GRADIENT_MIN_ELEMENTS",
     "TRANSPOSED_PRODUCT_MIN_ELEMENTS",
+    "BATCHED_PRODUCT_MIN_BATCH",
+    "PRODUCT_FORMS",
     "block_is_folded",
     "use_folded_block",
     "materialized_allowed",
     "use_sampled_value_gradient",
+    "product_form",
     "estimated_step_costs",
     "choose_kernel",
 ]
@@ -92,6 +95,15 @@ _US_FFT_FIXED = 60.0  # launching the fast DCT's XLA clusters (forward + gradien
 # Below this n * m, x @ K^T with oneDNN's transpose_b costs no more than
 # transposing the activations around K^T x^T (measured: 256 x 256).
 TRANSPOSED_PRODUCT_MIN_ELEMENTS = 1 << 18
+# From this batch up, a large K^T is applied as BatchMatMulV2(x, K^T, adj_y=True),
+# which oneDNN runs as fast as x @ K with K stored; K^T x^T (and MatMul's transpose_b)
+# is 15-30% slower there. Below it (batch 1 to 32) K^T x^T is as fast or faster.
+# `python benchmarks/dense_layer.py --widths 1024 4096 --batches 128 256 --densities 1
+# 0.3 0.1 --kinds auto`, old and new code alternating twice, forward of the
+# materialized kernel: 4096 x 4096 at density 1, batch 256, 27.5 / 26.7 ms before and
+# 20.1 / 19.8 ms after (Dense 19.0-19.7 ms); batch 128, 15.1 / 13.5 -> 11.2 / 11.4 ms
+# (Dense 11.0-11.4); 1024 x 1024, batch 256, 2.46 / 2.04 -> 1.68 / 1.73 ms.
+BATCHED_PRODUCT_MIN_BATCH = 64
 
 
 def _dtype_size(dtype):
@@ -161,6 +173,44 @@ def materialized_allowed(input_dim, units):
     (True, False)
     """
     return int(input_dim) * int(units) <= MAX_MATERIALIZED_ELEMENTS
+
+
+PRODUCT_FORMS = ("transpose_b", "transposed", "batched", "by_batch")
+
+
+def product_form(input_dim, units, batch=None):
+    """How the materialized kernel applies its dense `K^T` (shape `(units, input_dim)`).
+
+    - `"transpose_b"`: `tf.matmul(x, K^T, transpose_b=True)`, for kernels below
+      `TRANSPOSED_PRODUCT_MIN_ELEMENTS` entries;
+    - `"transposed"`: `(K^T x^T)^T`, for larger kernels at batches below
+      `BATCHED_PRODUCT_MIN_BATCH`;
+    - `"batched"`: `BatchMatMulV2(x, K^T, adj_y=True)`, for larger kernels from that
+      batch up;
+    - `"by_batch"`: the batch is unknown when the call is traced (as under
+      `model.fit`): one `tf.cond` on the run-time batch picks `"transposed"` or
+      `"batched"` (a few microseconds, against at least 0.2 ms for the product).
+
+    Args:
+        input_dim: Number of inputs `n`.
+        units: Number of outputs `m`.
+        batch: Rows of the input, or None when unknown at trace time.
+
+    Returns:
+        One of `PRODUCT_FORMS`.
+
+    Example:
+
+    >>> product_form(256, 256, 256), product_form(1024, 1024, 32)
+    ('transpose_b', 'transposed')
+    >>> product_form(1024, 1024, 64), product_form(1024, 1024)
+    ('batched', 'by_batch')
+    """
+    if int(input_dim) * int(units) < TRANSPOSED_PRODUCT_MIN_ELEMENTS:
+        return "transpose_b"
+    if batch is None:
+        return "by_batch"
+    return "batched" if int(batch) >= BATCHED_PRODUCT_MIN_BATCH else "transposed"
 
 
 def use_sampled_value_gradient(input_dim, units, nnz):

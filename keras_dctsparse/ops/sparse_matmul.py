@@ -218,6 +218,28 @@ def _at_positions(d_transposed, flat):
     return entries if flat is None else tf.gather(entries, flat)
 
 
+def _kernel_product(x, transposed, form):
+    """`x @ transposed^T` in the form `kernel_choice.product_form` picked."""
+
+    def by_transposes():
+        # oneDNN's x @ K^T (MatMul's transpose_b on the large operand) is several
+        # times slower at small batches than transposing the small activations.
+        return tf.transpose(tf.matmul(transposed, x, transpose_b=True))
+
+    def batched():
+        return tf.raw_ops.BatchMatMulV2(x=x, y=transposed, adj_y=True)
+
+    if form == "transpose_b":
+        return tf.matmul(x, transposed, transpose_b=True)
+    if form == "transposed":
+        return by_transposes()
+    if form == "batched":
+        return batched()
+    return tf.cond(
+        tf.shape(x)[0] >= kernel_choice.BATCHED_PRODUCT_MIN_BATCH, batched, by_transposes
+    )
+
+
 def _materialized_matmul(x, values, rows, cols, units, alpha=None):
     """`x @ (S + alpha * D^T)` with `S` (and a folded DCT block) made dense; see module docstring.
 
@@ -232,9 +254,7 @@ def _materialized_matmul(x, values, rows, cols, units, alpha=None):
     with_block = alpha is not None and kernel_choice.use_folded_block(
         input_dim, units, x.shape[0], x.dtype.name
     )
-    transposed_product = (
-        input_dim * units >= kernel_choice.TRANSPOSED_PRODUCT_MIN_ELEMENTS
-    )
+    form = kernel_choice.product_form(input_dim, units, x.shape[0])
 
     @tf.custom_gradient
     def product(x, values, *scale):
@@ -242,12 +262,7 @@ def _materialized_matmul(x, values, rows, cols, units, alpha=None):
         if with_block:
             block = dct_block(units, input_dim, x.dtype)
             transposed = transposed + scale[0] * block
-        if transposed_product:
-            # (K^T x^T)^T: oneDNN's x @ K^T (transpose_b on the large operand)
-            # is several times slower than transposing the small activations.
-            y = tf.transpose(tf.matmul(transposed, x, transpose_b=True))
-        else:
-            y = tf.matmul(x, transposed, transpose_b=True)
+        y = _kernel_product(x, transposed, form)
 
         def grad(dy):
             dx = tf.matmul(dy, transposed)

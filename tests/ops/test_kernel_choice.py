@@ -83,3 +83,16 @@ def test_folded_block_only_when_foldable_and_cheaper_than_the_fft():
     assert kc.block_is_folded(1024, 1024) and not kc.use_folded_block(1024, 1024, 32)
     assert not kc.use_folded_block(2048, 2048, 4096)  # not foldable
     assert kc.use_folded_block(256, 256, None) == kc.use_folded_block(256, 256, kc.ASSUMED_BATCH)
+
+
+def test_product_form_by_kernel_size_and_batch():
+    small = kc.TRANSPOSED_PRODUCT_MIN_ELEMENTS - 1
+    large = kc.TRANSPOSED_PRODUCT_MIN_ELEMENTS
+    threshold = kc.BATCHED_PRODUCT_MIN_BATCH
+    for batch in (1, threshold, None):
+        assert kc.product_form(small, 1, batch) == "transpose_b"
+    assert kc.product_form(large, 1, threshold - 1) == "transposed"
+    assert kc.product_form(large, 1, threshold) == "batched"
+    assert kc.product_form(1, large, None) == "by_batch"
+    assert set(kc.PRODUCT_FORMS) == {"transpose_b", "transposed", "batched",
+                                                "by_batch"}

@@ -92,6 +92,26 @@ BRANCH_CASES = [
 ]
 
 
+@pytest.mark.parametrize(
+    "case, dynamic_batch, form",
+    [
+        ((600, 500, 30000, 5), False, "transposed"),
+        ((600, 500, 30000, 70), False, "batched"),
+        # Batch unknown when traced: the tf.cond picks each side at run time.
+        ((600, 500, 30000, 5), True, "by_batch"),
+        ((600, 500, 30000, 70), True, "by_batch"),
+        ((300, 250, 1000, 70), True, "transpose_b"),
+    ],
+)
+def test_every_product_form_matches_numpy(case, dynamic_batch, form):
+    n, m, _, batch = case
+    assert kernel_choice.product_form(n, m, None if dynamic_batch else batch) == form
+    actual, expected, magnitudes = offset_problem(
+        *case, tf.float32, "materialized", dynamic_batch=dynamic_batch
+    )
+    assert_matches_reference(actual, expected, magnitudes, 2e-5, form)
+
+
 def test_branch_cases_reach_every_branch():
     folded = [kernel_choice.use_folded_block(n, m, b) for n, m, _, b in BRANCH_CASES]
     sampled = [kernel_choice.use_sampled_value_gradient(n, m, k) for n, m, k, _ in BRANCH_CASES]
