@@ -19,7 +19,9 @@ Kernels (measured in `benchmarks/dense_layer.py`):
   reshape), plus `alpha` times the DCT block when that block is small enough
   to be constant-folded and cheaper than the fast DCT of the batch
   (`kernel_choice.use_folded_block`; it is generated in-graph from cosines,
-  never stored or saved), then dense matmuls. The value
+  never stored or saved), then dense matmuls (the forward in the form
+  `kernel_choice.product_form` picks by kernel size and batch, with one `tf.cond`
+  on the batch when it is unknown at trace time). The value
   gradient is a gather of `dy^T x` at the positions (or the sampled product at
   low density). Fastest for small layers and high densities. It allocates
   `n * m` elements per step, so it is refused above
