@@ -144,9 +144,19 @@ def test_macs_follow_nnz():
     assert sc.sparse_conv_macs(147, 16 * 16) == 147 * 256
 
 
-# (shape, nnz): small and large kernels, low and high density.
+# (shape, nnz): small and large kernels, low and high density; the last is large enough
+# for the column-major scatter into S^T (`SORTED_SCATTER_MIN_ELEMENTS`).
 SCATTER_CASES = [((3, 3, 4, 5), 40), ((3, 3, 4, 5), 3), ((3, 3, 8, 1024), 300),
-                 ((3, 3, 8, 1024), 5000), ((3, 3, 8, 1024), 60000)]
+                 ((3, 3, 8, 1024), 5000), ((3, 3, 8, 1024), 60000), ((3, 3, 64, 1024), 30000),
+                 ((3, 3, 64, 1024), 200000)]
+
+
+def test_scatter_cases_cover_both_layouts():
+    layouts = [sc.scatters_transposed(int(np.prod(shape)), nnz) for shape, nnz in SCATTER_CASES]
+    assert set(layouts) == {True, False}
+    assert not sc.scatters_transposed(sc.SORTED_SCATTER_MIN_ELEMENTS - 1, 10**9)
+    assert not sc.scatters_transposed(2**20, 2**18 - 1)
+    assert sc.scatters_transposed(2**20, 2**18)
 
 
 @pytest.mark.parametrize("shape, nnz", SCATTER_CASES)
