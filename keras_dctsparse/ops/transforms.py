@@ -110,21 +110,23 @@ _dct2_compiled = tf.function(dct2_ortho, jit_compile=True)
 _dct3_compiled = tf.function(dct3_ortho, jit_compile=True)
 
 
+def _padded(values, length):
+    """Rank-2 `values` zero-padded on the right to `length` columns."""
+    size = values.shape[-1]
+    return values if size == length else tf.pad(values, [[0, 0], [0, length - size]])
+
+
 def _fast_offset(x, units):
     """`D x` for rank-2 `x`, with the DCT-III as its gradient (`D^T dy`)."""
     n = x.shape[-1]
     length = dct_length(n, units)
-
-    def padded(values):
-        size = values.shape[-1]
-        return values if size == length else tf.pad(values, [[0, 0], [0, length - size]])
 
     @tf.custom_gradient
     def offset(x):
         def grad(dy):
             return dct_offset_transpose(dy, n)
 
-        return _dct2_compiled(padded(x))[:, :units], grad
+        return _dct2_compiled(_padded(x, length))[:, :units], grad
 
     return offset(x)
 
@@ -153,9 +155,7 @@ def dct_offset_transpose(dy, input_dim):
     length = dct_length(input_dim, units)
     if length == 1:
         return dy
-    if units < length:
-        dy = tf.pad(dy, [[0, 0], [0, length - units]])
-    return _dct3_compiled(dy)[:, :input_dim]
+    return _dct3_compiled(_padded(dy, length))[:, :input_dim]
 
 
 def dct_length(input_dim, units):
