@@ -1,0 +1,552 @@
+// Copyright 2026 The keras_dctsparse Authors. Apache License 2.0.
+//
+// TensorFlow ops of the dense DCTpS product y = alpha * D x + x @ S and its
+// gradients, for float32 and float64 on the CPU:
+//
+//   DctSparseOffset(x)                  -> D x               (first `units` DCT-II coefficients)
+//   DctSparseOffsetTranspose(dy)        -> D^T dy            (first `input_dim` DCT-III values)
+//   DctSparseMatmul(x, alpha, S)        -> alpha * D x + x @ S, and D x (for alpha's gradient)
+//   DctSparseMatmulInputGrad(dy, alpha, S) -> alpha * D^T dy + dy @ S^T
+//   DctSparseMatmulValueGrad(x, dy, S positions) -> (x^T dy) at the positions
+//
+// D is the (m x n) top-left block of the orthonormal DCT-II matrix C_N,
+// N = max(n, m), applied by the fast transform of dct.h; S is given by values at
+// (rows[k], cols[k]) of the (n, m) Keras kernel, sorted by column then row.
+// Batches are processed in lane-major tiles of 16 (float32) or 8 (float64) rows.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common.h"
+#include "dct.h"
+#include "sparse_kernels.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace dctsparse {
+namespace {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+using tensorflow::shape_inference::DimensionHandle;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+template <typename... Args>
+absl::Status Invalid(const Args&... args) {
+  return absl::InvalidArgumentError(absl::StrCat(args...));
+}
+
+tensorflow::Status MatrixWithColumnsAttr(InferenceContext* c, const char* attr) {
+  int64_t columns;
+  TF_RETURN_IF_ERROR(c->GetAttr(attr, &columns));
+  ShapeHandle input;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &input));
+  c->set_output(0, c->Matrix(c->Dim(input, 0), columns));
+  return tensorflow::OkStatus();
+}
+
+REGISTER_OP("DctSparseOffset")
+    .Input("x: T")
+    .Output("y: T")
+    .Attr("T: {float, double}")
+    .Attr("units: int >= 1")
+    .SetShapeFn([](InferenceContext* c) { return MatrixWithColumnsAttr(c, "units"); })
+    .Doc("D x: the first `units` orthonormal DCT-II coefficients of each row of x "
+         "zero-padded to max(n, units).");
+
+REGISTER_OP("DctSparseOffsetTranspose")
+    .Input("dy: T")
+    .Output("dx: T")
+    .Attr("T: {float, double}")
+    .Attr("input_dim: int >= 1")
+    .SetShapeFn([](InferenceContext* c) { return MatrixWithColumnsAttr(c, "input_dim"); })
+    .Doc("D^T dy: the first `input_dim` values of the orthonormal DCT-III of each "
+         "row of dy zero-padded to max(input_dim, m).");
+
+REGISTER_OP("DctSparseMatmul")
+    .Input("x: T")
+    .Input("alpha: T")
+    .Input("values: T")
+    .Input("rows: int32")
+    .Input("cols: int32")
+    .Output("y: T")
+    .Output("offset: T")
+    .Attr("T: {float, double}")
+    .Attr("units: int >= 1")
+    .Attr("with_offset: bool")
+    .SetShapeFn([](InferenceContext* c) {
+      TF_RETURN_IF_ERROR(MatrixWithColumnsAttr(c, "units"));
+      bool with_offset;
+      TF_RETURN_IF_ERROR(c->GetAttr("with_offset", &with_offset));
+      c->set_output(1, with_offset ? c->output(0) : c->Matrix(0, 0));
+      return tensorflow::OkStatus();
+    })
+    .Doc("y = alpha * D x + x @ S (offset = D x, or empty without the offset).");
+
+REGISTER_OP("DctSparseMatmulInputGrad")
+    .Input("dy: T")
+    .Input("alpha: T")
+    .Input("values: T")
+    .Input("rows: int32")
+    .Input("cols: int32")
+    .Output("dx: T")
+    .Attr("T: {float, double}")
+    .Attr("input_dim: int >= 1")
+    .Attr("with_offset: bool")
+    .SetShapeFn([](InferenceContext* c) { return MatrixWithColumnsAttr(c, "input_dim"); })
+    .Doc("dx = alpha * D^T dy + dy @ S^T.");
+
+REGISTER_OP("DctSparseMatmulValueGrad")
+    .Input("x: T")
+    .Input("dy: T")
+    .Input("rows: int32")
+    .Input("cols: int32")
+    .Output("dvalues: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle rows;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &rows));
+      c->set_output(0, rows);
+      return tensorflow::OkStatus();
+    })
+    .Doc("dvalues[k] = sum_b x[b, rows[k]] * dy[b, cols[k]].");
+
+// Checks of the shapes every product op shares; returns false after failing the context.
+// Fails `context` with `status` unless `ok`; returns `ok`.
+bool Require(OpKernelContext* context, bool ok, const absl::Status& status) {
+  if (!ok) context->CtxFailure(status);
+  return ok;
+}
+
+bool CheckSparse(OpKernelContext* context, const Tensor& values, const Tensor& rows,
+                 const Tensor& cols, bool with_values) {
+  if (!Require(context, rows.dims() == 1 && cols.dims() == 1,
+              Invalid("rows and cols must be vectors; got shapes ",
+                              rows.shape().DebugString(), " and ", cols.shape().DebugString()))) return false;
+  if (!Require(context, rows.dim_size(0) == cols.dim_size(0),
+              Invalid("rows and cols must have the same length; got ",
+                              rows.dim_size(0), " and ", cols.dim_size(0)))) return false;
+  if (with_values) {
+    if (!Require(context, values.dims() == 1 && values.dim_size(0) == rows.dim_size(0),
+                Invalid("values must be a vector of length nnz = ", rows.dim_size(0),
+                                "; got shape ", values.shape().DebugString()))) return false;
+  }
+  return true;
+}
+
+bool CheckMatrix(OpKernelContext* context, const Tensor& x, const char* name) {
+  if (!Require(context, x.dims() == 2,
+              Invalid(name, " must be a matrix; got shape ", x.shape().DebugString()))) return false;
+  return true;
+}
+
+bool CheckColumns(OpKernelContext* context, const Tensor& cols, int64_t m) {
+  const int64_t nnz = cols.dim_size(0);
+  if (nnz == 0) return true;
+  const int32_t* c = cols.flat<int32_t>().data();
+  if (!Require(context, c[0] >= 0 && c[nnz - 1] < m,
+              Invalid("cols must be sorted and in [0, ", m, "); got cols[0] = ", c[0],
+                              ", cols[nnz - 1] = ", c[nnz - 1]))) return false;
+  return true;
+}
+
+void FailBadRows(OpKernelContext* context, int64_t n) {
+  context->CtxFailure(Invalid("rows must be in [0, ", n, ")"));
+}
+
+// Rough cost in nanoseconds of one DCT of `length` on a tile of rows.
+inline int64_t DctWork(int64_t length) {
+  int64_t log2 = 1;
+  while ((int64_t{1} << log2) < length) ++log2;
+  return length * log2;
+}
+
+// Applies D (forward) or D^T (inverse) to the rows of `input` (B x in_width) into
+// `output` (B x out_width); N = max(in_width, out_width).
+template <typename T>
+void ApplyDct(OpKernelContext* context, const T* input, int64_t batch, int64_t in_width,
+              int64_t out_width, bool inverse, T* output) {
+  typedef typename Lanes<T>::Vec Vec;
+  constexpr int L = Lanes<T>::kCount;
+  const int64_t length = std::max(in_width, out_width);
+  if (length == 1) {
+    for (int64_t b = 0; b < batch; ++b) output[b] = input[b];
+    return;
+  }
+  auto plan = PlanFor<T>(length);
+  if (batch == 1) {
+    Buffer<T> row(length), work(plan->WorkSize());
+    std::copy(input, input + in_width, row.data());
+    std::fill(row.data() + in_width, row.data() + length, T(0));
+    if (inverse) plan->Dct3(row.data(), row.data(), work.data());
+    else plan->Dct2(row.data(), row.data(), work.data());
+    std::copy(row.data(), row.data() + out_width, output);
+    return;
+  }
+  const int64_t tiles = (batch + L - 1) / L;
+  RunUnits(context, tiles, DctWork(length), [&](int64_t tile) {
+    Buffer<T> data(length * L), work(plan->WorkSize() * L);
+    const int64_t b0 = tile * L, rows = std::min<int64_t>(L, batch - b0);
+    TileIn(input, in_width, b0, rows, length, data.data());
+    Vec* v = reinterpret_cast<Vec*>(data.data());
+    Vec* w = reinterpret_cast<Vec*>(work.data());
+    if (inverse) plan->Dct3(v, v, w);
+    else plan->Dct2(v, v, w);
+    TileOut(data.data(), out_width, b0, rows, 0, out_width, output);
+  });
+}
+
+// D x (forward) or D^T dy (transpose): one fast DCT per row.
+template <typename T, bool kTranspose>
+class OffsetOp : public OpKernel {
+ public:
+  explicit OffsetOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr(kTranspose ? "input_dim" : "units", &width_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    if (!CheckMatrix(context, x, kTranspose ? "dy" : "x")) return;
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({x.dim_size(0), width_}), &y));
+    if (x.dim_size(0) == 0) return;
+    ApplyDct<T>(context, x.flat<T>().data(), x.dim_size(0), x.dim_size(1), width_, kTranspose,
+                y->flat<T>().data());
+  }
+
+ private:
+  int64_t width_;
+};
+
+template <typename T>
+class MatmulOp : public OpKernel {
+ public:
+  explicit MatmulOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("units", &units_));
+    OP_REQUIRES_OK(context, context->GetAttr("with_offset", &with_offset_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    typedef typename Lanes<T>::Vec Vec;
+    constexpr int L = Lanes<T>::kCount;
+    const Tensor& x = context->input(0);
+    const Tensor& alpha = context->input(1);
+    const Tensor& values = context->input(2);
+    const Tensor& rows = context->input(3);
+    const Tensor& cols = context->input(4);
+    if (!CheckMatrix(context, x, "x") || !CheckSparse(context, values, rows, cols, true)) return;
+    OP_REQUIRES(context, alpha.NumElements() == 1,
+                Invalid("alpha must be a scalar; got shape ", alpha.shape().DebugString()));
+    const int64_t batch = x.dim_size(0), n = x.dim_size(1), m = units_;
+    const int64_t nnz = values.dim_size(0);
+    if (!CheckColumns(context, cols, m)) return;
+    Tensor* y = nullptr;
+    Tensor* offset_out = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({batch, m}), &y));
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                1, with_offset_ ? TensorShape({batch, m}) : TensorShape({0, 0}),
+                                &offset_out));
+    if (batch == 0) return;
+    const T* X = x.flat<T>().data();
+    const T* V = values.flat<T>().data();
+    const int32_t* R = rows.flat<int32_t>().data();
+    const T a = alpha.flat<T>()(0);
+    T* Y = y->flat<T>().data();
+    T* O = with_offset_ ? offset_out->flat<T>().data() : nullptr;
+    std::vector<int64_t> ptr;
+    ColumnPointers(cols.flat<int32_t>().data(), nnz, m, &ptr);
+    const int64_t length = std::max(n, m);
+    const int threads = NumThreads(context);
+    std::vector<char> bad(std::max<int64_t>(threads * 4, 64), 0);
+
+    if (batch == 1) {
+      if (with_offset_) ApplyDct<T>(context, X, 1, n, m, false, O);
+      const auto bounds = SplitColumns(ptr, threads * 4);
+      RunUnits(context, threads * 4, nnz / (threads * 4) + m / (threads * 4), [&](int64_t part) {
+        bool part_bad = false;
+        for (int64_t j = bounds[part]; j < bounds[part + 1]; ++j) {
+          T sum = RowProduct(X, V, R, n, ptr[j], ptr[j + 1], &part_bad);
+          Y[j] = O != nullptr ? sum + a * O[j] : sum;
+        }
+        bad[part] = part_bad;
+      });
+      if (std::any_of(bad.begin(), bad.end(), [](char b) { return b; })) FailBadRows(context, n);
+      return;
+    }
+
+    const int64_t tiles = (batch + L - 1) / L;
+    const int64_t chunks = tiles >= threads ? 1 : (threads + tiles - 1) / tiles;
+    const auto bounds = SplitColumns(ptr, chunks);
+    std::shared_ptr<const DctPlan<T>> plan;
+    if (with_offset_ && length > 1) plan = PlanFor<T>(length);
+    const int64_t padded = with_offset_ ? length : n;
+    // With several column chunks per tile, the tiles (and their offsets) are made once.
+    Buffer<T> shared_x, shared_offset;
+    if (chunks > 1) {
+      shared_x.Resize(tiles * padded * L);
+      if (with_offset_) shared_offset.Resize(tiles * length * L);
+    }
+    auto prepare = [&](int64_t tile, T* xt, T* offset, T* work) {
+      const int64_t b0 = tile * L, count = std::min<int64_t>(L, batch - b0);
+      TileIn(X, n, b0, count, padded, xt);
+      if (!with_offset_) return;
+      if (plan) {
+        plan->Dct2(reinterpret_cast<const Vec*>(xt), reinterpret_cast<Vec*>(offset),
+                   reinterpret_cast<Vec*>(work));
+      } else {
+        std::copy(xt, xt + L, offset);  // N = 1: D is the identity
+      }
+      TileOut(offset, m, b0, count, 0, m, O);
+    };
+    const int64_t work_size = plan ? plan->WorkSize() * L : 0;
+    if (chunks > 1) {
+      RunUnits(context, tiles, DctWork(length) + padded, [&](int64_t tile) {
+        Buffer<T> work(work_size);
+        prepare(tile, shared_x.data() + tile * padded * L,
+                with_offset_ ? shared_offset.data() + tile * length * L : nullptr, work.data());
+      });
+    }
+    const int64_t unit_work = nnz / chunks + m + (chunks > 1 ? 0 : DctWork(length) + padded);
+    RunUnits(context, tiles * chunks, unit_work, [&](int64_t unit) {
+      const int64_t tile = unit / chunks, chunk = unit % chunks;
+      const int64_t b0 = tile * L, count = std::min<int64_t>(L, batch - b0);
+      Buffer<T> xt_local, offset_local, work, yt(m * L);
+      const T* xt;
+      const T* offset = nullptr;
+      if (chunks > 1) {
+        xt = shared_x.data() + tile * padded * L;
+        if (with_offset_) offset = shared_offset.data() + tile * length * L;
+      } else {
+        xt_local.Resize(padded * L);
+        if (with_offset_) offset_local.Resize(length * L);
+        work.Resize(work_size);
+        prepare(tile, xt_local.data(), offset_local.data(), work.data());
+        xt = xt_local.data();
+        if (with_offset_) offset = offset_local.data();
+      }
+      bool unit_bad = false;
+      TileProduct(xt, V, R, n, ptr.data(), bounds[chunk], bounds[chunk + 1], offset, a, yt.data(),
+                  &unit_bad);
+      if (unit_bad) bad[unit % bad.size()] = 1;
+      TileOut(yt.data(), m, b0, count, bounds[chunk], bounds[chunk + 1], Y);
+    });
+    if (std::any_of(bad.begin(), bad.end(), [](char b) { return b; })) FailBadRows(context, n);
+  }
+
+ private:
+  int64_t units_;
+  bool with_offset_;
+};
+
+template <typename T>
+class InputGradOp : public OpKernel {
+ public:
+  explicit InputGradOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("input_dim", &input_dim_));
+    OP_REQUIRES_OK(context, context->GetAttr("with_offset", &with_offset_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    typedef typename Lanes<T>::Vec Vec;
+    constexpr int L = Lanes<T>::kCount;
+    const Tensor& dy = context->input(0);
+    const Tensor& alpha = context->input(1);
+    const Tensor& values = context->input(2);
+    const Tensor& rows = context->input(3);
+    const Tensor& cols = context->input(4);
+    if (!CheckMatrix(context, dy, "dy") || !CheckSparse(context, values, rows, cols, true)) return;
+    OP_REQUIRES(context, alpha.NumElements() == 1,
+                Invalid("alpha must be a scalar; got shape ", alpha.shape().DebugString()));
+    const int64_t batch = dy.dim_size(0), m = dy.dim_size(1), n = input_dim_;
+    const int64_t nnz = values.dim_size(0);
+    if (!CheckColumns(context, cols, m)) return;
+    Tensor* dx = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({batch, n}), &dx));
+    if (batch == 0) return;
+    const T* DY = dy.flat<T>().data();
+    const T* V = values.flat<T>().data();
+    const int32_t* R = rows.flat<int32_t>().data();
+    const T a = alpha.flat<T>()(0);
+    T* DX = dx->flat<T>().data();
+    std::vector<int64_t> ptr;
+    ColumnPointers(cols.flat<int32_t>().data(), nnz, m, &ptr);
+    const int64_t length = std::max(n, m);
+    const int threads = NumThreads(context);
+    std::vector<char> bad(std::max<int64_t>(threads * 4, 64), 0);
+
+    if (batch == 1) {
+      const int64_t parts = nnz >= (int64_t{1} << 14) ? threads : 1;
+      const auto bounds = SplitColumns(ptr, parts);
+      Buffer<T> partial(parts * n);
+      partial.Zero(parts * n);
+      RunUnits(context, parts, nnz / parts, [&](int64_t part) {
+        bool part_bad = false;
+        T* acc = partial.data() + part * n;
+        for (int64_t j = bounds[part]; j < bounds[part + 1]; ++j)
+          RowScatter(DY[j], V, R, n, ptr[j], ptr[j + 1], acc, &part_bad);
+        bad[part] = part_bad;
+      });
+      if (with_offset_) {
+        ApplyDct<T>(context, DY, 1, m, n, true, DX);
+        for (int64_t i = 0; i < n; ++i) DX[i] *= a;
+      } else {
+        std::fill(DX, DX + n, T(0));
+      }
+      for (int64_t part = 0; part < parts; ++part)
+        for (int64_t i = 0; i < n; ++i) DX[i] += partial[part * n + i];
+      if (std::any_of(bad.begin(), bad.end(), [](char b) { return b; })) FailBadRows(context, n);
+      return;
+    }
+
+    const int64_t tiles = (batch + L - 1) / L;
+    const int64_t chunks = tiles >= threads ? 1 : (threads + tiles - 1) / tiles;
+    const auto bounds = SplitColumns(ptr, chunks);
+    std::shared_ptr<const DctPlan<T>> plan;
+    if (with_offset_ && length > 1) plan = PlanFor<T>(length);
+    const int64_t padded = with_offset_ ? length : m;
+    const int64_t work_size = plan ? plan->WorkSize() * L : 0;
+    // Accumulators of the chunks of a tile; chunk 0 also holds alpha * D^T dy.
+    Buffer<T> partial(tiles * chunks * std::max(n, length) * L);
+    RunUnits(context, tiles * chunks, 2 * nnz / chunks + n + DctWork(length), [&](int64_t unit) {
+      const int64_t tile = unit / chunks, chunk = unit % chunks;
+      const int64_t b0 = tile * L, count = std::min<int64_t>(L, batch - b0);
+      Buffer<T> dyt(padded * L);
+      TileIn(DY, m, b0, count, padded, dyt.data());
+      T* acc = partial.data() + unit * std::max(n, length) * L;
+      if (chunk == 0 && with_offset_) {
+        Buffer<T> work(work_size);
+        if (plan) {
+          plan->Dct3(reinterpret_cast<const Vec*>(dyt.data()), reinterpret_cast<Vec*>(acc),
+                     reinterpret_cast<Vec*>(work.data()));
+        } else {
+          std::copy(dyt.data(), dyt.data() + L, acc);
+        }
+        for (int64_t i = 0; i < n * L; ++i) acc[i] *= a;
+      } else {
+        std::fill(acc, acc + n * L, T(0));
+      }
+      bool unit_bad = false;
+      TileTransposedProduct(dyt.data(), V, R, n, ptr.data(), bounds[chunk], bounds[chunk + 1],
+                            acc, &unit_bad);
+      if (unit_bad) bad[unit % bad.size()] = 1;
+      if (chunks == 1) TileOut(acc, n, b0, count, 0, n, DX);
+    });
+    if (chunks > 1) {
+      const int64_t stride = std::max(n, length) * L;
+      RunUnits(context, tiles, n * chunks, [&](int64_t tile) {
+        const int64_t b0 = tile * L, count = std::min<int64_t>(L, batch - b0);
+        T* total = partial.data() + tile * chunks * stride;
+        for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+          const T* part = total + chunk * stride;
+          for (int64_t i = 0; i < n * L; ++i) total[i] += part[i];
+        }
+        TileOut(total, n, b0, count, 0, n, DX);
+      });
+    }
+    if (std::any_of(bad.begin(), bad.end(), [](char b) { return b; })) FailBadRows(context, n);
+  }
+
+ private:
+  int64_t input_dim_;
+  bool with_offset_;
+};
+
+template <typename T>
+class ValueGradOp : public OpKernel {
+ public:
+  explicit ValueGradOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    constexpr int L = Lanes<T>::kCount;
+    const Tensor& x = context->input(0);
+    const Tensor& dy = context->input(1);
+    const Tensor& rows = context->input(2);
+    const Tensor& cols = context->input(3);
+    if (!CheckMatrix(context, x, "x") || !CheckMatrix(context, dy, "dy") ||
+        !CheckSparse(context, rows, rows, cols, false))
+      return;
+    OP_REQUIRES(context, x.dim_size(0) == dy.dim_size(0),
+                Invalid("x and dy must have the same number of rows; got ",
+                                x.dim_size(0), " and ", dy.dim_size(0)));
+    const int64_t batch = x.dim_size(0), n = x.dim_size(1), m = dy.dim_size(1);
+    const int64_t nnz = rows.dim_size(0);
+    if (!CheckColumns(context, cols, m)) return;
+    Tensor* dv = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({nnz}), &dv));
+    T* DV = dv->flat<T>().data();
+    if (batch == 0) {
+      std::fill(DV, DV + nnz, T(0));
+      return;
+    }
+    const T* X = x.flat<T>().data();
+    const T* DY = dy.flat<T>().data();
+    const int32_t* R = rows.flat<int32_t>().data();
+    std::vector<int64_t> ptr;
+    ColumnPointers(cols.flat<int32_t>().data(), nnz, m, &ptr);
+    const int threads = NumThreads(context);
+    const int64_t parts = threads * 4;
+    const auto bounds = SplitColumns(ptr, parts);
+    std::vector<char> bad(parts, 0);
+    if (batch == 1) {
+      RunUnits(context, parts, nnz / parts, [&](int64_t part) {
+        bool part_bad = false;
+        for (int64_t j = bounds[part]; j < bounds[part + 1]; ++j)
+          RowSampled(X, DY[j], R, n, ptr[j], ptr[j + 1], DV, &part_bad);
+        bad[part] = part_bad;
+      });
+    } else {
+      // x^T and dy^T with rows padded to a multiple of the lanes, then one dot per nonzero.
+      const int64_t width = (batch + L - 1) / L * L;
+      Buffer<T> xt(n * width), dyt(m * width);
+      const int64_t tiles = width / L;
+      const int64_t movers = std::min<int64_t>(tiles, threads);
+      RunUnits(context, movers, (n + m) * tiles / movers, [&](int64_t part) {
+        Buffer<T> tile(std::max(n, m) * L);
+        for (int64_t t = part; t < tiles; t += movers) {
+          const int64_t b0 = t * L, count = std::min<int64_t>(L, batch - b0);
+          TileIn(X, n, b0, count, n, tile.data());
+          for (int64_t i = 0; i < n; ++i)
+            std::copy(tile.data() + i * L, tile.data() + (i + 1) * L, xt.data() + i * width + b0);
+          TileIn(DY, m, b0, count, m, tile.data());
+          for (int64_t j = 0; j < m; ++j)
+            std::copy(tile.data() + j * L, tile.data() + (j + 1) * L, dyt.data() + j * width + b0);
+        }
+      });
+      RunUnits(context, parts, nnz * tiles / parts, [&](int64_t part) {
+        bool part_bad = false;
+        SampledDot(xt.data(), dyt.data(), width, R, n, ptr.data(), bounds[part], bounds[part + 1],
+                   DV, &part_bad);
+        bad[part] = part_bad;
+      });
+    }
+    if (std::any_of(bad.begin(), bad.end(), [](char b) { return b; })) FailBadRows(context, n);
+  }
+};
+
+#define REGISTER_DCTSPARSE_KERNELS(T)                                                   \
+  REGISTER_KERNEL_BUILDER(                                                              \
+      Name("DctSparseOffset").Device(DEVICE_CPU).TypeConstraint<T>("T"), OffsetOp<T, false>); \
+  REGISTER_KERNEL_BUILDER(Name("DctSparseOffsetTranspose").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          OffsetOp<T, true>);                                        \
+  REGISTER_KERNEL_BUILDER(Name("DctSparseMatmul").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          MatmulOp<T>);                                                 \
+  REGISTER_KERNEL_BUILDER(                                                              \
+      Name("DctSparseMatmulInputGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),      \
+      InputGradOp<T>);                                                                  \
+  REGISTER_KERNEL_BUILDER(                                                              \
+      Name("DctSparseMatmulValueGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),      \
+      ValueGradOp<T>);
+
+REGISTER_DCTSPARSE_KERNELS(float)
+REGISTER_DCTSPARSE_KERNELS(double)
+
+}  // namespace
+}  // namespace dctsparse

@@ -1,0 +1,96 @@
+// Copyright 2026 The keras_dctsparse Authors. Apache License 2.0.
+//
+// Lane vectors: 64 bytes of float32 (16 lanes) or float64 (8 lanes) as GCC/Clang
+// vector extensions. Arithmetic on them is element-wise and a scalar operand is
+// broadcast, so the same template code runs on one row (T) or on a tile of rows
+// (Lanes<T>::Vec), one row per lane. The compiler lowers them to AVX-512, AVX2
+// pairs or SSE quadruples, whatever the target has.
+#ifndef KERAS_DCTSPARSE_NATIVE_LANES_H_
+#define KERAS_DCTSPARSE_NATIVE_LANES_H_
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace dctsparse {
+
+template <typename T>
+struct Lanes;
+
+template <>
+struct Lanes<float> {
+  typedef float Vec __attribute__((vector_size(64)));
+  static constexpr int kCount = 16;
+};
+
+template <>
+struct Lanes<double> {
+  typedef double Vec __attribute__((vector_size(64)));
+  static constexpr int kCount = 8;
+};
+
+// Unaligned load / store of one lane vector.
+template <typename V>
+inline V LoadVec(const void* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V>
+inline void StoreVec(void* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+// Horizontal sum of a lane vector (or the scalar itself).
+template <typename T>
+inline T SumLanes(T v) {
+  return v;
+}
+inline float SumLanes(Lanes<float>::Vec v) {
+  float s = 0.f;
+  for (int i = 0; i < Lanes<float>::kCount; ++i) s += v[i];
+  return s;
+}
+inline double SumLanes(Lanes<double>::Vec v) {
+  double s = 0.0;
+  for (int i = 0; i < Lanes<double>::kCount; ++i) s += v[i];
+  return s;
+}
+
+// A zero-initialized buffer aligned to 64 bytes (scratch of the kernels).
+template <typename T>
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(std::size_t count) { Resize(count); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { std::free(data_); }
+
+  // Makes room for `count` elements (contents undefined after growth).
+  void Resize(std::size_t count) {
+    if (count <= capacity_) return;
+    std::free(data_);
+    data_ = nullptr;
+    std::size_t bytes = ((count * sizeof(T) + 63) / 64) * 64;
+    if (bytes == 0) bytes = 64;
+    void* p = nullptr;
+    if (posix_memalign(&p, 64, bytes) != 0) throw std::bad_alloc();
+    data_ = static_cast<T*>(p);
+    capacity_ = count;
+  }
+  void Zero(std::size_t count) { std::memset(data_, 0, count * sizeof(T)); }
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  T& operator[](std::size_t i) { return data_[i]; }
+
+ private:
+  T* data_ = nullptr;
+  std::size_t capacity_ = 0;
+};
+
+}  // namespace dctsparse
+
+#endif  // KERAS_DCTSPARSE_NATIVE_LANES_H_
