@@ -1,6 +1,13 @@
 """Which kernel computes `alpha * D x + x @ S` for a dense layer: a pure cost rule.
 
-Three kernels exist (see `keras_dctsparse.ops.sparse_matmul`):
+Four kernels exist (see `keras_dctsparse.ops.sparse_matmul`):
+
+- `"native"`: the compiled CPU ops of `keras_dctsparse.native` (the fast DCT
+  and the sparse products over tiles of 16 batch rows, hand-vectorized). Work
+  proportional to `ceil(batch / 16) * nnz` plus the DCT. Only where native ops
+  may run (`keras_dctsparse.native.policy`); when they may, it replaces the
+  CSR and gather kernels (the same products, faster) and competes with the
+  materialized kernel, which wins at high density.
 
 - `"csr"`: TensorFlow's CSR sparse-matrix product plus the fast DCT. Work
   proportional to `batch * nnz`, but a fixed price per step (the CSR matrix is
@@ -45,11 +52,13 @@ __all__ = [
     "materialized_allowed",
     "use_sampled_value_gradient",
     "product_form",
+    "NATIVE_TILE_ROWS",
     "estimated_step_costs",
+    "native_work",
     "choose_kernel",
 ]
 
-KERNELS = ("csr", "gather", "materialized")
+KERNELS = ("csr", "gather", "materialized", "native")
 
 # Largest n * m the materialized kernel may build: 2**24 elements (64 MiB in
 # float32), a few such tensors live during a training step.
@@ -90,7 +99,17 @@ _US_PER_CSR_BUILD = 8e-3  # building the CSR matrix, per nonzero, per step
 _US_PER_CSR_ROW = 2e-3  # CSR path: transposes of x and dy, per example and n + m
 _US_PER_GATHER = 2.5e-3  # gather kernel, per nonzero and example
 _US_PER_FFT_POINT = 0.12e-3  # fast DCT (Makhoul, XLA), per point and example (times log2 N)
-_US_FIXED = {"csr": 350.0, "gather": 200.0, "materialized": 0.0}
+_US_FIXED = {"csr": 350.0, "gather": 200.0, "materialized": 0.0, "native": 40.0}
+# Native kernel, forward + input gradient + value gradient, per nonzero: at batch 1, and
+# per tile of 16 rows (`benchmarks/dense_layer.py --kinds native`, train step less the
+# step's fixed overhead: 1024 x 1024 at 30%, batch 256, 1.6 ns per nonzero and tile).
+_US_PER_NATIVE_NONZERO = 2.5e-3
+_US_PER_NATIVE_TILE_NONZERO = 1.7e-3
+# Native DCT-II + DCT-III, per point and log2(N): one row at batch 1, a tile of 16 rows
+# above (4096 points at batch 256: 0.98 ms for the 16 tiles of one transform).
+_US_PER_NATIVE_FFT_POINT = {"row": 0.6e-3, "tile": 1.25e-3}
+#: Rows of a native tile (float32 lanes of a 64-byte vector).
+NATIVE_TILE_ROWS = 16
 _US_FFT_FIXED = 60.0  # launching the fast DCT's XLA clusters (forward + gradient)
 # Below this n * m, x @ K^T with oneDNN's transpose_b costs no more than
 # transposing the activations around K^T x^T (measured: 256 x 256).
@@ -229,7 +248,7 @@ def use_sampled_value_gradient(input_dim, units, nnz):
     return size > SAMPLED_GRADIENT_MIN_ELEMENTS and nnz < SAMPLED_GRADIENT_MAX_DENSITY * size
 
 
-def estimated_step_costs(input_dim, units, nnz, batch, dtype="float32"):
+def estimated_step_costs(input_dim, units, nnz, batch, dtype="float32", native=False):
     """Estimated microseconds of one training step (forward + all gradients) per kernel.
 
     Args:
@@ -238,11 +257,12 @@ def estimated_step_costs(input_dim, units, nnz, batch, dtype="float32"):
         nnz: Number of nonzeros of `S`.
         batch: Number of rows of the input (Python int >= 1).
         dtype: `"float32"` or `"float64"` (float64 roughly doubles the work).
+        native: Whether the native kernel may run (else it is absent).
 
     Returns:
         dict `kernel -> microseconds` for the kernels of `KERNELS` that are
         allowed (`"materialized"` is absent when `n * m` exceeds
-        `MAX_MATERIALIZED_ELEMENTS`).
+        `MAX_MATERIALIZED_ELEMENTS`, `"native"` unless `native`).
 
     Example:
 
@@ -271,7 +291,8 @@ def estimated_step_costs(input_dim, units, nnz, batch, dtype="float32"):
             value_gradient = 2 * batch * nnz * _US_PER_GATHER
         else:
             value_gradient = mac + nnz * _US_PER_DENSE_ENTRY
-        build = (size + nnz) * _US_PER_DENSE_ENTRY  # zeros + scatter
+        # zeros + scatter; at full density the values are S^T already (a reshape).
+        build = 0.0 if nnz >= size else (size + nnz) * _US_PER_DENSE_ENTRY
         offset = min(
             size * _US_PER_DENSE_ENTRY if block_is_folded(n, m, dtype) else math.inf,
             _fft_cost(n, m, batch),
@@ -279,10 +300,30 @@ def estimated_step_costs(input_dim, units, nnz, batch, dtype="float32"):
         costs["materialized"] = _US_FIXED["materialized"] + scale * (
             build + 2 * mac + value_gradient + offset
         )
+    if native:
+        costs["native"] = _US_FIXED["native"] + scale * native_work(n, m, nnz, batch)
     return costs
 
 
-def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False):
+def native_work(input_dim, units, nnz, batch):
+    """Estimated microseconds of the native kernel's products and DCTs in one training step.
+
+    Example:
+
+    >>> round(native_work(1024, 1024, 314573, 256))
+    8966
+    """
+    length = max(int(input_dim), int(units))
+    log = max(1.0, math.log2(length))
+    if int(batch) <= 1:
+        return nnz * _US_PER_NATIVE_NONZERO + 2 * length * log * _US_PER_NATIVE_FFT_POINT["row"]
+    tiles = math.ceil(int(batch) / NATIVE_TILE_ROWS)
+    return tiles * (
+        nnz * _US_PER_NATIVE_TILE_NONZERO + 2 * length * log * _US_PER_NATIVE_FFT_POINT["tile"]
+    )
+
+
+def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False, native=False):
     """The cheapest kernel for a dense DCTpS layer, by `estimated_step_costs`.
 
     Args:
@@ -292,8 +333,11 @@ def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False)
         batch: Rows of the input, or None when unknown at trace time
             (`ASSUMED_BATCH` is used then).
         dtype: Float dtype the kernel runs in.
-        xla: True when the call is being compiled by XLA: `"csr"` (which has
-            no XLA kernel) is then never chosen.
+        xla: True when the call is being compiled by XLA: `"csr"` and `"native"`
+            (which have no XLA kernel) are then never chosen.
+        native: Whether the native kernel may run here. When it may, it is
+            chosen against the materialized kernel only (it computes what the
+            CSR and gather kernels compute, faster).
 
     Returns:
         One of `KERNELS`.
@@ -306,8 +350,12 @@ def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False)
     'materialized'
     """
     costs = estimated_step_costs(
-        input_dim, units, nnz, ASSUMED_BATCH if batch is None else batch, dtype
+        input_dim, units, nnz, ASSUMED_BATCH if batch is None else batch, dtype, native=native
     )
     if xla:
         costs.pop("csr")
+        costs.pop("native", None)
+    elif "native" in costs:
+        costs.pop("csr")
+        costs.pop("gather")
     return min(costs, key=costs.get)

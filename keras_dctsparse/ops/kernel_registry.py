@@ -14,7 +14,8 @@ backends it runs on and whether XLA can compile it; each backend registers how i
 arguments are converted and how `"auto"` picks a kernel (`register_backend`):
 
 - `keras_dctsparse.ops.sparse_matmul` (TensorFlow): `"csr"` (no XLA kernel),
-  `"gather"`, `"materialized"`; `"auto"` is `kernel_choice.choose_kernel`.
+  `"gather"`, `"materialized"`, `"native"` (the compiled ops of
+  `keras_dctsparse.native`; no XLA kernel); `"auto"` is `kernel_choice.choose_kernel`.
 - `keras_dctsparse.ops.keras_ops` (JAX, PyTorch and the other backends): `"gather"`
   (on PyTorch its own `torch.sparse.mm`), `"materialized"`.
 
@@ -203,7 +204,7 @@ def kernel_names(backend=None):
     Example:
 
     >>> kernel_names("tensorflow")
-    ('csr', 'gather', 'materialized')
+    ('csr', 'gather', 'materialized', 'native')
     """
     backend = _current_backend(backend)
     _ensure(backend)

@@ -45,8 +45,11 @@ import tensorflow as tf
 # (an inner `tf.function(jit_compile=True)`); "auto" must not pick CSR there.
 from tensorflow.python.ops import control_flow_util
 
+from keras_dctsparse.native import library as native_library
+from keras_dctsparse.native import policy as native_policy
 from keras_dctsparse.ops import kernel_choice
 from keras_dctsparse.ops import kernel_registry
+from keras_dctsparse.ops import native_matmul
 from keras_dctsparse.ops.conv_offset import dct_block
 from keras_dctsparse.ops.sparse_conv import scatter_dense
 from keras_dctsparse.ops.transforms import dct_offset
@@ -332,11 +335,51 @@ kernel_registry.register_kernel(kernel_registry.SparseKernel(
     description="gather + segment sum, fused with the DCT in one XLA cluster (forward, "
     "input gradient, weight gradients)",
 ))
+def native_allowed(dtype=tf.float32):
+    """Whether a kernel created now may be native (`keras_dctsparse.native.policy`).
+
+    True when the policy allows native ops in the current graph (or eagerly), the
+    dtype is float32 or float64 and the library is built (it is built here on
+    first use; if it cannot be, a warning says why and the answer is False).
+    """
+    return (
+        tf.as_dtype(dtype) in (tf.float32, tf.float64)
+        and native_policy.allowed_here()
+        and native_library.available()
+    )
+
+
+def _stock_kernel(x, units, nnz):
+    """The stock TensorFlow kernel `"auto"` would run for `x` without the native one."""
+    name = resolve_kernel("auto", x.shape[1], units, nnz, x.shape[0], x.dtype.name, native=False)
+    return kernel_registry.get_kernel(name, "tensorflow")
+
+
+def _native_or_stock_matmul(x, values, rows, cols, units):
+    if native_allowed(x.dtype):
+        return native_matmul.native_matmul(x, values, rows, cols, units)
+    return _stock_kernel(x, units, values.shape[0]).matmul(x, values, rows, cols, units)
+
+
+def _native_or_stock_offset(x, alpha, values, rows, cols, units):
+    if native_allowed(x.dtype):
+        return native_matmul.native_offset_matmul(x, alpha, values, rows, cols, units)
+    kernel = _stock_kernel(x, units, values.shape[0])
+    return kernel.offset_matmul(x, alpha, values, rows, cols, units)
+
+
 kernel_registry.register_kernel(kernel_registry.SparseKernel(
     "materialized", ("tensorflow",), xla_safe=True, matmul=_materialized_matmul,
     offset_matmul=_offset_materialized, shape_allowed=kernel_choice.materialized_allowed,
     shape_limit="n * m <= kernel_choice.MAX_MATERIALIZED_ELEMENTS",
     description="S (and a folded DCT block) scattered into a dense kernel, dense matmuls",
+))
+kernel_registry.register_kernel(kernel_registry.SparseKernel(
+    "native", ("tensorflow",), xla_safe=False, matmul=_native_or_stock_matmul,
+    offset_matmul=_native_or_stock_offset,
+    description="the compiled CPU ops of keras_dctsparse.native (fast DCT and sparse "
+    "products over tiles of batch rows); where native ops may not run (a graph traced for "
+    "export, XLA), the stock kernel 'auto' would pick",
 ))
 # "auto" never picks CSR inside an XLA compilation (`resolve_kernel`).
 kernel_registry.register_backend(
@@ -350,7 +393,7 @@ XLA_KERNELS = ("auto",) + tuple(
 )
 
 
-def resolve_kernel(kernel, input_dim, units, nnz, batch=None, dtype="float32"):
+def resolve_kernel(kernel, input_dim, units, nnz, batch=None, dtype="float32", native=None):
     """The concrete kernel a call runs: `kernel` itself, or the choice for `"auto"`.
 
     Args:
@@ -360,10 +403,12 @@ def resolve_kernel(kernel, input_dim, units, nnz, batch=None, dtype="float32"):
         nnz: Number of nonzeros.
         batch: Static number of rows of the input, or None.
         dtype: Float dtype of the computation.
+        native: Whether `"auto"` may choose the native kernel; None: whether it may
+            run here (`native_allowed`).
 
     Returns:
         One of `kernel_choice.KERNELS`. Inside an XLA compilation, `"auto"`
-        never returns `"csr"`.
+        never returns `"csr"` or `"native"`.
 
     Raises:
         ValueError: for an unknown `kernel`.
@@ -376,8 +421,10 @@ def resolve_kernel(kernel, input_dim, units, nnz, batch=None, dtype="float32"):
     if kernel != "auto":
         return kernel_registry.get_kernel(kernel, "tensorflow").name
     xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    if native is None:
+        native = native_allowed(dtype)
     return kernel_choice.choose_kernel(
-        input_dim, units, nnz, batch=batch, dtype=dtype, xla=xla
+        input_dim, units, nnz, batch=batch, dtype=dtype, xla=xla, native=native and not xla
     )
 
 

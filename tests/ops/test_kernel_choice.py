@@ -11,9 +11,10 @@ def test_materialized_bound_is_on_n_times_m():
 
 @pytest.mark.parametrize("batch", [1, 32, 256, None])
 def test_huge_layers_never_materialize(batch):
-    costs = kc.estimated_step_costs(100_000, 100_000, 10_000, batch or 1)
+    costs = kc.estimated_step_costs(100_000, 100_000, 10_000, batch or 1, native=True)
     assert "materialized" not in costs
     assert kc.choose_kernel(100_000, 100_000, 10_000, batch) in ("csr", "gather")
+    assert kc.choose_kernel(100_000, 100_000, 10_000, batch, native=True) == "native"
 
 
 def test_block_folding_bound_counts_bytes():
@@ -35,17 +36,45 @@ def test_sampled_value_gradient_only_at_low_density():
 
 def test_costs_grow_with_batch_and_nnz():
     for kernel in kc.KERNELS:
-        small = kc.estimated_step_costs(1024, 1024, 10_000, 1)[kernel]
-        assert kc.estimated_step_costs(1024, 1024, 10_000, 256)[kernel] > small
-        assert kc.estimated_step_costs(1024, 1024, 100_000, 1)[kernel] > small
+        small = kc.estimated_step_costs(1024, 1024, 10_000, 1, native=True)[kernel]
+        assert kc.estimated_step_costs(1024, 1024, 10_000, 256, native=True)[kernel] > small
+        assert kc.estimated_step_costs(1024, 1024, 100_000, 1, native=True)[kernel] > small
 
 
 def test_float64_costs_more():
     for kernel in kc.KERNELS:
         assert (
-            kc.estimated_step_costs(512, 512, 5000, 32, "float64")[kernel]
-            > kc.estimated_step_costs(512, 512, 5000, 32, "float32")[kernel]
+            kc.estimated_step_costs(512, 512, 5000, 32, "float64", native=True)[kernel]
+            > kc.estimated_step_costs(512, 512, 5000, 32, "float32", native=True)[kernel]
         )
+
+
+def test_native_is_priced_only_where_it_may_run():
+    assert "native" not in kc.estimated_step_costs(1024, 1024, 10_000, 32)
+    assert "native" in kc.estimated_step_costs(1024, 1024, 10_000, 32, native=True)
+
+
+def test_native_work_counts_tiles_of_rows():
+    one_tile = kc.native_work(1024, 1024, 10_000, kc.NATIVE_TILE_ROWS)
+    assert kc.native_work(1024, 1024, 10_000, 2) == one_tile
+    assert kc.native_work(1024, 1024, 10_000, kc.NATIVE_TILE_ROWS + 1) == 2 * one_tile
+    assert kc.native_work(1024, 1024, 10_000, 1) < one_tile
+
+
+@pytest.mark.parametrize("batch", [1, 32, 256, None])
+def test_with_native_allowed_it_replaces_csr_and_gather(batch):
+    for shape in [(4096, 4096, 16_777), (1024, 1024, 10_000), (100_000, 100_000, 10_000)]:
+        assert kc.choose_kernel(*shape, batch, native=True) == "native"
+
+
+def test_with_native_allowed_full_density_stays_materialized():
+    # At density 1 the values are S^T (a reshape): a dense matmul beats any product.
+    for batch in (1, 32, 256):
+        assert kc.choose_kernel(1024, 1024, 1024 * 1024, batch, native=True) == "materialized"
+
+
+def test_xla_excludes_native():
+    assert kc.choose_kernel(4096, 4096, 16_777, 256, xla=True, native=True) != "native"
 
 
 def test_choice_is_the_cheapest_estimate():

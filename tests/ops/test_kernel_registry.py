@@ -66,13 +66,15 @@ def test_every_registered_kernel_matches_numpy(backend, name, with_offset, batch
 
 
 def test_tensorflow_kernels_and_their_xla_safety():
-    assert registry.kernel_names("tensorflow") == ("csr", "gather", "materialized")
-    assert [registry.get_kernel(k, "tensorflow").xla_safe
-            for k in ("csr", "gather", "materialized")] == [False, True, True]
+    names = ("csr", "gather", "materialized", "native")
+    assert registry.kernel_names("tensorflow") == names
+    assert [registry.get_kernel(k, "tensorflow").xla_safe for k in names] == [
+        False, True, True, False
+    ]
     assert registry.is_xla_safe("auto", "tensorflow")
     # The public constants of the TF module follow the registry.
     assert sm.XLA_KERNELS == ("auto", "gather", "materialized")
-    assert sm.SPARSE_KERNELS == ("auto", "csr", "gather", "materialized")
+    assert sm.SPARSE_KERNELS == ("auto", "csr", "gather", "materialized", "native")
 
 
 def test_generic_kernels_cover_the_other_backends():
@@ -90,7 +92,7 @@ def test_unknown_kernel_names_argument_value_and_allowed_names():
         registry.get_kernel("dense", "tensorflow", argument="sparse_kernel")
     message = str(error.value)
     assert "`sparse_kernel`" in message and "sparse_kernel='dense'" in message
-    assert "('auto', 'csr', 'gather', 'materialized')" in message
+    assert "('auto', 'csr', 'gather', 'materialized', 'native')" in message
     assert "needs the" not in message  # no backend has a kernel "dense"
 
 

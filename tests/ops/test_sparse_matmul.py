@@ -204,22 +204,26 @@ def test_auto_matches_numpy_on_both_sides_of_its_thresholds(case, batch_side):
     assert_matches_reference(actual, expected, magnitudes, 2e-5, chosen)
 
 
+SWITCHING_CASES = [
+    (4096, 4096, 16777, 1),
+    (300, 200, 60, 256),
+    (4096, 4096, 16777, 256),
+    (256, 256, 65536, 32),
+]
+
+
 def test_auto_switches_kernels_across_shapes_and_batches():
-    chosen = {
-        sm.resolve_kernel("auto", n, m, nnz, batch)
-        for n, m, nnz, batch in [
-            (4096, 4096, 16777, 1),
-            (300, 200, 60, 256),
-            (4096, 4096, 16777, 256),
-            (256, 256, 65536, 32),
-        ]
-    }
+    chosen = {sm.resolve_kernel("auto", *case, native=False) for case in SWITCHING_CASES}
     assert chosen == {"csr", "gather", "materialized"}
+    # Where native ops may run they replace CSR and gather; full density stays dense.
+    chosen = {sm.resolve_kernel("auto", *case, native=True) for case in SWITCHING_CASES}
+    assert chosen == {"native", "materialized"}
 
 
-def test_auto_never_picks_csr_under_xla():
+def test_auto_never_picks_csr_or_native_under_xla():
     n, m, nnz = 4096, 4096, 16777
-    assert sm.resolve_kernel("auto", n, m, nnz, 256) == "csr"
+    assert sm.resolve_kernel("auto", n, m, nnz, 256, native=False) == "csr"
+    assert sm.resolve_kernel("auto", n, m, nnz, 256, native=True) == "native"
     seen = []
 
     @tf.function(jit_compile=True)
@@ -228,7 +232,7 @@ def test_auto_never_picks_csr_under_xla():
         return x
 
     compiled(tf.ones(1))
-    assert seen and "csr" not in seen
+    assert seen and not {"csr", "native"} & set(seen)
 
 
 def test_auto_with_unknown_batch_is_one_static_choice():
