@@ -67,11 +67,26 @@ def markdown_table(header, rows):
     return "\n".join(lines)
 
 
+def keras_step(function):
+    """`function` as Keras runs a `fit` / `predict` step: a `tf.function` whose body runs
+    in `tf.distribute.get_strategy().run` (the replica context in which
+    `keras_dctsparse.native.policy` lets the layers use the native kernels).
+    """
+    import tensorflow as tf
+
+    @tf.function
+    def step():
+        return tf.distribute.get_strategy().run(function)
+
+    return step
+
+
 def layer_step_functions(layer, x, dy):
-    """`(forward, train_step)` tf.functions of one built layer on the input `x`.
+    """`(forward, train_step)` step functions of one built layer on the input `x`.
 
     The train step computes the input gradient (every layer but a network's first
     needs it) and applies SGD to the layer's weights, with `dy` as the output gradient.
+    Both run as Keras runs `predict` and `fit` steps (`keras_step`).
     """
     import keras
     import tensorflow as tf
@@ -79,11 +94,9 @@ def layer_step_functions(layer, x, dy):
     optimizer = keras.optimizers.SGD(1e-6)
     optimizer.build(layer.trainable_weights)
 
-    @tf.function
     def forward():
         return layer(x)
 
-    @tf.function
     def train_step():
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -92,4 +105,4 @@ def layer_step_functions(layer, x, dy):
         optimizer.apply(grads[1:], layer.trainable_weights)
         return grads[0]
 
-    return forward, train_step
+    return keras_step(forward), keras_step(train_step)

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import interleaved_ms  # noqa: E402
+from common import keras_step  # noqa: E402
 from common import layer_step_functions  # noqa: E402
 from common import markdown_table  # noqa: E402
 from keras_dctsparse import DCTSparseDense  # noqa: E402
@@ -37,7 +38,7 @@ from keras_dctsparse.ops import kernel_choice  # noqa: E402
 from keras_dctsparse.ops.sparse_matmul import resolve_kernel  # noqa: E402
 from keras_dctsparse.ops.support import num_nonzeros  # noqa: E402
 
-KINDS = ("auto", "csr", "gather", "materialized", "masked")
+KINDS = ("auto", "csr", "gather", "materialized", "native", "masked")
 # Skip a kernel when its sparse work (batch * nnz element operations) exceeds this.
 MAX_GATHER_WORK = 3e8
 
@@ -127,11 +128,9 @@ def mlp_steps(density, dense, batch):
     y = tf.constant(np.random.default_rng(2).integers(0, 10, batch))
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    @tf.function
     def forward():
         return model(x)
 
-    @tf.function
     def train_step():
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))
@@ -139,7 +138,7 @@ def mlp_steps(density, dense, batch):
         optimizer.apply(grads, model.trainable_weights)
         return loss
 
-    return forward, train_step
+    return keras_step(forward), keras_step(train_step)
 
 
 def mlp_rows(densities, batch, repeats):

@@ -16,11 +16,13 @@ import time
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from keras_dctsparse import training
 from keras_dctsparse.experiments import cli, common, data
 from keras_dctsparse.experiments import train as train_command
+from keras_dctsparse.native import policy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "multi_worker_cli.py")
@@ -44,7 +46,8 @@ def start_workers(command, tmp_path, ports, env=None, tag="run"):
     processes = []
     for index in range(len(ports)):
         tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
-        worker_env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), **(env or {}))
+        worker_env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), **STOCK_KERNELS,
+                          **(env or {}))
         log = open(tmp_path / f"{tag}-worker{index}.log", "w")
         processes.append(
             subprocess.Popen(command, env=worker_env, stdout=log, stderr=subprocess.STDOUT)
@@ -90,6 +93,22 @@ def train_argv(out, epochs=3):
         "--schedule", "constant",  # the single-process check below runs 1 of 3 epochs
         "--seed", "0", "--verbose", "2", "--out", str(out),
     ]
+
+
+# The comparison with one process below is exact to rounding, so both runs must compute
+# with the same kernels. With "auto", a worker's replica (batch 32) and the one process
+# (batch 64) can choose different kernels, whose rounding differs; on the digits images
+# some DCT coefficients are exactly zero in exact arithmetic, so their ReLU gradient then
+# flips between 0 and 1 and Adam carries the difference through training (measured: one
+# fc1 unit, pre-activation 4e-9). The native kernels stay off in both runs here; their
+# training under a tf.distribute replica context is tested in tests/native/test_policy.py.
+STOCK_KERNELS = {"KERAS_DCTSPARSE_NATIVE_KERNELS": "never"}
+
+
+@pytest.fixture(autouse=True)
+def _stock_kernels_in_this_process():
+    with policy.native_kernels(STOCK_KERNELS["KERAS_DCTSPARSE_NATIVE_KERNELS"]):
+        yield
 
 
 def reference_losses(argv):
