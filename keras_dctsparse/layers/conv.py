@@ -22,8 +22,15 @@ How `S` is applied (`sparse_kernel`) and how the offset is applied (`offset_meth
   backward), and the offset separately: `offset_method="auto"` then means
   `conv_offset(method="auto")` (the factored `"matmul"` variant for ungrouped 3x3-like
   kernels, else `"direct"`). Pays at low density: `alpha * conv_offset(x) + sparse_conv(x, S)`.
-- `sparse_kernel="auto"` (default): `choose_conv_plan` picks one of the two from a cost
-  model (kernel size, channels, groups, nnz, output pixels), when the layer is traced.
+- `sparse_kernel="native"`: the compiled ops of `keras_dctsparse.ops.native_conv`: the
+  factored offset (`uv = x @ [cos | sin]` by TensorFlow's matmul, then the depthwise DCT
+  taps) and `S` in `nnz` multiply-adds per output pixel, in one native op per direction.
+  Only where native ops may run (`keras_dctsparse.native.policy`: Keras's `fit`/`predict`
+  steps, eager calls; never in graphs traced for export, never under XLA), for one group
+  and 1-D or 2-D inputs; elsewhere the layer runs the stock plan `"auto"` would pick.
+- `sparse_kernel="auto"` (default): `choose_conv_plan` picks one of these from a cost
+  model (kernel size, channels, groups, nnz, output pixels, where native ops may run),
+  when the layer is traced.
 - `offset_method="direct"`, `"matmul"`, `"fft"` force that variant of
   `keras_dctsparse.ops.conv_offset` for a separately computed offset (factored variants
   need `groups=1`; depthwise layers support `"fused"`/`"direct"` only and always apply
@@ -59,6 +66,10 @@ __all__ = [
     "FACTORED_OVERHEAD",
     "SPARSE_PATH_MAX",
     "SPARSE_MIN_MACS",
+    "NATIVE_OFFSET_FACTOR",
+    "NATIVE_PER_DENSITY",
+    "NATIVE_PER_MEMORY",
+    "native_conv_cost",
     "choose_conv_plan",
     "DCTSparseConv2D",
     "DCTSparseConv1D",
@@ -69,10 +80,12 @@ if TENSORFLOW:
     import tensorflow as tf
 
     from keras_dctsparse.ops import conv_offset as conv_ops
+    from keras_dctsparse.ops import native_conv as native_conv_ops
     from keras_dctsparse.ops import sparse_conv as sparse_conv_ops
+    from keras_dctsparse.ops import sparse_matmul
 
 OFFSET_METHODS = ("auto", "fused", "direct", "matmul", "fft")
-CONV_SPARSE_KERNELS = ("auto", "dense", "sparse")
+CONV_SPARSE_KERNELS = ("auto", "dense", "sparse", "native")
 DATA_FORMATS = ("channels_last", "channels_first")
 
 # Cost model of `choose_conv_plan`, in units of one dense convolution of the same shape,
@@ -93,6 +106,17 @@ SPARSE_PATH_MAX = 0.95
 # still wins at batch 1 on 2x2x512 (1.27x vs fused 2.12x Conv2D) and 8x8x256 (1.09x vs
 # 1.61x), not on 16x16x64 (1.36x vs 1.20x).
 SPARSE_MIN_MACS = 4_000_000
+# Native path (`sparse_kernel="native"`), in units of a dense conv's train step: the
+# factored offset's multiply-adds (cos/sin product and taps) at NATIVE_OFFSET_FACTOR times
+# their share, S at NATIVE_PER_DENSITY times the density, and per output pixel the memory
+# passes over about c_in + 5 * filters values (the uv product written and read, y, the
+# offset kept for alpha's gradient, the input panel) at NATIVE_PER_MEMORY times their share
+# of the dense multiply-adds. Fitted to `benchmarks/conv_layer.py --kinds native` train
+# steps, 3x3 "same", batch 32: 16x16x128 at 0.1% / 1% / 10% / 30%: 0.51 / 0.60 / 1.3 / 2.7;
+# 8x8x512 at 0.1% / 1%: 0.34 / 0.50; 32x32x64 at 1%: 0.84.
+NATIVE_OFFSET_FACTOR = 1.9
+NATIVE_PER_DENSITY = 7.0
+NATIVE_PER_MEMORY = 20.0
 
 
 def conv_output_shape(
@@ -149,6 +173,23 @@ def conv_output_shape(
     return (input_shape[0], filters, *out)
 
 
+def native_conv_cost(kernel_size, in_channels, filters, nnz, offset="dct"):
+    """Estimated train step of the native path, in units of the dense conv's (see constants).
+
+    Example:
+
+    >>> round(native_conv_cost((3, 3), 128, 128, 147), 2)
+    0.56
+    """
+    taps = math.prod(kernel_size)
+    size = taps * in_channels * filters
+    cost = NATIVE_PER_DENSITY * nnz / size
+    cost += NATIVE_PER_MEMORY * (in_channels + 5 * filters) / size
+    if offset == "dct":
+        cost += NATIVE_OFFSET_FACTOR * (2 * in_channels * filters + 2 * taps * filters) / size
+    return cost
+
+
 def choose_conv_plan(
     kernel_size,
     in_channels,
@@ -160,23 +201,28 @@ def choose_conv_plan(
     offset_method="auto",
     sparse_kernel="auto",
     depthwise=False,
+    native=False,
 ):
     """How a DCTpS conv applies `S` and the offset: `(s_path, offset_method)`.
 
-    `s_path` is `"dense"` (S scattered into a kernel and convolved densely) or `"sparse"`
-    (`ops.sparse_conv`, `nnz` multiply-adds per output pixel); `offset_method` the
-    resolved method (`"fused"` only with the dense path; `None` without offset). With
-    `sparse_kernel="auto"` the cheaper path by the module's cost model (in units of a
-    dense conv of the same shape):
+    `s_path` is `"dense"` (S scattered into a kernel and convolved densely), `"sparse"`
+    (`ops.sparse_conv`, `nnz` multiply-adds per output pixel) or `"native"` (the native
+    ops of `ops.native_conv`, offset included); `offset_method` the resolved method
+    (`"fused"` only with the dense path, `"native"` with the native path; `None` without
+    offset). With `sparse_kernel="auto"` the cheapest path by the module's cost model (in
+    units of a dense conv of the same shape):
 
     - dense path: 1 (`"fused"`: one conv with `alpha * Kd + S`),
     - sparse path: `SPARSE_FIXED + SPARSE_PER_DENSITY * density` for `S`, plus the
       separate offset (`FACTORED_OVERHEAD` times the factored share of the multiply-adds
       for `"matmul"`, 1 for `"direct"`, nothing without offset),
+    - native path: `native_conv_cost` (when `native`, in place of the sparse path: it
+      computes the same thing faster),
 
-    taking the sparse path when it is below `SPARSE_PATH_MAX`. Depthwise and grouped
+    taking a non-dense path when it is below `SPARSE_PATH_MAX`. Depthwise and grouped
     convs, and calls of fewer than `SPARSE_MIN_MACS` dense multiply-adds (`out_pixels`
-    None: unknown batch, treated as large), keep the dense path.
+    None: unknown batch, treated as large), keep the dense path. `sparse_kernel="native"`
+    where native ops may not run (`native` False) is planned as `"auto"`.
 
     Args:
         kernel_size: Tuple of spatial kernel sizes.
@@ -187,8 +233,11 @@ def choose_conv_plan(
         out_pixels: `batch * prod(out_spatial)` of the call, or None if unknown.
         offset: `"dct"` or None.
         offset_method: The layer's `offset_method`.
-        sparse_kernel: The layer's `sparse_kernel` (`"auto"`, `"dense"`, `"sparse"`).
+        sparse_kernel: The layer's `sparse_kernel` (`"auto"`, `"dense"`, `"sparse"`,
+            `"native"`).
         depthwise: Whether the layer is depthwise.
+        native: Whether the native path may run for this call (policy, library, dtype,
+            one group, 1-D or 2-D, static sizes, `"values"` format).
 
     Returns:
         `(s_path, offset_method)`.
@@ -197,16 +246,28 @@ def choose_conv_plan(
 
     >>> choose_conv_plan((3, 3), 256, 256, 1, nnz=590, out_pixels=32 * 16 * 16)
     ('sparse', 'matmul')
+    >>> choose_conv_plan((3, 3), 256, 256, 1, nnz=590, out_pixels=32 * 16 * 16, native=True)
+    ('native', 'native')
     >>> choose_conv_plan((3, 3), 256, 256, 1, nnz=58982, out_pixels=32 * 16 * 16)
     ('dense', 'fused')
     """
     taps = math.prod(kernel_size)
     in_group = in_channels // groups
     size = taps * in_group * filters
+    native = native and groups == 1 and not depthwise and offset_method in ("auto", "matmul")
+    if sparse_kernel == "native":
+        if native:
+            return "native", ("native" if offset == "dct" else None)
+        sparse_kernel = "auto"
     if sparse_kernel == "auto":
         if offset_method == "fused" or depthwise or groups != 1 or (
             out_pixels is not None and out_pixels * size < SPARSE_MIN_MACS
         ):
+            sparse_kernel = "dense"
+        elif native:
+            # The native path does what the stock sparse path does, faster: it replaces it.
+            if native_conv_cost(kernel_size, in_channels, filters, nnz, offset) < SPARSE_PATH_MAX:
+                return "native", ("native" if offset == "dct" else None)
             sparse_kernel = "dense"
         else:
             cost = SPARSE_FIXED + SPARSE_PER_DENSITY * nnz / size
@@ -300,10 +361,16 @@ class _DCTSparseConvBase(DCTSparseLayer):
                 "combined with sparse_kernel='sparse'; use offset_method='auto', 'direct', "
                 "'matmul' or 'fft', or sparse_kernel='auto'/'dense'."
             )
-        if self.conv_sparse_kernel == "sparse" and self.sparse_format == "masked":
+        if self.conv_sparse_kernel in ("sparse", "native") and self.sparse_format == "masked":
             raise ValueError(
-                "sparse_kernel='sparse' needs sparse_format='values' (a masked kernel is "
-                "dense); received sparse_format='masked'."
+                f"sparse_kernel={self.conv_sparse_kernel!r} needs sparse_format='values' (a "
+                "masked kernel is dense); received sparse_format='masked'."
+            )
+        if self.conv_sparse_kernel == "native" and self.offset_method not in ("auto", "matmul"):
+            raise ValueError(
+                "sparse_kernel='native' applies the offset in its own factored form "
+                "(offset_method='auto' or 'matmul'); received "
+                f"offset_method={self.offset_method!r}."
             )
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ValueError(
@@ -313,7 +380,9 @@ class _DCTSparseConvBase(DCTSparseLayer):
         if not TENSORFLOW:
             # keras.ops has no sparse conv and no factored offset: one conv with
             # alpha * Kd + S ("fused"; "direct" is the same function at twice the cost).
-            if self.conv_sparse_kernel == "sparse" or self.offset_method in ("matmul", "fft"):
+            if self.conv_sparse_kernel in ("sparse", "native") or self.offset_method in (
+                "matmul", "fft"
+            ):
                 raise ValueError(
                     f"sparse_kernel={self.conv_sparse_kernel!r} with "
                     f"offset_method={self.offset_method!r} needs the TensorFlow backend; "
@@ -348,6 +417,12 @@ class _DCTSparseConvBase(DCTSparseLayer):
         return -1 if self.data_format == "channels_last" else 1
 
     def _check_methods(self):
+        if self.conv_sparse_kernel == "native" and (self.groups != 1 or self.depthwise):
+            raise ValueError(
+                "sparse_kernel='native' supports ungrouped convolutions only; received "
+                f"groups={self.groups}{' (depthwise)' if self.depthwise else ''}. Use "
+                "sparse_kernel='auto' or 'dense'."
+            )
         if self.offset_method in self.factored_methods and self.groups != 1:
             raise ValueError(
                 f"offset_method={self.offset_method!r} supports groups=1 only; received "
@@ -408,7 +483,7 @@ class _DCTSparseConvBase(DCTSparseLayer):
     def _plan(self, x, padding):
         """`(s_path, offset_method)` for the channels_last input `x` (`choose_conv_plan`)."""
         sparse_kernel = self.conv_sparse_kernel
-        if sparse_kernel == "auto" and (
+        if sparse_kernel in ("auto", "native") and (
             self.sparse_format == "masked" or None in x.shape[1:-1]
         ):
             # A masked kernel is dense; the sparse conv needs static spatial sizes.
@@ -426,6 +501,12 @@ class _DCTSparseConvBase(DCTSparseLayer):
             )
             pixels = math.prod(out_shape[:-1])
         in_channels = self._in_channels
+        native = (
+            self.sparse_format == "values"
+            and None not in x.shape[1:-1]
+            and self.rank <= 2
+            and sparse_matmul.native_allowed(x.dtype)
+        )
         return choose_conv_plan(
             self.kernel_size,
             in_channels,
@@ -437,6 +518,7 @@ class _DCTSparseConvBase(DCTSparseLayer):
             offset_method=self.offset_method,
             sparse_kernel=sparse_kernel,
             depthwise=self.depthwise,
+            native=native,
         )
 
     def _sparse_conv(self, x, padding):
@@ -454,6 +536,17 @@ class _DCTSparseConvBase(DCTSparseLayer):
             padding,
             self.dilation_rate,
             self.groups,
+        )
+
+    def _native_conv(self, x, padding, dtype):
+        """`alpha * conv(x, Kd) + conv(x, S)` by `ops.native_conv` (channels_last `x`)."""
+        weight = self.sparse_weight
+        rows, cols = weight.positions()
+        alpha = self.alpha_as(dtype) if self.offset == "dct" else None
+        return native_conv_ops.native_conv(
+            x, alpha, tf.cast(tf.convert_to_tensor(weight.values), dtype), rows, cols,
+            self.kernel_size, self._out_channels(self._in_channels), self.strides, padding,
+            self.dilation_rate,
         )
 
     def finish(self, outputs):
@@ -522,6 +615,8 @@ class _DCTSparseConvBase(DCTSparseLayer):
     def _planned_linear(self, x, padding, dtype):
         """`alpha * Kd x + S x` on TensorFlow, by the layer's plan (`_plan`)."""
         s_path, method = self._plan(x, padding)
+        if s_path == "native":
+            return self._native_conv(x, padding, dtype)
         if s_path == "dense" and method in (None, "fused"):
             # One conv with alpha * Kd + S (or S alone without the offset).
             return self._convolve(x, self._effective_kernel(dtype), padding)
@@ -825,11 +920,11 @@ class DCTSparseDepthwiseConv2D(_DCTSparseConvBase):
                 f"depthwise: one group per channel); received groups={kwargs['groups']!r}."
             )
         depth_multiplier = validation.check_positive_int("depth_multiplier", depth_multiplier)
-        if kwargs.get("sparse_kernel") == "sparse":
+        if str(kwargs.get("sparse_kernel")).lower() in ("sparse", "native"):
             raise ValueError(
-                "sparse_kernel='sparse' is not available for depthwise convolutions (their "
-                "dense conv costs k*k multiply-adds per output and does not pay to "
-                "sparsify); use sparse_kernel='auto' or 'dense'."
+                f"sparse_kernel={kwargs['sparse_kernel']!r} is not available for depthwise "
+                "convolutions (their dense conv costs k*k multiply-adds per output and does "
+                "not pay to sparsify); use sparse_kernel='auto' or 'dense'."
             )
         super().__init__(kernel_size, **kwargs)
         self.depth_multiplier = depth_multiplier

@@ -34,7 +34,7 @@ __all__ = [
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
 #: Translation units of the op library.
-SOURCES = ("dense_ops.cc",)
+SOURCES = ("dense_ops.cc", "conv_ops.cc")
 #: Headers they include (part of the cache key).
 HEADERS = ("lanes.h", "fft.h", "dct.h", "common.h", "sparse_kernels.h")
 _LIBRARY_NAME = "_dctsparse_ops.so"

@@ -374,8 +374,10 @@ kernel_registry.register_kernel(kernel_registry.SparseKernel(
     shape_limit="n * m <= kernel_choice.MAX_MATERIALIZED_ELEMENTS",
     description="S (and a folded DCT block) scattered into a dense kernel, dense matmuls",
 ))
+# XLA-safe: inside an XLA compilation native ops may not run, and the stock kernel that
+# "auto" would choose there (never CSR) runs instead.
 kernel_registry.register_kernel(kernel_registry.SparseKernel(
-    "native", ("tensorflow",), xla_safe=False, matmul=_native_or_stock_matmul,
+    "native", ("tensorflow",), xla_safe=True, matmul=_native_or_stock_matmul,
     offset_matmul=_native_or_stock_offset,
     description="the compiled CPU ops of keras_dctsparse.native (fast DCT and sparse "
     "products over tiles of batch rows); where native ops may not run (a graph traced for "

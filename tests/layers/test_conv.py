@@ -19,6 +19,8 @@ from numpy_reference import col2im
 from numpy_reference import im2col
 from training import assert_mirrored_matches_single
 
+from keras_dctsparse.native import policy as native_policy
+
 MNIST_DIR = os.environ.get(
     "DCTSPARSE_MNIST_DIR",
     os.path.abspath(
@@ -333,7 +335,9 @@ def test_mixed_precision(policy):
                       DCTSparseConv2D(8, 3, density=0.3, padding="same", seed=1,
                                       offset_method="matmul"),
                       DCTSparseConv2D(8, 3, density=0.3, padding="same", seed=1,
-                                      sparse_kernel="sparse")):
+                                      sparse_kernel="sparse"),
+                      DCTSparseConv2D(8, 3, density=0.3, padding="same", seed=1,
+                                      sparse_kernel="native")):
             layer.build(x.shape)
             for target, source in zip(layer.weights, reference.weights):
                 target.assign(source)
@@ -350,7 +354,7 @@ def test_mixed_precision(policy):
         keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize("sparse_kernel", ["dense", "sparse"])
+@pytest.mark.parametrize("sparse_kernel", ["dense", "sparse", "native"])
 def test_float64_layer(sparse_kernel):
     layer = DCTSparseConv2D(5, 3, density=0.5, dtype="float64", offset_method="matmul",
                             sparse_initializer="random_normal", sparse_kernel=sparse_kernel)
@@ -375,6 +379,7 @@ def build():
         DCTSparseDepthwiseConv2D(3, strides=2, density=0.3, seed=2),
         DCTSparseConv2D(4, 3, density=0.2, seed=3, offset_method="matmul"),
         DCTSparseConv2D(4, 3, padding="same", density=0.3, seed=4, sparse_kernel="sparse"),
+        DCTSparseConv2D(4, 3, padding="same", density=0.3, seed=5, sparse_kernel="native"),
         keras.layers.GlobalAveragePooling2D()])
     model.compile(keras.optimizers.SGD(0.02, momentum=0.9), "mse")
     return model
@@ -534,7 +539,7 @@ GRADIENT_CASES = {
                                             dilation_rate=2), (2, 10, 3)),
 }
 PATHS = [("dense", "fused"), ("dense", "matmul"), ("sparse", "auto"), ("sparse", "direct"),
-         ("sparse", "matmul"), ("sparse", "fft")]
+         ("sparse", "matmul"), ("sparse", "fft"), ("native", "auto")]
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(p))
@@ -652,14 +657,38 @@ def test_choose_conv_plan_cost_model():
         "sparse", "direct")
 
 
-@pytest.mark.parametrize("density, expected", [(0.001, "sparse"), (0.05, "dense")])
-def test_auto_switch_both_sides_match_reference(density, expected):
-    layer = DCTSparseConv2D(256, 3, padding="same", density=density, seed=5)
-    x = _x((8, 16, 16, 256))
+@pytest.mark.parametrize("native, density, expected", [
+    ("never", 0.001, "sparse"), ("never", 0.05, "dense"),
+    ("auto", 0.001, "native"), ("auto", 0.2, "dense"),
+])
+def test_auto_switch_both_sides_match_reference(native, density, expected):
+    """Eager calls may use the native kernels (policy "auto"); with them off, the stock paths."""
+    with native_policy.native_kernels(native):
+        layer = DCTSparseConv2D(256, 3, padding="same", density=density, seed=5)
+        x = _x((8, 16, 16, 256))
+        layer.build(x.shape)
+        randomize(layer)
+        assert layer._plan(tf.constant(x), "same")[0] == expected
+        assert_close(layer(x), reference_output(layer, x), rtol=1e-4)
+
+
+def test_native_path_is_planned_only_where_native_ops_may_run():
+    layer = DCTSparseConv2D(64, 3, padding="same", density=0.01, seed=5, sparse_kernel="native")
+    x = tf.constant(_x((2, 8, 8, 64)))
     layer.build(x.shape)
     randomize(layer)
-    assert layer._plan(tf.constant(x), "same")[0] == expected
-    assert_close(layer(x), reference_output(layer, x), rtol=1e-4)
+    assert layer._plan(x, "same") == ("native", "native")
+    plans = []
+
+    @tf.function
+    def traced(x):  # a plain tf.function, as model.export traces: stock ops only
+        plans.append(layer._plan(x, "same"))
+        return layer(x)
+
+    assert_close(traced(x), reference_output(layer, x.numpy()))
+    assert plans and plans[0][0] != "native"
+    graph = traced.get_concrete_function(x).graph
+    assert not [op for op in graph.get_operations() if op.type.startswith("DctSparse")]
 
 
 def test_sparse_kernel_argument():
@@ -674,6 +703,10 @@ def test_sparse_kernel_argument():
         (lambda: DCTSparseConv2D(4, 3, sparse_kernel="sparse", sparse_format="masked"),
          "sparse_format='values'"),
         (lambda: DCTSparseDepthwiseConv2D(3, sparse_kernel="sparse"), "depthwise"),
+        (lambda: DCTSparseConv2D(4, 3, sparse_kernel="native", offset_method="direct"),
+         "offset_method='direct'"),
+        (lambda: DCTSparseConv2D(4, 3, sparse_kernel="native", sparse_format="masked"),
+         "sparse_format='values'"),
     ]:
         with pytest.raises(ValueError, match=match):
             make()
@@ -747,3 +780,10 @@ def test_conv_output_shape_refuses_empty_outputs():
         conv_output_shape((1, 4, 4, 2), 3, (3, 3), (1, 1), "valid", "channels_last", (2, 2))
     with pytest.raises(ValueError):  # Keras refuses it too
         keras.layers.Conv2D(3, 3, dilation_rate=2).compute_output_shape((1, 4, 4, 2))
+
+
+def test_native_needs_one_group():
+    with pytest.raises(ValueError, match="ungrouped convolutions only; received groups=2"):
+        DCTSparseConv2D(4, 3, groups=2, sparse_kernel="native").build((None, 6, 6, 4))
+    with pytest.raises(ValueError, match="sparse_kernel='native' is not available for depthwise"):
+        DCTSparseDepthwiseConv2D(3, sparse_kernel="native")

@@ -69,11 +69,11 @@ def test_tensorflow_kernels_and_their_xla_safety():
     names = ("csr", "gather", "materialized", "native")
     assert registry.kernel_names("tensorflow") == names
     assert [registry.get_kernel(k, "tensorflow").xla_safe for k in names] == [
-        False, True, True, False
+        False, True, True, True  # native: the stock choice runs under XLA
     ]
     assert registry.is_xla_safe("auto", "tensorflow")
     # The public constants of the TF module follow the registry.
-    assert sm.XLA_KERNELS == ("auto", "gather", "materialized")
+    assert sm.XLA_KERNELS == ("auto", "gather", "materialized", "native")
     assert sm.SPARSE_KERNELS == ("auto", "csr", "gather", "materialized", "native")
 
 

@@ -92,3 +92,17 @@ def test_forced_native_runs_stock_ops_where_native_may_not(monkeypatch):
         sparse_matmul.offset_sparse_matmul(*args[:1], args[1], args[2], rows, cols, m,
                                            kernel="native").numpy(),
         want, rtol=1e-4, atol=1e-4)
+
+
+def test_forced_native_under_xla_runs_the_stock_choice():
+    n, m, nnz = 64, 48, 300
+    rows, cols, values, dense, x, _ = random_sparse_problem(n, m, nnz, 4)
+
+    @tf.function(jit_compile=True)
+    def product(x, alpha, values):
+        return sparse_matmul.offset_sparse_matmul(x, alpha, values, rows, cols, m,
+                                                  kernel="native")
+
+    args = (tf.constant(x, tf.float32), tf.constant(0.5), tf.constant(values, tf.float32))
+    np.testing.assert_allclose(product(*args).numpy(), x @ (dense + 0.5 * dct_block(m, n).T),
+                               rtol=1e-4, atol=1e-4)

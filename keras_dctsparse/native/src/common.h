@@ -108,6 +108,79 @@ void TileOut(const T* tile, int64_t width, int64_t b0, int64_t rows, int64_t c0,
     for (int64_t i = c0; i < c1; ++i) y[(b0 + t) * width + i] = tile[i * L + t];
 }
 
+// A full 16 x 16 float block transposed in registers: four stages, each swapping one bit
+// of the row index with the same bit of the column index (64 two-input shuffles).
+inline void TransposeBlock16(const float* src, int64_t src_stride, float* dst,
+                             int64_t dst_stride) {
+  typedef Lanes<float>::Vec Vec;
+  Vec r[16];
+  for (int i = 0; i < 16; ++i) r[i] = LoadVec<Vec>(src + i * src_stride);
+#define DCTSPARSE_SWAP(S, A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15, \
+                       B0, B1, B2, B3, B4, B5, B6, B7, B8, B9, B10, B11, B12, B13, B14, B15)   \
+  for (int i = 0; i < 16; ++i) {                                                             \
+    if (i & S) continue;                                                                     \
+    const Vec a = r[i], b = r[i + S];                                                        \
+    r[i] = __builtin_shufflevector(a, b, A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11,   \
+                                   A12, A13, A14, A15);                                      \
+    r[i + S] = __builtin_shufflevector(a, b, B0, B1, B2, B3, B4, B5, B6, B7, B8, B9, B10,    \
+                                       B11, B12, B13, B14, B15);                             \
+  }
+  DCTSPARSE_SWAP(1, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30,
+                 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31)
+  DCTSPARSE_SWAP(2, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29,
+                 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31)
+  DCTSPARSE_SWAP(4, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27,
+                 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31)
+  DCTSPARSE_SWAP(8, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23,
+                 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31)
+#undef DCTSPARSE_SWAP
+  for (int i = 0; i < 16; ++i) StoreVec(dst + i * dst_stride, r[i]);
+}
+
+// The same for a full 8 x 8 double block (three stages).
+inline void TransposeBlock8(const double* src, int64_t src_stride, double* dst,
+                            int64_t dst_stride) {
+  typedef Lanes<double>::Vec Vec;
+  Vec r[8];
+  for (int i = 0; i < 8; ++i) r[i] = LoadVec<Vec>(src + i * src_stride);
+#define DCTSPARSE_SWAP(S, A0, A1, A2, A3, A4, A5, A6, A7, B0, B1, B2, B3, B4, B5, B6, B7)   \
+  for (int i = 0; i < 8; ++i) {                                                            \
+    if (i & S) continue;                                                                   \
+    const Vec a = r[i], b = r[i + S];                                                      \
+    r[i] = __builtin_shufflevector(a, b, A0, A1, A2, A3, A4, A5, A6, A7);                  \
+    r[i + S] = __builtin_shufflevector(a, b, B0, B1, B2, B3, B4, B5, B6, B7);              \
+  }
+  DCTSPARSE_SWAP(1, 0, 8, 2, 10, 4, 12, 6, 14, 1, 9, 3, 11, 5, 13, 7, 15)
+  DCTSPARSE_SWAP(2, 0, 1, 8, 9, 4, 5, 12, 13, 2, 3, 10, 11, 6, 7, 14, 15)
+  DCTSPARSE_SWAP(4, 0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15)
+#undef DCTSPARSE_SWAP
+  for (int i = 0; i < 8; ++i) StoreVec(dst + i * dst_stride, r[i]);
+}
+
+inline void TransposeBlock(const float* src, int64_t ss, float* dst, int64_t ds) {
+  TransposeBlock16(src, ss, dst, ds);
+}
+inline void TransposeBlock(const double* src, int64_t ss, double* dst, int64_t ds) {
+  TransposeBlock8(src, ss, dst, ds);
+}
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols: full blocks of
+// lanes x lanes in registers, the edges element by element.
+template <typename T>
+void Transpose(const T* src, int64_t rows, int64_t cols, int64_t src_stride, T* dst,
+               int64_t dst_stride) {
+  constexpr int64_t B = Lanes<T>::kCount;
+  const int64_t full_rows = rows / B * B, full_cols = cols / B * B;
+  for (int64_t r0 = 0; r0 < full_rows; r0 += B)
+    for (int64_t c0 = 0; c0 < full_cols; c0 += B)
+      TransposeBlock(src + r0 * src_stride + c0, src_stride, dst + c0 * dst_stride + r0,
+                     dst_stride);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t c_start = r < full_rows ? full_cols : 0;
+    for (int64_t c = c_start; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+  }
+}
+
 // Work below this many (roughly nanosecond) steps runs on the calling thread: waking
 // the pool's threads costs more than it saves.
 constexpr int64_t kSerialWork = 40000;

@@ -1,0 +1,783 @@
+// Copyright 2026 The keras_dctsparse Authors. Apache License 2.0.
+//
+// TensorFlow ops of the DCTpS convolution y = alpha * conv(x, Kd) + conv(x, S) and its
+// gradients (2-D, channels_last, one group, any stride, dilation and explicit padding),
+// float32 and float64 on the CPU:
+//
+//   DctSparseConv2D(x, uv, alpha, S)           -> y, offset
+//   DctSparseConv2DInputGrad(dy, alpha, S)     -> dx (of the S part), duv (of the offset)
+//   DctSparseConv2DValueGrad(x, dy, S positions) -> dvalues
+//
+// S is given by values at (rows[k], cols[k]) of the (kh*kw*c_in, filters) matrix view of
+// the Keras kernel, rows = (i * kw + j) * c_in + ch, sorted by column then row. The
+// offset conv(x, Kd) is factored (method.md, section 2): uv = x @ [cos | sin] (a 1x1
+// conv computed by TensorFlow, c_in -> 2 filters), then per output channel c
+//   offset[c](p) = sum over taps t of  u_taps[t][c] * U[c](p + t) + v_taps[t][c] * V[c](p + t)
+// with u_taps = s_c cos(pi c t c_in / N), v_taps = -s_c sin(pi c t c_in / N) and
+// N = max(kh * kw * c_in, filters); those depthwise taps run here, vectorized over channels.
+//
+// The sparse part works on "panels": the input rows an image needs, transposed to
+// (row, channel, stride phase, column) with the padding materialized as zeros, so that
+// the 16 (float32) output pixels of a tile read 16 consecutive floats for every nonzero.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common.h"
+#include "sparse_kernels.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace dctsparse {
+namespace {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::shape_inference::DimensionHandle;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+template <typename... Args>
+absl::Status Invalid(const Args&... args) {
+  return absl::InvalidArgumentError(absl::StrCat(args...));
+}
+
+// The static geometry of one convolution (attributes of every op here).
+struct ConvAttrs {
+  int64_t kh, kw, sh, sw, dh, dw, pad_top, pad_bottom, pad_left, pad_right, filters;
+
+  tensorflow::Status Read(OpKernelConstruction* context) {
+    std::vector<int32_t> kernel, strides, dilations, pads;
+    TF_RETURN_IF_ERROR(context->GetAttr("kernel_size", &kernel));
+    TF_RETURN_IF_ERROR(context->GetAttr("strides", &strides));
+    TF_RETURN_IF_ERROR(context->GetAttr("dilations", &dilations));
+    TF_RETURN_IF_ERROR(context->GetAttr("pads", &pads));
+    TF_RETURN_IF_ERROR(context->GetAttr("filters", &filters));
+    if (kernel.size() != 2 || strides.size() != 2 || dilations.size() != 2 || pads.size() != 4)
+      return Invalid("kernel_size, strides and dilations need 2 entries and pads 4");
+    kh = kernel[0]; kw = kernel[1]; sh = strides[0]; sw = strides[1];
+    dh = dilations[0]; dw = dilations[1];
+    pad_top = pads[0]; pad_bottom = pads[1]; pad_left = pads[2]; pad_right = pads[3];
+    for (int64_t v : {kh, kw, sh, sw, dh, dw, filters})
+      if (v < 1) return Invalid("kernel_size, strides, dilations and filters must be >= 1");
+    for (int64_t v : {pad_top, pad_bottom, pad_left, pad_right})
+      if (v < 0) return Invalid("pads must be >= 0");
+    return tensorflow::OkStatus();
+  }
+
+  int64_t OutHeight(int64_t h) const { return (h + pad_top + pad_bottom - (kh - 1) * dh - 1) / sh + 1; }
+  int64_t OutWidth(int64_t w) const { return (w + pad_left + pad_right - (kw - 1) * dw - 1) / sw + 1; }
+};
+
+tensorflow::Status ConvShape(InferenceContext* c, int input, bool channels_out) {
+  ShapeHandle x;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(input), 4, &x));
+  std::vector<int32_t> kernel, strides, dilations, pads;
+  int64_t filters;
+  TF_RETURN_IF_ERROR(c->GetAttr("kernel_size", &kernel));
+  TF_RETURN_IF_ERROR(c->GetAttr("strides", &strides));
+  TF_RETURN_IF_ERROR(c->GetAttr("dilations", &dilations));
+  TF_RETURN_IF_ERROR(c->GetAttr("pads", &pads));
+  TF_RETURN_IF_ERROR(c->GetAttr("filters", &filters));
+  if (kernel.size() != 2 || strides.size() != 2 || dilations.size() != 2 || pads.size() != 4)
+    return Invalid("kernel_size, strides and dilations need 2 entries and pads 4");
+  DimensionHandle out[2];
+  for (int d = 0; d < 2; ++d) {
+    DimensionHandle size = c->Dim(x, 1 + d);
+    if (c->ValueKnown(size)) {
+      const int64_t padded = c->Value(size) + pads[2 * d] + pads[2 * d + 1];
+      out[d] = c->MakeDim((padded - (kernel[d] - 1) * dilations[d] - 1) / strides[d] + 1);
+    } else {
+      out[d] = c->UnknownDim();
+    }
+  }
+  c->set_output(0, c->MakeShape({c->Dim(x, 0), out[0], out[1],
+                                 channels_out ? c->MakeDim(filters) : c->Dim(x, 3)}));
+  return tensorflow::OkStatus();
+}
+
+#define DCTSPARSE_CONV_ATTRS                \
+  Attr("T: {float, double}")                \
+      .Attr("kernel_size: list(int)")       \
+      .Attr("strides: list(int)")           \
+      .Attr("dilations: list(int)")         \
+      .Attr("pads: list(int)")              \
+      .Attr("filters: int >= 1")
+
+REGISTER_OP("DctSparseConv2D")
+    .Input("x: T")
+    .Input("uv: T")
+    .Input("alpha: T")
+    .Input("values: T")
+    .Input("rows: int32")
+    .Input("cols: int32")
+    .Output("y: T")
+    .Output("offset: T")
+    .DCTSPARSE_CONV_ATTRS
+    .Attr("with_offset: bool")
+    .SetShapeFn([](InferenceContext* c) {
+      TF_RETURN_IF_ERROR(ConvShape(c, 0, true));
+      bool with_offset;
+      TF_RETURN_IF_ERROR(c->GetAttr("with_offset", &with_offset));
+      c->set_output(1, with_offset ? c->output(0) : c->MakeShape({0, 0, 0, 0}));
+      return tensorflow::OkStatus();
+    })
+    .Doc("y = alpha * offset + conv(x, S); offset from uv = x @ [cos | sin] by the DCT taps.");
+
+REGISTER_OP("DctSparseConv2DInputGrad")
+    .Input("dy: T")
+    .Input("alpha: T")
+    .Input("values: T")
+    .Input("rows: int32")
+    .Input("cols: int32")
+    .Input("input_shape: int64")
+    .Output("dx: T")
+    .Output("duv: T")
+    .DCTSPARSE_CONV_ATTRS
+    .Attr("in_channels: int >= 1")
+    .Attr("with_offset: bool")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle shape;
+      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(5, &shape));
+      TF_RETURN_IF_ERROR(c->WithRank(shape, 4, &shape));
+      c->set_output(0, shape);
+      bool with_offset;
+      int64_t filters;
+      TF_RETURN_IF_ERROR(c->GetAttr("with_offset", &with_offset));
+      TF_RETURN_IF_ERROR(c->GetAttr("filters", &filters));
+      ShapeHandle duv;
+      TF_RETURN_IF_ERROR(c->ReplaceDim(shape, 3, c->MakeDim(2 * filters), &duv));
+      c->set_output(1, with_offset ? duv : c->MakeShape({0, 0, 0, 0}));
+      return tensorflow::OkStatus();
+    })
+    .Doc("dx = conv(x, S)^T dy; duv = alpha * (the DCT taps)^T dy (gradient w.r.t. uv).");
+
+REGISTER_OP("DctSparseConv2DValueGrad")
+    .Input("x: T")
+    .Input("dy: T")
+    .Input("rows: int32")
+    .Input("cols: int32")
+    .Output("dvalues: T")
+    .DCTSPARSE_CONV_ATTRS
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle rows;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &rows));
+      c->set_output(0, rows);
+      return tensorflow::OkStatus();
+    })
+    .Doc("dvalues[k] = sum over images and output pixels of dy[.., cols[k]] times the "
+         "input under tap and channel rows[k].");
+
+// Everything one call shares: sizes, panel layout, per-nonzero offsets, column pointers.
+template <typename T>
+struct ConvPlan {
+  static constexpr int L = Lanes<T>::kCount;
+  ConvAttrs a;
+  int64_t batch, h, w, c_in, out_h, out_w, nnz;
+  int64_t padded_h, padded_w, phase_w;  // panel: rows, padded columns, columns per phase
+  std::vector<int64_t> ptr;             // column pointers of the positions
+  std::vector<int64_t> delta;           // per nonzero: panel offset from its output row base
+  bool bad = false;                     // a row index out of [0, kh * kw * c_in)
+
+  void Init(const ConvAttrs& attrs, int64_t b, int64_t hh, int64_t ww, int64_t c,
+            const int32_t* rows, const int32_t* cols, int64_t count) {
+    a = attrs; batch = b; h = hh; w = ww; c_in = c; nnz = count;
+    out_h = a.OutHeight(h); out_w = a.OutWidth(w);
+    padded_h = h + a.pad_top + a.pad_bottom;
+    padded_w = w + a.pad_left + a.pad_right;
+    phase_w = (padded_w + a.sw - 1) / a.sw + L;
+    ColumnPointers(cols, nnz, a.filters, &ptr);
+    delta.resize(nnz);
+    const int64_t patch = a.kh * a.kw * c_in;
+    for (int64_t k = 0; k < nnz; ++k) {
+      int64_t r = rows[k];
+      if (r < 0 || r >= patch) { bad = true; r = 0; }
+      const int64_t tap = r / c_in, ch = r - tap * c_in;
+      const int64_t i = tap / a.kw, j = tap - i * a.kw;
+      const int64_t column = j * a.dw;
+      delta[k] = ((i * a.dh * c_in + ch) * a.sw + column % a.sw) * phase_w + column / a.sw;
+    }
+  }
+
+  int64_t PanelRowSize() const { return c_in * a.sw * phase_w; }
+  // Padded rows [first, last) that output rows [oh0, oh1) read.
+  int64_t FirstRow(int64_t oh0) const { return oh0 * a.sh; }
+  int64_t LastRow(int64_t oh1) const { return (oh1 - 1) * a.sh + (a.kh - 1) * a.dh + 1; }
+  // Panel offset of output row oh, tile start ow0, in a panel starting at padded row `first`.
+  int64_t Base(int64_t oh, int64_t ow0, int64_t first) const {
+    return (oh * a.sh - first) * PanelRowSize() + ow0;
+  }
+};
+
+// The positions of S reordered by rows (tap and input channel) with their values, and the
+// panel offset of each row: a counting sort, O(nnz + patch) per call.
+template <typename T>
+struct RowMajor {
+  std::vector<int64_t> ptr, delta, order;  // order[slot]: the column-major index of a slot
+  std::vector<int32_t> cols, nonempty;     // nonempty: the rows holding nonzeros
+  std::vector<T> values;
+
+  RowMajor(const ConvPlan<T>& p, const int32_t* rows, const int32_t* columns, const T* v) {
+    const int64_t patch = p.a.kh * p.a.kw * p.c_in;
+    ptr.assign(patch + 1, 0);
+    for (int64_t k = 0; k < p.nnz; ++k) ++ptr[rows[k] + 1];  // rows checked by ConvPlan::Init
+    for (int64_t r = 0; r < patch; ++r) ptr[r + 1] += ptr[r];
+    std::vector<int64_t> next(ptr.begin(), ptr.end() - 1);
+    cols.resize(p.nnz);
+    values.resize(p.nnz);
+    order.resize(p.nnz);
+    delta.assign(patch, 0);
+    for (int64_t k = 0; k < p.nnz; ++k) {
+      const int64_t slot = next[rows[k]]++;
+      cols[slot] = columns[k];
+      if (v != nullptr) values[slot] = v[k];
+      order[slot] = k;
+      delta[rows[k]] = p.delta[k];
+    }
+    for (int64_t r = 0; r < patch; ++r)
+      if (ptr[r + 1] > ptr[r]) nonempty.push_back(static_cast<int32_t>(r));
+  }
+};
+
+// Fills `panel` with padded rows [first, last) of image b of x (NHWC): zeros in the padding.
+template <typename T>
+void BuildPanel(const ConvPlan<T>& p, const T* x, int64_t b, int64_t first, int64_t last,
+                T* panel) {
+  const int64_t row_size = p.PanelRowSize();
+  std::fill(panel, panel + (last - first) * row_size, T(0));
+  const int64_t sw = p.a.sw;
+  for (int64_t r = first; r < last; ++r) {
+    const int64_t ih = r - p.a.pad_top;
+    if (ih < 0 || ih >= p.h) continue;
+    const T* src = x + (b * p.h + ih) * p.w * p.c_in;
+    T* dst = panel + (r - first) * row_size;
+    if (sw == 1) {  // (w, c_in) -> (c_in, phase_w) at column pad_left
+      Transpose(src, p.w, p.c_in, p.c_in, dst + p.a.pad_left, p.phase_w);
+      continue;
+    }
+    for (int64_t iw = 0; iw < p.w; ++iw) {
+      const int64_t column = iw + p.a.pad_left;
+      T* out = dst + (column % sw) * p.phase_w + column / sw;
+      const T* in = src + iw * p.c_in;
+      for (int64_t ch = 0; ch < p.c_in; ++ch) out[ch * sw * p.phase_w] = in[ch];
+    }
+  }
+}
+
+// Writes the panel rows [first, last) into image b of dx (NHWC), skipping the padding
+// (every input element has exactly one place in the panel).
+template <typename T>
+void PanelToInput(const ConvPlan<T>& p, const T* panel, int64_t b, int64_t first, int64_t last,
+                  T* dx) {
+  const int64_t row_size = p.PanelRowSize();
+  const int64_t sw = p.a.sw;
+  for (int64_t r = first; r < last; ++r) {
+    const int64_t ih = r - p.a.pad_top;
+    if (ih < 0 || ih >= p.h) continue;
+    const T* src = panel + (r - first) * row_size;
+    T* dst = dx + (b * p.h + ih) * p.w * p.c_in;
+    if (sw == 1) {  // (c_in, phase_w) at column pad_left -> (w, c_in)
+      Transpose(src + p.a.pad_left, p.c_in, p.w, p.phase_w, dst, p.c_in);
+      continue;
+    }
+    for (int64_t iw = 0; iw < p.w; ++iw) {
+      const int64_t column = iw + p.a.pad_left;
+      const T* in = src + (column % sw) * p.phase_w + column / sw;
+      T* out = dst + iw * p.c_in;
+      for (int64_t ch = 0; ch < p.c_in; ++ch) out[ch] = in[ch * sw * p.phase_w];
+    }
+  }
+}
+
+// The depthwise DCT taps of one call: u[t * F + c], v[t * F + c] (scales included).
+template <typename T>
+void DctTaps(const ConvAttrs& a, int64_t c_in, std::vector<T>* u, std::vector<T>* v) {
+  const int64_t taps = a.kh * a.kw, f = a.filters;
+  const int64_t n = std::max(taps * c_in, f);
+  u->resize(taps * f);
+  v->resize(taps * f);
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t c = 0; c < f; ++c) {
+      // angle = pi * c * t * c_in / N = 2 pi * m / (2N), m reduced mod 2N in integers.
+      const int64_t m = ((c % (2 * n)) * ((t * c_in) % (2 * n))) % (2 * n);
+      const double angle = M_PI * static_cast<double>(m) / static_cast<double>(n);
+      const double s = std::sqrt((c == 0 ? 1.0 : 2.0) / static_cast<double>(n));
+      (*u)[t * f + c] = static_cast<T>(s * std::cos(angle));
+      (*v)[t * f + c] = static_cast<T>(-s * std::sin(angle));
+    }
+}
+
+// Tap weights cached per input channel count (the op's other attributes are fixed).
+template <typename T>
+class TapCache {
+ public:
+  void Get(const ConvAttrs& a, int64_t c_in, const std::vector<T>** u, const std::vector<T>** v) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (c_in != c_in_) {
+      DctTaps(a, c_in, &u_, &v_);
+      c_in_ = c_in;
+    }
+    *u = &u_;
+    *v = &v_;
+  }
+
+ private:
+  std::mutex mutex_;
+  int64_t c_in_ = -1;
+  std::vector<T> u_, v_;
+};
+
+// Output rows [oh0, oh1) of every image, as work units of (image, row block).
+struct RowBlocks {
+  int64_t per_image, rows_per_block;
+  RowBlocks(int64_t batch, int64_t out_h, int threads) {
+    per_image = batch >= 2 * threads ? 1 : std::min<int64_t>(out_h, (2 * threads + batch - 1) / batch);
+    rows_per_block = (out_h + per_image - 1) / per_image;
+    per_image = (out_h + rows_per_block - 1) / rows_per_block;
+  }
+  int64_t Units(int64_t batch) const { return batch * per_image; }
+};
+
+template <typename T>
+bool CheckPositions(OpKernelContext* context, const Tensor& rows, const Tensor& cols,
+                    int64_t filters) {
+  if (rows.dims() != 1 || cols.dims() != 1 || rows.dim_size(0) != cols.dim_size(0)) {
+    context->CtxFailure(Invalid("rows and cols must be vectors of the same length; got shapes ",
+                                rows.shape().DebugString(), " and ", cols.shape().DebugString()));
+    return false;
+  }
+  const int64_t nnz = cols.dim_size(0);
+  if (nnz > 0) {
+    const int32_t* c = cols.flat<int32_t>().data();
+    if (c[0] < 0 || c[nnz - 1] >= filters) {
+      context->CtxFailure(Invalid("cols must be sorted and in [0, ", filters, "); got cols[0] = ",
+                                  c[0], ", cols[nnz - 1] = ", c[nnz - 1]));
+      return false;
+    }
+  }
+  return true;
+}
+
+// The offset of output pixels (oh, ow0 .. ow0 + count) of image b: the DCT taps on uv,
+// 16 channels at a time, one accumulator per pixel held in registers, and the tap weights
+// loaded once per tap for all pixels of the tile. A tap that falls outside the image for
+// some pixels (borders, a partial last tile) masks those lanes: their weight is zero and
+// their load is redirected to a valid pixel. Writes the offset to `o_row` and adds alpha
+// times it to `y_row` (both (count, filters), pixel-major).
+template <typename T>
+void OffsetTaps(const ConvPlan<T>& p, const T* uv, const T* wu, const T* wv, int64_t b,
+                int64_t oh, int64_t ow0, int64_t count, T alpha, T* o_row, T* y_row) {
+  typedef typename Lanes<T>::Vec Vec;
+  constexpr int L = Lanes<T>::kCount;
+  const ConvAttrs& a = p.a;
+  const int64_t f = a.filters;
+  const int64_t stride = a.sw * 2 * f;  // uv elements between neighbouring output pixels
+  const int64_t full = f / L * L;
+  for (int64_t c = 0; c < full; c += L) {
+    Vec acc[L];
+#pragma GCC unroll 16
+    for (int l = 0; l < L; ++l) acc[l] = Vec{};
+    for (int64_t i = 0; i < a.kh; ++i) {
+      const int64_t ih = oh * a.sh + i * a.dh - a.pad_top;
+      if (ih < 0 || ih >= p.h) continue;
+      for (int64_t j = 0; j < a.kw; ++j) {
+        // Lanes l whose tapped column iw0 + l * sw lies inside the image.
+        const int64_t iw0 = ow0 * a.sw + j * a.dw - a.pad_left;
+        int64_t l0 = 0, l1 = count;
+        while (l0 < l1 && iw0 + l0 * a.sw < 0) ++l0;
+        while (l1 > l0 && iw0 + (l1 - 1) * a.sw >= p.w) --l1;
+        if (l0 >= l1) continue;
+        const int64_t tap = (i * a.kw + j) * f + c;
+        const Vec weight_u = LoadVec<Vec>(wu + tap), weight_v = LoadVec<Vec>(wv + tap);
+        const T* u = uv + ((b * p.h + ih) * p.w + iw0) * 2 * f + c;
+        if (l0 == 0 && l1 == L) {
+#pragma GCC unroll 16
+          for (int l = 0; l < L; ++l)
+            acc[l] += weight_u * LoadVec<Vec>(u + l * stride) +
+                      weight_v * LoadVec<Vec>(u + l * stride + f);
+        } else {
+          const Vec zero{};
+#pragma GCC unroll 16
+          for (int l = 0; l < L; ++l) {
+            const bool inside = l >= l0 && l < l1;
+            const T* pixel = u + (inside ? l : l0) * stride;
+            acc[l] += (inside ? weight_u : zero) * LoadVec<Vec>(pixel) +
+                      (inside ? weight_v : zero) * LoadVec<Vec>(pixel + f);
+          }
+        }
+      }
+    }
+#pragma GCC unroll 16
+    for (int l = 0; l < L; ++l) {
+      if (l >= count) break;
+      StoreVec(o_row + l * f + c, acc[l]);
+      T* y = y_row + l * f + c;
+      StoreVec(y, LoadVec<Vec>(y) + acc[l] * alpha);
+    }
+  }
+  if (full == f) return;
+  // The last f - full channels, element by element.
+  for (int64_t l = 0; l < count; ++l) {
+    const int64_t ow = ow0 + l;
+    for (int64_t c = full; c < f; ++c) {
+      T total = T(0);
+      for (int64_t i = 0; i < a.kh; ++i) {
+        const int64_t ih = oh * a.sh + i * a.dh - a.pad_top;
+        if (ih < 0 || ih >= p.h) continue;
+        for (int64_t j = 0; j < a.kw; ++j) {
+          const int64_t iw = ow * a.sw + j * a.dw - a.pad_left;
+          if (iw < 0 || iw >= p.w) continue;
+          const T* u = uv + ((b * p.h + ih) * p.w + iw) * 2 * f;
+          const int64_t tap = (i * a.kw + j) * f + c;
+          total += wu[tap] * u[c] + wv[tap] * u[f + c];
+        }
+      }
+      o_row[l * f + c] = total;
+      y_row[l * f + c] += alpha * total;
+    }
+  }
+}
+
+template <typename T>
+class ConvOp : public OpKernel {
+ public:
+  explicit ConvOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, attrs_.Read(context));
+    OP_REQUIRES_OK(context, context->GetAttr("with_offset", &with_offset_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    typedef typename Lanes<T>::Vec Vec;
+    constexpr int L = Lanes<T>::kCount;
+    const Tensor& x = context->input(0);
+    const Tensor& uv = context->input(1);
+    const Tensor& alpha = context->input(2);
+    const Tensor& values = context->input(3);
+    const Tensor& rows = context->input(4);
+    const Tensor& cols = context->input(5);
+    OP_REQUIRES(context, x.dims() == 4,
+                Invalid("x must be (batch, height, width, channels); got ", x.shape().DebugString()));
+    if (!CheckPositions<T>(context, rows, cols, attrs_.filters)) return;
+    OP_REQUIRES(context, values.dims() == 1 && values.dim_size(0) == rows.dim_size(0),
+                Invalid("values must be a vector of length nnz = ", rows.dim_size(0)));
+    OP_REQUIRES(context, alpha.NumElements() == 1, Invalid("alpha must be a scalar"));
+    const int64_t batch = x.dim_size(0), f = attrs_.filters;
+    ConvPlan<T> p;
+    const int64_t out_h = attrs_.OutHeight(x.dim_size(1)), out_w = attrs_.OutWidth(x.dim_size(2));
+    OP_REQUIRES(context, out_h >= 1 && out_w >= 1, Invalid("the output would be empty"));
+    if (with_offset_) {
+      OP_REQUIRES(context, uv.dims() == 4 && uv.dim_size(0) == batch &&
+                               uv.dim_size(1) == x.dim_size(1) && uv.dim_size(2) == x.dim_size(2) &&
+                               uv.dim_size(3) == 2 * f,
+                  Invalid("uv must be (batch, height, width, 2 * filters) = ",
+                          "like x with 2 * ", f, " channels; got ", uv.shape().DebugString()));
+    }
+    p.Init(attrs_, batch, x.dim_size(1), x.dim_size(2), x.dim_size(3),
+           rows.flat<int32_t>().data(), cols.flat<int32_t>().data(), rows.dim_size(0));
+    OP_REQUIRES(context, !p.bad,
+                Invalid("rows must be in [0, kh * kw * c_in) = [0, ", attrs_.kh * attrs_.kw * p.c_in, ")"));
+    Tensor* y = nullptr;
+    Tensor* offset_out = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({batch, out_h, out_w, f}), &y));
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                1, with_offset_ ? TensorShape({batch, out_h, out_w, f})
+                                                : TensorShape({0, 0, 0, 0}), &offset_out));
+    if (batch == 0) return;
+    const T* X = x.flat<T>().data();
+    const T* UV = with_offset_ ? uv.flat<T>().data() : nullptr;
+    const T* V = values.flat<T>().data();
+    const T a = alpha.flat<T>()(0);
+    T* Y = y->flat<T>().data();
+    T* O = with_offset_ ? offset_out->flat<T>().data() : nullptr;
+    const std::vector<T>* u_taps = nullptr;
+    const std::vector<T>* v_taps = nullptr;
+    if (with_offset_) taps_.Get(attrs_, p.c_in, &u_taps, &v_taps);
+    const RowBlocks blocks(batch, out_h, NumThreads(context));
+    const int64_t tiles_per_row = (out_w + L - 1) / L;
+    const int64_t unit_work = blocks.rows_per_block * tiles_per_row * (p.nnz + f * 4);
+    RunUnits(context, blocks.Units(batch), unit_work, [&](int64_t unit) {
+      const int64_t b = unit / blocks.per_image;
+      const int64_t oh0 = (unit % blocks.per_image) * blocks.rows_per_block;
+      const int64_t oh1 = std::min(out_h, oh0 + blocks.rows_per_block);
+      if (oh0 >= oh1) return;
+      const int64_t first = p.FirstRow(oh0), last = p.LastRow(oh1);
+      Buffer<T> panel((last - first) * p.PanelRowSize());
+      BuildPanel(p, X, b, first, last, panel.data());
+      Buffer<T> tile(f * L);
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        for (int64_t ow0 = 0; ow0 < out_w; ow0 += L) {
+          const int64_t count = std::min<int64_t>(L, out_w - ow0);
+          const T* base = panel.data() + p.Base(oh, ow0, first);
+          // Sparse part, one lane per output pixel, by output channels (columns of S).
+          for (int64_t c = 0; c < f; ++c) {
+            Vec a0{}, a1{}, a2{}, a3{};
+            int64_t k = p.ptr[c];
+            const int64_t end = p.ptr[c + 1];
+            for (; k + 4 <= end; k += 4) {
+              a0 += LoadVec<Vec>(base + p.delta[k]) * V[k];
+              a1 += LoadVec<Vec>(base + p.delta[k + 1]) * V[k + 1];
+              a2 += LoadVec<Vec>(base + p.delta[k + 2]) * V[k + 2];
+              a3 += LoadVec<Vec>(base + p.delta[k + 3]) * V[k + 3];
+            }
+            for (; k < end; ++k) a0 += LoadVec<Vec>(base + p.delta[k]) * V[k];
+            StoreVec(tile.data() + c * L, (a0 + a1) + (a2 + a3));
+          }
+          T* y_row = Y + ((b * out_h + oh) * out_w + ow0) * f;
+          if (!with_offset_) {
+            Transpose(tile.data(), f, count, L, y_row, f);
+            continue;
+          }
+          // Offset part, vectorized over output channels: the DCT taps on uv.
+          Transpose(tile.data(), f, count, L, y_row, f);
+          T* o_row = O + ((b * out_h + oh) * out_w + ow0) * f;
+          OffsetTaps(p, UV, u_taps->data(), v_taps->data(), b, oh, ow0, count, a, o_row, y_row);
+        }
+      }
+    });
+  }
+
+ private:
+  ConvAttrs attrs_;
+  bool with_offset_;
+  TapCache<T> taps_;
+};
+
+template <typename T>
+class ConvInputGradOp : public OpKernel {
+ public:
+  explicit ConvInputGradOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, attrs_.Read(context));
+    OP_REQUIRES_OK(context, context->GetAttr("with_offset", &with_offset_));
+    OP_REQUIRES_OK(context, context->GetAttr("in_channels", &in_channels_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    typedef typename Lanes<T>::Vec Vec;
+    constexpr int L = Lanes<T>::kCount;
+    const Tensor& dy = context->input(0);
+    const Tensor& alpha = context->input(1);
+    const Tensor& values = context->input(2);
+    const Tensor& rows = context->input(3);
+    const Tensor& cols = context->input(4);
+    const Tensor& shape = context->input(5);
+    OP_REQUIRES(context, shape.NumElements() == 4, Invalid("input_shape must have 4 entries"));
+    const auto s = shape.flat<int64_t>();
+    const int64_t batch = s(0), h = s(1), w = s(2), f = attrs_.filters;
+    OP_REQUIRES(context, s(3) == in_channels_, Invalid("input_shape[3] must be in_channels"));
+    OP_REQUIRES(context, dy.dims() == 4 && dy.dim_size(0) == batch &&
+                             dy.dim_size(1) == attrs_.OutHeight(h) &&
+                             dy.dim_size(2) == attrs_.OutWidth(w) && dy.dim_size(3) == f,
+                Invalid("dy must have the output shape of input_shape; got ", dy.shape().DebugString()));
+    if (!CheckPositions<T>(context, rows, cols, f)) return;
+    OP_REQUIRES(context, values.dims() == 1 && values.dim_size(0) == rows.dim_size(0),
+                Invalid("values must be a vector of length nnz = ", rows.dim_size(0)));
+    ConvPlan<T> p;
+    p.Init(attrs_, batch, h, w, in_channels_, rows.flat<int32_t>().data(),
+           cols.flat<int32_t>().data(), rows.dim_size(0));
+    OP_REQUIRES(context, !p.bad,
+                Invalid("rows must be in [0, kh * kw * c_in) = [0, ", attrs_.kh * attrs_.kw * p.c_in, ")"));
+    Tensor* dx = nullptr;
+    Tensor* duv = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({batch, h, w, in_channels_}), &dx));
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                1, with_offset_ ? TensorShape({batch, h, w, 2 * f})
+                                                : TensorShape({0, 0, 0, 0}), &duv));
+    if (batch == 0) return;
+    const T* DY = dy.flat<T>().data();
+    const T* V = values.flat<T>().data();
+    const T a = alpha.flat<T>()(0);
+    T* DX = dx->flat<T>().data();
+    T* DUV = with_offset_ ? duv->flat<T>().data() : nullptr;
+    const std::vector<T>* u_taps = nullptr;
+    const std::vector<T>* v_taps = nullptr;
+    if (with_offset_) taps_.Get(attrs_, p.c_in, &u_taps, &v_taps);
+    const int64_t out_h = p.out_h, out_w = p.out_w;
+    const int64_t patch = attrs_.kh * attrs_.kw * p.c_in;
+    const RowMajor<T> by_row(p, rows.flat<int32_t>().data(), cols.flat<int32_t>().data(), V);
+    // One unit per image: the rows an image's outputs touch overlap between row blocks.
+    const int64_t unit_work = out_h * ((out_w + L - 1) / L) * (p.nnz + 4 * f);
+    RunUnits(context, batch, unit_work, [&](int64_t b) {
+      Buffer<T> panel(p.padded_h * p.PanelRowSize()), tile(f * L);
+      panel.Zero(p.padded_h * p.PanelRowSize());
+      for (int64_t oh = 0; oh < out_h; ++oh) {
+        for (int64_t ow0 = 0; ow0 < out_w; ow0 += L) {
+          const int64_t count = std::min<int64_t>(L, out_w - ow0);
+          const T* dy_row = DY + ((b * out_h + oh) * out_w + ow0) * f;
+          if (count < L) tile.Zero(f * L);
+          Transpose(dy_row, count, f, f, tile.data(), L);
+          // By rows of S (tap and input channel): one panel update per row, so that no two
+          // updates of a tile hit the same address (which would chain them through memory).
+          T* base = panel.data() + p.Base(oh, ow0, 0);
+          for (const int32_t r : by_row.nonempty) {
+            const int64_t k0 = by_row.ptr[r], k1 = by_row.ptr[r + 1];
+            Vec a0{}, a1{};
+            int64_t k = k0;
+            for (; k + 2 <= k1; k += 2) {
+              a0 += LoadVec<Vec>(tile.data() + by_row.cols[k] * L) * by_row.values[k];
+              a1 += LoadVec<Vec>(tile.data() + by_row.cols[k + 1] * L) * by_row.values[k + 1];
+            }
+            if (k < k1) a0 += LoadVec<Vec>(tile.data() + by_row.cols[k] * L) * by_row.values[k];
+            T* target = base + by_row.delta[r];
+            StoreVec(target, LoadVec<Vec>(target) + (a0 + a1));
+          }
+        }
+      }
+      PanelToInput(p, panel.data(), b, 0, p.padded_h, DX);
+      if (!with_offset_) return;
+      // duv: the transposed taps, scattered from each output pixel (vectorized over c).
+      T* duv_image = DUV + b * h * w * 2 * f;
+      std::fill(duv_image, duv_image + h * w * 2 * f, T(0));
+      for (int64_t oh = 0; oh < out_h; ++oh)
+        for (int64_t ow = 0; ow < out_w; ++ow) {
+          const T* d = DY + ((b * out_h + oh) * out_w + ow) * f;
+          for (int64_t i = 0; i < attrs_.kh; ++i) {
+            const int64_t ih = oh * attrs_.sh + i * attrs_.dh - attrs_.pad_top;
+            if (ih < 0 || ih >= h) continue;
+            for (int64_t j = 0; j < attrs_.kw; ++j) {
+              const int64_t iw = ow * attrs_.sw + j * attrs_.dw - attrs_.pad_left;
+              if (iw < 0 || iw >= w) continue;
+              T* du = duv_image + (ih * w + iw) * 2 * f;
+              T* dv = du + f;
+              const T* wu = u_taps->data() + (i * attrs_.kw + j) * f;
+              const T* wv = v_taps->data() + (i * attrs_.kw + j) * f;
+              int64_t c = 0;
+              for (; c + L <= f; c += L) {
+                const Vec g = LoadVec<Vec>(d + c) * a;
+                StoreVec(du + c, LoadVec<Vec>(du + c) + LoadVec<Vec>(wu + c) * g);
+                StoreVec(dv + c, LoadVec<Vec>(dv + c) + LoadVec<Vec>(wv + c) * g);
+              }
+              for (; c < f; ++c) {
+                du[c] += wu[c] * a * d[c];
+                dv[c] += wv[c] * a * d[c];
+              }
+            }
+          }
+        }
+    });
+  }
+
+ private:
+  ConvAttrs attrs_;
+  bool with_offset_;
+  int64_t in_channels_;
+  TapCache<T> taps_;
+};
+
+template <typename T>
+class ConvValueGradOp : public OpKernel {
+ public:
+  explicit ConvValueGradOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, attrs_.Read(context));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    typedef typename Lanes<T>::Vec Vec;
+    constexpr int L = Lanes<T>::kCount;
+    const Tensor& x = context->input(0);
+    const Tensor& dy = context->input(1);
+    const Tensor& rows = context->input(2);
+    const Tensor& cols = context->input(3);
+    const int64_t f = attrs_.filters;
+    OP_REQUIRES(context, x.dims() == 4,
+                Invalid("x must be (batch, height, width, channels); got ", x.shape().DebugString()));
+    const int64_t batch = x.dim_size(0);
+    OP_REQUIRES(context, dy.dims() == 4 && dy.dim_size(0) == batch &&
+                             dy.dim_size(1) == attrs_.OutHeight(x.dim_size(1)) &&
+                             dy.dim_size(2) == attrs_.OutWidth(x.dim_size(2)) && dy.dim_size(3) == f,
+                Invalid("dy must have the output shape of x; got ", dy.shape().DebugString()));
+    if (!CheckPositions<T>(context, rows, cols, f)) return;
+    ConvPlan<T> p;
+    p.Init(attrs_, batch, x.dim_size(1), x.dim_size(2), x.dim_size(3),
+           rows.flat<int32_t>().data(), cols.flat<int32_t>().data(), rows.dim_size(0));
+    OP_REQUIRES(context, !p.bad,
+                Invalid("rows must be in [0, kh * kw * c_in) = [0, ", attrs_.kh * attrs_.kw * p.c_in, ")"));
+    Tensor* dvalues = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({p.nnz}), &dvalues));
+    T* DV = dvalues->flat<T>().data();
+    std::fill(DV, DV + p.nnz, T(0));
+    if (batch == 0 || p.nnz == 0) return;
+    const T* X = x.flat<T>().data();
+    const T* DY = dy.flat<T>().data();
+    const int64_t out_h = p.out_h, out_w = p.out_w;
+    const RowMajor<T> by_row(p, rows.flat<int32_t>().data(), cols.flat<int32_t>().data(), nullptr);
+    const RowBlocks blocks(batch, out_h, NumThreads(context));
+    const int64_t units = blocks.Units(batch);
+    Buffer<T> partial(units * p.nnz);
+    const int64_t unit_work = blocks.rows_per_block * ((out_w + L - 1) / L) * p.nnz;
+    RunUnits(context, units, unit_work, [&](int64_t unit) {
+      T* acc = partial.data() + unit * p.nnz;
+      std::fill(acc, acc + p.nnz, T(0));
+      const int64_t b = unit / blocks.per_image;
+      const int64_t oh0 = (unit % blocks.per_image) * blocks.rows_per_block;
+      const int64_t oh1 = std::min(out_h, oh0 + blocks.rows_per_block);
+      if (oh0 >= oh1) return;
+      const int64_t first = p.FirstRow(oh0), last = p.LastRow(oh1);
+      Buffer<T> panel((last - first) * p.PanelRowSize()), tile(f * L);
+      BuildPanel(p, X, b, first, last, panel.data());
+      for (int64_t oh = oh0; oh < oh1; ++oh)
+        for (int64_t ow0 = 0; ow0 < out_w; ow0 += L) {
+          const int64_t count = std::min<int64_t>(L, out_w - ow0);
+          const T* dy_row = DY + ((b * out_h + oh) * out_w + ow0) * f;
+          if (count < L) tile.Zero(f * L);
+          Transpose(dy_row, count, f, f, tile.data(), L);
+          // By rows of S: the input vector of a row is read once; its nonzeros' products
+          // with their output channels' dy are summed over the lanes 16 at a time.
+          const T* base = panel.data() + p.Base(oh, ow0, first);
+          for (const int32_t r : by_row.nonempty) {
+            const Vec xv = LoadVec<Vec>(base + by_row.delta[r]);
+            int64_t k = by_row.ptr[r];
+            const int64_t end = by_row.ptr[r + 1];
+            if constexpr (sizeof(T) == 4) {
+              for (; k + 4 < end; k += 16) {  // groups of up to 16, padded with zeros
+                Vec products[16];
+                const int64_t n = std::min<int64_t>(16, end - k);
+                for (int q = 0; q < 16; ++q)
+                  products[q] = q < n ? xv * LoadVec<Vec>(tile.data() + by_row.cols[k + q] * L)
+                                      : Vec{};
+                T sums[16];
+                StoreVec(sums, SumEachOfSixteen(products));
+                for (int q = 0; q < n; ++q) acc[k + q] += sums[q];
+              }
+            }
+            for (; k < end; ++k)
+              acc[k] += SumLanes(xv * LoadVec<Vec>(tile.data() + by_row.cols[k] * L));
+          }
+        }
+    });
+    RunUnits(context, NumThreads(context), p.nnz * units / NumThreads(context), [&](int64_t part) {
+      const int64_t parts = NumThreads(context);
+      const int64_t k0 = p.nnz * part / parts, k1 = p.nnz * (part + 1) / parts;
+      for (int64_t unit = 0; unit < units; ++unit) {
+        const T* acc = partial.data() + unit * p.nnz;
+        for (int64_t k = k0; k < k1; ++k) DV[by_row.order[k]] += acc[k];
+      }
+    });
+  }
+
+ private:
+  ConvAttrs attrs_;
+};
+
+#define REGISTER_DCTSPARSE_CONV_KERNELS(T)                                                   \
+  REGISTER_KERNEL_BUILDER(Name("DctSparseConv2D").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          ConvOp<T>);                                                        \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("DctSparseConv2DInputGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),           \
+      ConvInputGradOp<T>);                                                                   \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("DctSparseConv2DValueGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),           \
+      ConvValueGradOp<T>);
+
+REGISTER_DCTSPARSE_CONV_KERNELS(float)
+REGISTER_DCTSPARSE_CONV_KERNELS(double)
+
+}  // namespace
+}  // namespace dctsparse

@@ -1,0 +1,155 @@
+"""The native DCTpS convolution: `alpha * conv(x, Kd) + conv(x, S)` by the compiled ops.
+
+The offset is factored (method.md, section 2): `uv = x @ [cos | sin]`, a `1 x 1` product
+`c_in -> 2 * filters` run by TensorFlow's matmul (oneDNN), then the depthwise DCT taps,
+which the native op `DctSparseConv2D` applies together with the sparse part `conv(x, S)`
+(`nnz` multiply-adds per output pixel, vectorized over 16 output pixels) in one pass over
+the output. The gradient is two more native ops, so that TensorFlow prunes the input
+gradient where nothing reads it: `DctSparseConv2DInputGrad` (the transposed sparse conv
+and the transposed taps, which TensorFlow's autodiff of the `1 x 1` product turns into
+`dx`) and `DctSparseConv2DValueGrad` (the sampled `dvalues`); `dalpha = sum(dy * offset)`.
+
+Whether a layer may use these ops (the graph is not saved for serving, the library is
+built) is decided by the caller (`keras_dctsparse.layers.conv`, `keras_dctsparse.native.policy`).
+One group only; 1-D convolutions run as 2-D with a width of 1.
+"""
+
+import math
+
+import tensorflow as tf
+
+from keras_dctsparse.native import library
+from keras_dctsparse.ops.conv_offset import _dct_cos_sin
+from keras_dctsparse.ops.conv_offset import _table_dtype
+
+__all__ = ["explicit_pads", "native_conv", "native_conv2d"]
+
+
+def _same_pads(size, kernel, stride, dilation):
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def explicit_pads(spatial, kernel_size, strides, padding, dilation):
+    """`[top, bottom, left, right]` of TensorFlow's `"same"` or `"valid"` padding.
+
+    Example:
+
+    >>> explicit_pads((8, 8), (3, 3), (1, 1), "same", (1, 1))
+    [1, 1, 1, 1]
+    >>> explicit_pads((9, 9), (3, 3), (2, 2), "valid", (1, 1))
+    [0, 0, 0, 0]
+    """
+    padding = str(padding).lower()
+    if padding not in ("same", "valid"):
+        raise ValueError(f"`padding` must be 'same' or 'valid'; received padding={padding!r}.")
+    pads = []
+    for size, kernel, stride, rate in zip(spatial, kernel_size, strides, dilation):
+        pads += list(_same_pads(size, kernel, stride, rate)) if padding == "same" else [0, 0]
+    return pads
+
+
+def _uv(x, filters, patch):
+    """`x @ [cos | sin]`: per pixel `U` (channels `[0, filters)`) and `V` (the rest)."""
+    in_channels = int(x.shape[-1])
+    n = max(patch, int(filters))
+    cos, sin = _dct_cos_sin(int(filters), in_channels, n, _table_dtype(x.dtype))
+    table = tf.cast(tf.concat([cos, sin], axis=0), x.dtype)  # (2 * filters, c_in)
+    flat = tf.matmul(tf.reshape(x, (-1, in_channels)), table, transpose_b=True)
+    return tf.reshape(flat, tf.concat([tf.shape(x)[:-1], [2 * int(filters)]], axis=0))
+
+
+def native_conv2d(x, alpha, values, rows, cols, kernel_size, filters, strides=(1, 1),
+                  padding="valid", dilation=(1, 1)):
+    """`alpha * conv(x, Kd) + conv(x, S)` (or `conv(x, S)` when `alpha` is None), 2-D.
+
+    Args:
+        x: `(batch, h, w, c_in)` float32/float64 with static `h, w, c_in`.
+        alpha: None, or the scalar offset scale (dtype of `x`).
+        values: `(nnz,)` values of `S`.
+        rows: `(nnz,)` int32 rows of the `(kh * kw * c_in, filters)` matrix view of `S`.
+        cols: `(nnz,)` int32 output channels; positions sorted column-major.
+        kernel_size, strides, dilation: 2-tuples of ints.
+        filters: Output channels.
+        padding: `"same"` or `"valid"`.
+
+    Returns:
+        `(batch, h_out, w_out, filters)`, differentiable in `x`, `alpha` and `values`.
+
+    Example:
+
+    >>> y = native_conv2d(tf.ones((1, 4, 4, 2)), tf.constant(1.0), tf.constant([0.0]),
+    ...                   tf.constant([0]), tf.constant([0]), (3, 3), 3, padding="same")
+    >>> tuple(y.shape)
+    (1, 4, 4, 3)
+    """
+    ops = library.load()
+    if x.shape.rank != 4 or None in x.shape[1:]:
+        raise ValueError(
+            "`x` must be (batch, h, w, channels) with static h, w and channels; received "
+            f"shape {x.shape}."
+        )
+    kernel_size, strides, dilation = (tuple(int(v) for v in t)
+                                      for t in (kernel_size, strides, dilation))
+    in_channels = int(x.shape[-1])
+    attrs = dict(
+        kernel_size=list(kernel_size), strides=list(strides), dilations=list(dilation),
+        pads=explicit_pads(tuple(int(d) for d in x.shape[1:3]), kernel_size, strides, padding,
+                           dilation),
+        filters=int(filters),
+    )
+    with_offset = alpha is not None
+    scale = alpha if with_offset else tf.zeros((), x.dtype)
+    uv = (_uv(x, filters, math.prod(kernel_size) * in_channels) if with_offset
+          else tf.zeros((0, 0, 0, 0), x.dtype))
+    rows = tf.convert_to_tensor(rows, tf.int32)
+    cols = tf.convert_to_tensor(cols, tf.int32)
+
+    @tf.custom_gradient
+    def conv(x, uv, scale, values):
+        y, offset = ops.dct_sparse_conv2d(x, uv, scale, values, rows, cols,
+                                          with_offset=with_offset, **attrs)
+
+        def grad(dy):
+            dx, duv = ops.dct_sparse_conv2d_input_grad(
+                dy, scale, values, rows, cols, tf.shape(x, out_type=tf.int64),
+                in_channels=in_channels, with_offset=with_offset, **attrs,
+            )
+            dvalues = ops.dct_sparse_conv2d_value_grad(x, dy, rows, cols, **attrs)
+            dscale = tf.reduce_sum(dy * offset) if with_offset else tf.zeros_like(scale)
+            return dx, (duv if with_offset else tf.zeros_like(uv)), dscale, dvalues
+
+        return y, grad
+
+    return conv(x, uv, scale, values)
+
+
+def native_conv(x, alpha, values, rows, cols, kernel_size, filters, strides, padding, dilation):
+    """`native_conv2d` for 1-D (run as 2-D with a width of 1) or 2-D inputs.
+
+    Args:
+        x: `(batch, *spatial, c_in)` with 1 or 2 static spatial dimensions.
+        alpha, values, rows, cols, filters, padding: As for `native_conv2d`.
+        kernel_size, strides, dilation: Tuples with one entry per spatial dimension.
+
+    Returns:
+        `(batch, *out_spatial, filters)`.
+
+    Example:
+
+    >>> y = native_conv(tf.ones((2, 10, 3)), None, tf.ones((1,)), tf.constant([4]),
+    ...                 tf.constant([1]), (3,), 2, (1,), "valid", (1,))
+    >>> tuple(y.shape)
+    (2, 8, 2)
+    """
+    rank = x.shape.rank - 2
+    if rank == 2:
+        return native_conv2d(x, alpha, values, rows, cols, kernel_size, filters, strides,
+                             padding, dilation)
+    if rank != 1:
+        raise ValueError(f"native_conv supports 1-D and 2-D convolutions; received rank {rank}.")
+    pair = lambda v: tuple(v) + (1,)  # noqa: E731
+    y = native_conv2d(x[:, :, None, :], alpha, values, rows, cols, pair(kernel_size), filters,
+                      pair(strides), padding, pair(dilation))
+    return y[:, :, 0, :]

@@ -1,0 +1,68 @@
+"""`keras_dctsparse.ops.native_conv`: padding helper and the autodiff wrapper, vs im2col."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_dctsparse.native import library
+from keras_dctsparse.ops import native_conv
+from numpy_reference import _pads
+from numpy_reference import col2im
+from numpy_reference import dct_block
+from numpy_reference import im2col
+
+
+@pytest.mark.parametrize("size, kernel, stride, dilation", [
+    (8, 3, 1, 1), (9, 3, 2, 1), (10, 2, 3, 1), (7, 3, 1, 2), (5, 5, 1, 1)])
+def test_explicit_pads_match_tensorflow(size, kernel, stride, dilation):
+    for padding in ("same", "valid"):
+        pads = native_conv.explicit_pads((size, size), (kernel, kernel), (stride, stride),
+                                         padding, (dilation, dilation))
+        (before, after), _ = _pads(size, kernel, stride, dilation, padding)
+        assert pads == [before, after, before, after]
+    with pytest.raises(ValueError, match="`padding` must be 'same' or 'valid'"):
+        native_conv.explicit_pads((4, 4), (3, 3), (1, 1), "causal", (1, 1))
+
+
+@pytest.mark.skipif(not library.available(), reason="native kernels unavailable")
+@pytest.mark.parametrize("rank", [1, 2])
+def test_output_and_every_gradient_match_im2col(rank):
+    rng = np.random.default_rng()
+    shape = (3, 11, 4) if rank == 1 else (3, 9, 8, 4)
+    kernel = (3,) if rank == 1 else (3, 3)
+    strides = (2,) if rank == 1 else (1, 2)
+    dilation = (1,) * rank
+    filters, padding = 5, "same"
+    patch = int(np.prod(kernel)) * shape[-1]
+    keys = np.sort(rng.choice(patch * filters, 20, replace=False))
+    cols, rows = np.divmod(keys, patch)
+    values = rng.standard_normal(20)
+    x = rng.standard_normal(shape)
+    weights = tf.constant(rng.standard_normal((3,) + (16,) * rank + (filters,)), tf.float32)
+    x_t, alpha_t, values_t = (tf.constant(x, tf.float32), tf.constant(0.4),
+                              tf.constant(values, tf.float32))
+    with tf.GradientTape() as tape:
+        tape.watch([x_t, alpha_t, values_t])
+        y = native_conv.native_conv(x_t, alpha_t, values_t, rows.astype(np.int32),
+                                    cols.astype(np.int32), kernel, filters, strides, padding,
+                                    dilation)
+        dy = weights[(slice(None),) + tuple(slice(0, d) for d in y.shape[1:-1])]
+        loss = tf.reduce_sum(y * dy)
+    dx, dalpha, dvalues = tape.gradient(loss, [x_t, alpha_t, values_t])
+    # 1-D as 2-D with a width of 1 (im2col is 2-D).
+    x2 = x[:, :, None, :] if rank == 1 else x
+    widen = (lambda t: t + (1,)) if rank == 1 else (lambda t: t)
+    geometry = (widen(kernel), widen(strides), padding, widen(dilation))
+    patches = im2col(x2, *geometry)
+    sparse = np.zeros((patch, filters))
+    sparse[rows, cols] = values
+    offset = dct_block(filters, patch).T
+    dyn = dy.numpy().astype(np.float64).reshape(patches.shape[:-1] + (filters,))
+    y_want = patches @ (sparse + 0.4 * offset)
+    np.testing.assert_allclose(y.numpy().reshape(y_want.shape), y_want, rtol=1e-4, atol=1e-4)
+    dx_want = col2im(dyn @ (sparse + 0.4 * offset).T, x2.shape, *geometry).reshape(x.shape)
+    np.testing.assert_allclose(dx.numpy(), dx_want, rtol=1e-4, atol=1e-4)
+    flat_p, flat_dy = patches.reshape(-1, patch), dyn.reshape(-1, filters)
+    np.testing.assert_allclose(dvalues.numpy(), (flat_p.T @ flat_dy)[rows, cols], rtol=1e-4,
+                               atol=1e-4)
+    np.testing.assert_allclose(float(dalpha), np.sum((flat_p @ offset) * flat_dy), rtol=1e-4)
