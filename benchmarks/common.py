@@ -81,12 +81,25 @@ def keras_step(function):
     return step
 
 
+def first_element(tensor):
+    """One element of `tensor`, which still needs all of it computed.
+
+    The step functions return this instead of their whole output, so that a timing does not
+    include copying a large output to the host (which would add the same time to every
+    candidate and pull every ratio toward 1).
+    """
+    import tensorflow as tf
+
+    return tf.reshape(tensor, [-1])[:1]
+
+
 def layer_step_functions(layer, x, dy):
     """`(forward, train_step)` step functions of one built layer on the input `x`.
 
     The train step computes the input gradient (every layer but a network's first
     needs it) and applies SGD to the layer's weights, with `dy` as the output gradient.
-    Both run as Keras runs `predict` and `fit` steps (`keras_step`).
+    Both run as Keras runs `predict` and `fit` steps (`keras_step`) and return one
+    element of the output or input gradient (`first_element`).
     """
     import keras
     import tensorflow as tf
@@ -95,7 +108,7 @@ def layer_step_functions(layer, x, dy):
     optimizer.build(layer.trainable_weights)
 
     def forward():
-        return layer(x)
+        return first_element(layer(x))
 
     def train_step():
         with tf.GradientTape() as tape:
@@ -103,6 +116,6 @@ def layer_step_functions(layer, x, dy):
             loss = tf.reduce_sum(layer(x) * dy)
         grads = tape.gradient(loss, [x] + layer.trainable_weights)
         optimizer.apply(grads[1:], layer.trainable_weights)
-        return grads[0]
+        return first_element(grads[0])
 
     return keras_step(forward), keras_step(train_step)

@@ -7,7 +7,9 @@ median (and best) milliseconds and the ratio to `keras.layers.Conv2D` of the sam
 measured in the same group (`x Conv2D`, below 1 is faster).
 
 Forward is `layer(x)`. The train step is forward + backward for the input (every conv
-but the first of a network needs it) and the trainable weights + an SGD apply.
+but the first of a network needs it) and the trainable weights + an SGD apply. Both run
+as Keras runs its `predict`/`fit` steps (`common.keras_step`), where the native kernels
+may run.
 
 Candidates:
 
@@ -17,6 +19,8 @@ Candidates:
 - `fused`: `sparse_kernel="dense"`: one conv with `alpha * Kd + S`.
 - `sparse`: `sparse_kernel="sparse"`: `ops.sparse_conv` for S plus the factored offset
   (densities <= 1% only).
+- `native`: `sparse_kernel="native"`: the native ops of `ops.native_conv` (densities <=
+  30% only).
 - `masked`: `sparse_format="masked"` (dense kernel times a fixed mask, the usual
   emulation of sparsity).
 
@@ -57,6 +61,8 @@ def _candidates(density):
     kinds = ["Conv2D", "auto", "fused", "masked"]
     if density <= 0.01:
         kinds.insert(3, "sparse")
+    if density <= 0.3:
+        kinds.insert(3, "native")
     return kinds
 
 
@@ -64,7 +70,8 @@ def _make_layer(kind, filters, density):
     if kind == "Conv2D":
         return keras.layers.Conv2D(filters, 3, padding="same")
     options = {"fused": dict(sparse_kernel="dense"), "sparse": dict(sparse_kernel="sparse"),
-               "masked": dict(sparse_format="masked"), "auto": {}}[kind]
+               "native": dict(sparse_kernel="native"), "masked": dict(sparse_format="masked"),
+               "auto": {}}[kind]
     return DCTSparseConv2D(filters, 3, padding="same", density=density, seed=0, **options)
 
 
@@ -189,6 +196,8 @@ def main():
     parser.add_argument("--batch", type=int, nargs="*", default=None)
     parser.add_argument("--density", type=float, nargs="*", default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--kinds", nargs="*", default=None,
+                        help="candidates besides Conv2D (auto fused sparse native masked)")
     parser.add_argument("--vgg19", action="store_true",
                         help="only the zoo VGG19 train step (batch 128 unless --batch)")
     args = parser.parse_args()
@@ -202,7 +211,7 @@ def main():
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
           f"interleaved, {repeats} rounds, median (best) ms", flush=True)
     rows = conv_layer_rows(shapes, densities, batches, repeats,
-                           log=lambda table: print(table + "\n", flush=True))
+                           log=lambda table: print(table + "\n", flush=True), kinds=args.kinds)
     print(markdown_table(HEADER, [_cells(row) for row in rows]))
 
 

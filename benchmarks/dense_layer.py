@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import interleaved_ms  # noqa: E402
+from common import first_element  # noqa: E402
 from common import keras_step  # noqa: E402
 from common import layer_step_functions  # noqa: E402
 from common import markdown_table  # noqa: E402
@@ -129,7 +130,7 @@ def mlp_steps(density, dense, batch):
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def forward():
-        return model(x)
+        return first_element(model(x))
 
     def train_step():
         with tf.GradientTape() as tape:

@@ -29,6 +29,8 @@ _PUBLIC = {
     "sparsity_report": "keras_dctsparse.report",
     "fit_multi_worker": "keras_dctsparse.training",
     "models": "keras_dctsparse.models",
+    "set_native_kernels": "keras_dctsparse.native",
+    "native_kernels": "keras_dctsparse.native",
 }
 
 __all__ = sorted(_PUBLIC)

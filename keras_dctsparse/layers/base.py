@@ -460,10 +460,12 @@ class DCTSparseLayer(keras.layers.Layer):
         if weight.sparse_format == "masked":
             matrix = ops.reshape(weight.dense_kernel(dtype=x.dtype), weight.matrix_shape)
             return kernel_registry.dense_matmul(x, matrix, units, alpha=alpha)
-        rows, cols = weight.positions()
+        # The (2, nnz) positions whole: a kernel that takes them (native) reads them without
+        # the copy that splitting them can cost; the registry splits them for the others.
         values = ops.convert_to_tensor(weight.values)
         return kernel_registry.matmul(
-            x, values, rows, cols, units, kernel=self.sparse_kernel_name, alpha=alpha
+            x, values, None, None, units, kernel=self.sparse_kernel_name, alpha=alpha,
+            positions=weight.positions_tensor(),
         )
 
     @property

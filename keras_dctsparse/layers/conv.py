@@ -541,10 +541,10 @@ class _DCTSparseConvBase(DCTSparseLayer):
     def _native_conv(self, x, padding, dtype):
         """`alpha * conv(x, Kd) + conv(x, S)` by `ops.native_conv` (channels_last `x`)."""
         weight = self.sparse_weight
-        rows, cols = weight.positions()
         alpha = self.alpha_as(dtype) if self.offset == "dct" else None
         return native_conv_ops.native_conv(
-            x, alpha, tf.cast(tf.convert_to_tensor(weight.values), dtype), rows, cols,
+            x, alpha, tf.cast(tf.convert_to_tensor(weight.values), dtype),
+            weight.positions_tensor(),
             self.kernel_size, self._out_channels(self._in_channels), self.strides, padding,
             self.dilation_rate,
         )

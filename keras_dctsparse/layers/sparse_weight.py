@@ -214,6 +214,10 @@ class SparseWeight:
                 autocast=False,
             )
 
+    def positions_tensor(self):
+        """The int32 `(2, nnz)` positions (rows, then columns) as one tensor (`"values"` format)."""
+        return ops.convert_to_tensor(self.indices)
+
     def positions(self):
         """`(rows, cols)`: the int32 positions of the values in the `(n, m)` matrix view."""
         if not TENSORFLOW:

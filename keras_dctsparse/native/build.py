@@ -35,8 +35,8 @@ __all__ = [
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
 #: Translation units of the op library.
 SOURCES = ("dense_ops.cc", "conv_ops.cc")
-#: Headers they include (part of the cache key).
-HEADERS = ("lanes.h", "fft.h", "dct.h", "common.h", "sparse_kernels.h")
+#: Headers they include (every file of `src` is part of the cache key).
+HEADERS = tuple(sorted(name for name in os.listdir(_SRC) if name.endswith(".h")))
 _LIBRARY_NAME = "_dctsparse_ops.so"
 # Floating-point options: reassociation (so reductions vectorize) and no errno or
 # trap semantics. Not -ffast-math: it would assume no NaN/inf and can set the CPU's
@@ -136,7 +136,9 @@ def library_path():
 
     command = compiler()
     digest = hashlib.sha256()
-    for name in SOURCES + HEADERS:
+    for name in sorted(os.listdir(_SRC)):
+        if not name.endswith((".cc", ".h")):
+            continue
         with open(os.path.join(_SRC, name), "rb") as handle:
             digest.update(name.encode() + b"\0" + handle.read())
     for part in (

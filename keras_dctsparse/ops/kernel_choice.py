@@ -108,6 +108,10 @@ _US_PER_NATIVE_TILE_NONZERO = 1.7e-3
 # Native DCT-II + DCT-III, per point and log2(N): one row at batch 1, a tile of 16 rows
 # above (4096 points at batch 256: 0.98 ms for the 16 tiles of one transform).
 _US_PER_NATIVE_FFT_POINT = {"row": 0.6e-3, "tile": 1.25e-3}
+# The materialized kernel's S^T written by the native DctSparseDensify (where native ops
+# may run), per entry: one streaming pass (4096 x 4096 at 30%, batch 256: forward 1.10x
+# Dense against 1.35x with SparseToDense, `benchmarks/dense_layer.py --kinds materialized`).
+_US_PER_NATIVE_DENSE_ENTRY = 0.25e-3
 #: Rows of a native tile (float32 lanes of a 64-byte vector).
 NATIVE_TILE_ROWS = 16
 _US_FFT_FIXED = 60.0  # launching the fast DCT's XLA clusters (forward + gradient)
@@ -292,7 +296,8 @@ def estimated_step_costs(input_dim, units, nnz, batch, dtype="float32", native=F
         else:
             value_gradient = mac + nnz * _US_PER_DENSE_ENTRY
         # zeros + scatter; at full density the values are S^T already (a reshape).
-        build = 0.0 if nnz >= size else (size + nnz) * _US_PER_DENSE_ENTRY
+        entry = _US_PER_NATIVE_DENSE_ENTRY if native else _US_PER_DENSE_ENTRY
+        build = 0.0 if nnz >= size else (size + nnz) * entry
         offset = min(
             size * _US_PER_DENSE_ENTRY if block_is_folded(n, m, dtype) else math.inf,
             _fft_cost(n, m, batch),

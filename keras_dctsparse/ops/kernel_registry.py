@@ -86,6 +86,12 @@ class SparseKernel:
             the kernel may run a layer of that shape.
         shape_limit: What `shape_allowed` checks, for error messages.
         description: One line for documentation.
+        takes_positions: Whether `matmul` and `offset_matmul` also accept the keyword
+            `positions`, the `(2, nnz)` int32 tensor of rows then columns as the layers
+            store it (read without the copy that splitting it can cost; TensorFlow splits
+            a tensor along its first axis without copying only when the split is 64-byte
+            aligned). Given `positions`, they get `values` unconverted and `rows`/`cols`
+            None, and convert what they use.
 
     Example:
 
@@ -103,6 +109,7 @@ class SparseKernel:
     shape_allowed: Optional[Callable] = None
     shape_limit: str = ""
     description: str = ""
+    takes_positions: bool = False
 
     def allows(self, input_dim, units):
         """Whether this kernel may run an `(input_dim, units)` layer."""
@@ -318,18 +325,22 @@ def resolve(name, x, input_dim, units, nnz, backend=None):
     return get_kernel(name, backend)
 
 
-def matmul(x, values, rows, cols, units, kernel=AUTO, alpha=None, backend=None):
+def matmul(x, values, rows, cols, units, kernel=AUTO, alpha=None, backend=None,
+           positions=None):
     """`x @ S`, or `alpha * D x + x @ S` when `alpha` is given, by one registered kernel.
 
     Args:
         x: Float tensor of shape `(batch, n)`, static `n`.
         values: `(nnz,)` values of `S` (converted to the dtype of `x`).
-        rows: `(nnz,)` int rows of the nonzeros.
-        cols: `(nnz,)` int columns; pairs sorted by column, then row.
+        rows: `(nnz,)` int rows of the nonzeros (None if `positions` is given).
+        cols: `(nnz,)` int columns; pairs sorted by column, then row (None with `positions`).
         units: Number of outputs `m` (Python int).
         kernel: `"auto"` or a kernel name of `backend`.
         alpha: None, or the scalar offset scale (a tensor of the dtype of `x`).
         backend: A Keras backend name, or None for Keras's.
+        positions: None, or the `(2, nnz)` int32 positions (rows, then columns) as one
+            tensor, for kernels that take it whole (`SparseKernel.takes_positions`);
+            the others get it split into `rows` and `cols`.
 
     Returns:
         Tensor of shape `(batch, units)`.
@@ -344,11 +355,22 @@ def matmul(x, values, rows, cols, units, kernel=AUTO, alpha=None, backend=None):
     """
     backend = _current_backend(backend)
     entry = _ensure(backend)
-    values, rows, cols = entry.prepare(x, values, rows, cols)
-    chosen = resolve(kernel, x, int(x.shape[1]), int(units), int(values.shape[0]), backend)
+    if positions is not None and (rows is None or cols is None):
+        nnz = int(positions.shape[1])
+    else:
+        nnz = int(values.shape[0]) if hasattr(values, "shape") else len(values)
+    chosen = resolve(kernel, x, int(x.shape[1]), int(units), nnz, backend)
+    if chosen.takes_positions and positions is not None:
+        # Such a kernel converts `values` and `positions` itself (rows and cols unused).
+        extra = {"positions": positions}
+    else:
+        if rows is None or cols is None:
+            rows, cols = positions[0], positions[1]
+        values, rows, cols = entry.prepare(x, values, rows, cols)
+        extra = {}
     if alpha is None:
-        return chosen.matmul(x, values, rows, cols, units)
-    return chosen.offset_matmul(x, alpha, values, rows, cols, units)
+        return chosen.matmul(x, values, rows, cols, units, **extra)
+    return chosen.offset_matmul(x, alpha, values, rows, cols, units, **extra)
 
 
 def dense_matmul(x, matrix, units, alpha=None, backend=None):

@@ -60,7 +60,7 @@ def _uv(x, filters, patch):
     return tf.reshape(flat, tf.concat([tf.shape(x)[:-1], [2 * int(filters)]], axis=0))
 
 
-def native_conv2d(x, alpha, values, rows, cols, kernel_size, filters, strides=(1, 1),
+def native_conv2d(x, alpha, values, positions, kernel_size, filters, strides=(1, 1),
                   padding="valid", dilation=(1, 1)):
     """`alpha * conv(x, Kd) + conv(x, S)` (or `conv(x, S)` when `alpha` is None), 2-D.
 
@@ -68,8 +68,8 @@ def native_conv2d(x, alpha, values, rows, cols, kernel_size, filters, strides=(1
         x: `(batch, h, w, c_in)` float32/float64 with static `h, w, c_in`.
         alpha: None, or the scalar offset scale (dtype of `x`).
         values: `(nnz,)` values of `S`.
-        rows: `(nnz,)` int32 rows of the `(kh * kw * c_in, filters)` matrix view of `S`.
-        cols: `(nnz,)` int32 output channels; positions sorted column-major.
+        positions: `(2, nnz)` int32: rows of the `(kh * kw * c_in, filters)` matrix view
+            of `S`, then output channels; sorted column-major.
         kernel_size, strides, dilation: 2-tuples of ints.
         filters: Output channels.
         padding: `"same"` or `"valid"`.
@@ -80,7 +80,7 @@ def native_conv2d(x, alpha, values, rows, cols, kernel_size, filters, strides=(1
     Example:
 
     >>> y = native_conv2d(tf.ones((1, 4, 4, 2)), tf.constant(1.0), tf.constant([0.0]),
-    ...                   tf.constant([0]), tf.constant([0]), (3, 3), 3, padding="same")
+    ...                   tf.constant([[0], [0]]), (3, 3), 3, padding="same")
     >>> tuple(y.shape)
     (1, 4, 4, 3)
     """
@@ -103,20 +103,19 @@ def native_conv2d(x, alpha, values, rows, cols, kernel_size, filters, strides=(1
     scale = alpha if with_offset else tf.zeros((), x.dtype)
     uv = (_uv(x, filters, math.prod(kernel_size) * in_channels) if with_offset
           else tf.zeros((0, 0, 0, 0), x.dtype))
-    rows = tf.convert_to_tensor(rows, tf.int32)
-    cols = tf.convert_to_tensor(cols, tf.int32)
+    positions = tf.convert_to_tensor(positions, tf.int32)
 
     @tf.custom_gradient
     def conv(x, uv, scale, values):
-        y, offset = ops.dct_sparse_conv2d(x, uv, scale, values, rows, cols,
+        y, offset = ops.dct_sparse_conv2d(x, uv, scale, values, positions,
                                           with_offset=with_offset, **attrs)
 
         def grad(dy):
             dx, duv = ops.dct_sparse_conv2d_input_grad(
-                dy, scale, values, rows, cols, tf.shape(x, out_type=tf.int64),
+                dy, scale, values, positions, tf.shape(x, out_type=tf.int64),
                 in_channels=in_channels, with_offset=with_offset, **attrs,
             )
-            dvalues = ops.dct_sparse_conv2d_value_grad(x, dy, rows, cols, **attrs)
+            dvalues = ops.dct_sparse_conv2d_value_grad(x, dy, positions, **attrs)
             dscale = tf.reduce_sum(dy * offset) if with_offset else tf.zeros_like(scale)
             return dx, (duv if with_offset else tf.zeros_like(uv)), dscale, dvalues
 
@@ -125,12 +124,12 @@ def native_conv2d(x, alpha, values, rows, cols, kernel_size, filters, strides=(1
     return conv(x, uv, scale, values)
 
 
-def native_conv(x, alpha, values, rows, cols, kernel_size, filters, strides, padding, dilation):
+def native_conv(x, alpha, values, positions, kernel_size, filters, strides, padding, dilation):
     """`native_conv2d` for 1-D (run as 2-D with a width of 1) or 2-D inputs.
 
     Args:
         x: `(batch, *spatial, c_in)` with 1 or 2 static spatial dimensions.
-        alpha, values, rows, cols, filters, padding: As for `native_conv2d`.
+        alpha, values, positions, filters, padding: As for `native_conv2d`.
         kernel_size, strides, dilation: Tuples with one entry per spatial dimension.
 
     Returns:
@@ -138,18 +137,18 @@ def native_conv(x, alpha, values, rows, cols, kernel_size, filters, strides, pad
 
     Example:
 
-    >>> y = native_conv(tf.ones((2, 10, 3)), None, tf.ones((1,)), tf.constant([4]),
-    ...                 tf.constant([1]), (3,), 2, (1,), "valid", (1,))
+    >>> y = native_conv(tf.ones((2, 10, 3)), None, tf.ones((1,)), tf.constant([[4], [1]]),
+    ...                 (3,), 2, (1,), "valid", (1,))
     >>> tuple(y.shape)
     (2, 8, 2)
     """
     rank = x.shape.rank - 2
     if rank == 2:
-        return native_conv2d(x, alpha, values, rows, cols, kernel_size, filters, strides,
+        return native_conv2d(x, alpha, values, positions, kernel_size, filters, strides,
                              padding, dilation)
     if rank != 1:
         raise ValueError(f"native_conv supports 1-D and 2-D convolutions; received rank {rank}.")
     pair = lambda v: tuple(v) + (1,)  # noqa: E731
-    y = native_conv2d(x[:, :, None, :], alpha, values, rows, cols, pair(kernel_size), filters,
+    y = native_conv2d(x[:, :, None, :], alpha, values, positions, pair(kernel_size), filters,
                       pair(strides), padding, pair(dilation))
     return y[:, :, 0, :]

@@ -21,7 +21,7 @@ from keras_dctsparse.native import library
 __all__ = ["native_matmul", "native_offset_matmul", "native_dct_offset"]
 
 
-def _product(x, values, rows, cols, units, alpha):
+def _product(x, values, positions, units, alpha):
     ops = library.load()
     input_dim = int(x.shape[1])
     with_offset = alpha is not None
@@ -30,14 +30,14 @@ def _product(x, values, rows, cols, units, alpha):
     @tf.custom_gradient
     def product(x, scale, values):
         y, offset = ops.dct_sparse_matmul(
-            x, scale, values, rows, cols, units=units, with_offset=with_offset
+            x, scale, values, positions, units=units, with_offset=with_offset
         )
 
         def grad(dy):
             dx = ops.dct_sparse_matmul_input_grad(
-                dy, scale, values, rows, cols, input_dim=input_dim, with_offset=with_offset
+                dy, scale, values, positions, input_dim=input_dim, with_offset=with_offset
             )
-            dvalues = ops.dct_sparse_matmul_value_grad(x, dy, rows, cols)
+            dvalues = ops.dct_sparse_matmul_value_grad(x, dy, positions)
             dscale = tf.reduce_sum(dy * offset) if with_offset else tf.zeros_like(scale)
             return dx, dscale, dvalues
 
@@ -46,30 +46,38 @@ def _product(x, values, rows, cols, units, alpha):
     return product(x, scale, values)
 
 
-def native_matmul(x, values, rows, cols, units):
-    """`x @ S` by the native ops (same arguments as `sparse_matmul.sparse_matmul`).
+def native_matmul(x, values, positions, units):
+    """`x @ S` by the native ops.
+
+    Args:
+        x: float32/float64 `(batch, n)`, static `n`.
+        values: `(nnz,)` values of `S`, the dtype of `x`.
+        positions: `(2, nnz)` int32: rows, then columns, sorted by column then row.
+        units: Number of outputs `m`.
+
+    Returns:
+        `(batch, units)`, differentiable in `x` and `values`.
 
     Example:
 
-    >>> y = native_matmul(tf.ones((1, 3)), tf.constant([2.0]), tf.constant([1]),
-    ...                   tf.constant([0]), 2)
+    >>> y = native_matmul(tf.ones((1, 3)), tf.constant([2.0]), tf.constant([[1], [0]]), 2)
     >>> y.numpy().tolist()
     [[2.0, 0.0]]
     """
-    return _product(x, values, rows, cols, units, None)
+    return _product(x, values, positions, units, None)
 
 
-def native_offset_matmul(x, alpha, values, rows, cols, units):
-    """`alpha * D x + x @ S` by the native ops (see `sparse_matmul.offset_sparse_matmul`).
+def native_offset_matmul(x, alpha, values, positions, units):
+    """`alpha * D x + x @ S` by the native ops (arguments of `native_matmul`, plus `alpha`).
 
     Example:
 
     >>> y = native_offset_matmul(tf.ones((1, 4)), tf.constant(1.0), tf.constant([0.0]),
-    ...                          tf.constant([0]), tf.constant([0]), 4)
+    ...                          tf.constant([[0], [0]]), 4)
     >>> [round(v, 4) + 0.0 for v in y.numpy()[0].tolist()]
     [2.0, 0.0, 0.0, 0.0]
     """
-    return _product(x, values, rows, cols, units, alpha)
+    return _product(x, values, positions, units, alpha)
 
 
 def native_dct_offset(x, units):

@@ -205,22 +205,28 @@ def _offset_csr(x, alpha, values, rows, cols, units):
     return alpha * dct_offset(x, units) + _csr_matmul(x, values, rows, cols, units)
 
 
-def _transposed_dense(values, rows, cols, units, input_dim):
-    """`S^T` as a dense `(units, input_dim)` tensor and the flat index of each value in it.
+def _transposed_dense(values, rows, cols, units, input_dim, positions=None):
+    """`S^T` as a dense `(units, input_dim)` tensor and how to read it back at the positions.
 
-    Column-major positions are the row-major order of `S^T`: at full density
-    `S^T` is a reshape of the values (the index is then None).
+    Column-major positions are the row-major order of `S^T`: at full density `S^T` is a
+    reshape of the values. Where native ops may run (`positions` given), the native
+    `DctSparseDensify` writes `S^T` in one pass (each row zeroed, then its values placed);
+    else `SparseToDense` at flat indices.
+
+    Returns:
+        `(transposed, read)`: `read(d_transposed)` is the `(nnz,)` vector of a `(units, n)`
+        tensor at the positions.
     """
     if values.shape[0] == units * input_dim:
-        return tf.reshape(values, (units, input_dim)), None
+        return tf.reshape(values, (units, input_dim)), lambda d: tf.reshape(d, [-1])
+    if positions is not None:
+        ops = native_library.load()
+        transposed = ops.dct_sparse_densify(values, positions, input_dim=input_dim, units=units)
+        return transposed, lambda d: ops.dct_sparse_gather_transposed(d, positions)
     flat = cols * input_dim + rows
-    return scatter_dense(flat, values, (units, input_dim)), flat
-
-
-def _at_positions(d_transposed, flat):
-    """`d_transposed` (shape `(units, n)`) read at the positions, as an `(nnz,)` vector."""
-    entries = tf.reshape(d_transposed, [-1])
-    return entries if flat is None else tf.gather(entries, flat)
+    return scatter_dense(flat, values, (units, input_dim)), (
+        lambda d: tf.gather(tf.reshape(d, [-1]), flat)
+    )
 
 
 def _kernel_product(x, transposed, form):
@@ -245,14 +251,22 @@ def _kernel_product(x, transposed, form):
     )
 
 
-def _materialized_matmul(x, values, rows, cols, units, alpha=None):
+def _materialized_matmul(x, values, rows, cols, units, alpha=None, positions=None):
     """`x @ (S + alpha * D^T)` with `S` (and a folded DCT block) made dense; see module docstring.
 
     With `alpha` given, the DCT block is part of the dense kernel when
     `kernel_choice.use_folded_block`, else `alpha * D x` is added by the fast
-    transform.
+    transform. With `positions` (the `(2, nnz)` tensor), `S^T` is written by the native
+    `DctSparseDensify` where native ops may run.
     """
     input_dim = x.shape[1]
+    native = positions is not None and native_allowed(x.dtype)
+    if native:
+        values = tf.convert_to_tensor(values, x.dtype)
+        positions = tf.convert_to_tensor(positions, tf.int32)
+    else:
+        values, rows, cols = _stock_arguments(x, values, rows, cols, positions)
+        positions = None
     _check_materialized(input_dim, units)
     nnz = values.shape[0]
     sampled = kernel_choice.use_sampled_value_gradient(input_dim, units, nnz)
@@ -263,7 +277,7 @@ def _materialized_matmul(x, values, rows, cols, units, alpha=None):
 
     @tf.custom_gradient
     def product(x, values, *scale):
-        transposed, flat = _transposed_dense(values, rows, cols, units, input_dim)
+        transposed, read = _transposed_dense(values, rows, cols, units, input_dim, positions)
         if with_block:
             block = dct_block(units, input_dim, x.dtype)
             transposed = transposed + scale[0] * block
@@ -272,10 +286,11 @@ def _materialized_matmul(x, values, rows, cols, units, alpha=None):
         def grad(dy):
             dx = tf.matmul(dy, transposed)
             if sampled:
-                dvalues = _sampled_dot(x, dy, rows, cols)
+                dvalues = (native_library.load().dct_sparse_matmul_value_grad(x, dy, positions)
+                           if native else _sampled_dot(x, dy, rows, cols))
             else:
                 d_transposed = tf.matmul(dy, x, transpose_a=True)
-                dvalues = _at_positions(d_transposed, flat)
+                dvalues = read(d_transposed)
             if not with_block:
                 return dx, dvalues
             if sampled:
@@ -300,8 +315,8 @@ def _check_materialized(input_dim, units):
     )
 
 
-def _offset_materialized(x, alpha, values, rows, cols, units):
-    return _materialized_matmul(x, values, rows, cols, units, alpha=alpha)
+def _offset_materialized(x, alpha, values, rows, cols, units, positions=None):
+    return _materialized_matmul(x, values, rows, cols, units, alpha=alpha, positions=positions)
 
 
 def _prepare(x, values, rows, cols):
@@ -355,15 +370,34 @@ def _stock_kernel(x, units, nnz):
     return kernel_registry.get_kernel(name, "tensorflow")
 
 
-def _native_or_stock_matmul(x, values, rows, cols, units):
+def _native_arguments(x, values, rows, cols, positions):
+    """`(values, positions)` for the native ops: values in the dtype of `x`, `(2, nnz)` int32."""
+    if positions is None:
+        positions = tf.stack([tf.cast(rows, tf.int32), tf.cast(cols, tf.int32)])
+    return tf.convert_to_tensor(values, x.dtype), tf.convert_to_tensor(positions, tf.int32)
+
+
+def _stock_arguments(x, values, rows, cols, positions):
+    if rows is None or cols is None:
+        rows, cols = tf.unstack(tf.convert_to_tensor(positions), num=2)
+    return _prepare(x, values, rows, cols)
+
+
+def _native_or_stock_matmul(x, values, rows, cols, units, positions=None):
     if native_allowed(x.dtype):
-        return native_matmul.native_matmul(x, values, rows, cols, units)
+        return native_matmul.native_matmul(
+            x, *_native_arguments(x, values, rows, cols, positions), units
+        )
+    values, rows, cols = _stock_arguments(x, values, rows, cols, positions)
     return _stock_kernel(x, units, values.shape[0]).matmul(x, values, rows, cols, units)
 
 
-def _native_or_stock_offset(x, alpha, values, rows, cols, units):
+def _native_or_stock_offset(x, alpha, values, rows, cols, units, positions=None):
     if native_allowed(x.dtype):
-        return native_matmul.native_offset_matmul(x, alpha, values, rows, cols, units)
+        return native_matmul.native_offset_matmul(
+            x, alpha, *_native_arguments(x, values, rows, cols, positions), units
+        )
+    values, rows, cols = _stock_arguments(x, values, rows, cols, positions)
     kernel = _stock_kernel(x, units, values.shape[0])
     return kernel.offset_matmul(x, alpha, values, rows, cols, units)
 
@@ -371,6 +405,7 @@ def _native_or_stock_offset(x, alpha, values, rows, cols, units):
 kernel_registry.register_kernel(kernel_registry.SparseKernel(
     "materialized", ("tensorflow",), xla_safe=True, matmul=_materialized_matmul,
     offset_matmul=_offset_materialized, shape_allowed=kernel_choice.materialized_allowed,
+    takes_positions=True,
     shape_limit="n * m <= kernel_choice.MAX_MATERIALIZED_ELEMENTS",
     description="S (and a folded DCT block) scattered into a dense kernel, dense matmuls",
 ))
@@ -378,7 +413,7 @@ kernel_registry.register_kernel(kernel_registry.SparseKernel(
 # "auto" would choose there (never CSR) runs instead.
 kernel_registry.register_kernel(kernel_registry.SparseKernel(
     "native", ("tensorflow",), xla_safe=True, matmul=_native_or_stock_matmul,
-    offset_matmul=_native_or_stock_offset,
+    offset_matmul=_native_or_stock_offset, takes_positions=True,
     description="the compiled CPU ops of keras_dctsparse.native (fast DCT and sparse "
     "products over tiles of batch rows); where native ops may not run (a graph traced for "
     "export, XLA), the stock kernel 'auto' would pick",

@@ -46,6 +46,21 @@ def test_a_built_library_is_reused(monkeypatch, tmp_path):
     assert build.build() == path
 
 
+def test_every_header_is_part_of_the_cache_key(monkeypatch, tmp_path):
+    assert set(build.HEADERS) == {name for name in os.listdir(build._SRC) if name.endswith(".h")}
+    monkeypatch.setenv("KERAS_DCTSPARSE_CACHE", str(tmp_path))
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in os.listdir(build._SRC):
+        with open(os.path.join(build._SRC, name), "rb") as handle:
+            (source / name).write_bytes(handle.read())
+    monkeypatch.setattr(build, "_SRC", str(source))
+    before = build.library_path()
+    header = source / build.HEADERS[0]
+    header.write_text(header.read_text() + "\n// changed\n")
+    assert build.library_path() != before
+
+
 def test_compile_errors_are_reported_and_leave_no_library(monkeypatch, tmp_path):
     source = tmp_path / "src"
     source.mkdir()

@@ -71,8 +71,9 @@ def test_forward_and_gradients_match_im2col(case, with_offset, dtype):
     kernel = p["sparse"] + (alpha * p["offset"] if with_offset else 0)
     patches = im2col(x, *geometry)
     uv = (x @ p["cos_sin"]).astype(dtype) if with_offset else np.zeros((0, 0, 0, 0), dtype)
+    positions = np.stack([p["rows"], p["cols"]])
     y, offset = ops.dct_sparse_conv2d(
-        x.astype(dtype), uv, dtype(alpha), p["values"].astype(dtype), p["rows"], p["cols"],
+        x.astype(dtype), uv, dtype(alpha), p["values"].astype(dtype), positions,
         with_offset=with_offset, **p["attrs"])
     tol = 2e-6 if dtype == np.float32 else 1e-13
     want = patches @ kernel
@@ -81,15 +82,15 @@ def test_forward_and_gradients_match_im2col(case, with_offset, dtype):
         np.testing.assert_allclose(offset.numpy(), patches @ p["offset"], atol=1e3 * tol)
     dy = rng.standard_normal(want.shape)
     dx, duv = ops.dct_sparse_conv2d_input_grad(
-        dy.astype(dtype), dtype(alpha), p["values"].astype(dtype), p["rows"], p["cols"],
+        dy.astype(dtype), dtype(alpha), p["values"].astype(dtype), positions,
         np.array(x.shape, np.int64), in_channels=x.shape[-1], with_offset=with_offset,
         **p["attrs"])
     want_dx = col2im(dy @ kernel.T, x.shape, *geometry)
     full_dx = dx.numpy() + (duv.numpy() @ p["cos_sin"].T if with_offset else 0)
     assert np.abs(full_dx - want_dx).max() <= 10 * tol * np.abs(dy).sum(-1).max() * max(
         1.0, np.abs(kernel).max())
-    dvalues = ops.dct_sparse_conv2d_value_grad(x.astype(dtype), dy.astype(dtype), p["rows"],
-                                               p["cols"], **p["attrs"])
+    dvalues = ops.dct_sparse_conv2d_value_grad(x.astype(dtype), dy.astype(dtype), positions,
+                                               **p["attrs"])
     want_dv = np.einsum("bhwp,bhwf->pf", patches, dy)[p["rows"], p["cols"]]
     bound = np.einsum("bhwp,bhwf->pf", np.abs(patches), np.abs(dy))[p["rows"], p["cols"]]
     assert np.all(np.abs(dvalues.numpy() - want_dv) <= 10 * tol * bound + 1e-30)
@@ -101,15 +102,13 @@ def test_positions_out_of_range_are_errors():
     attrs = dict(kernel_size=[3, 3], strides=[1, 1], dilations=[1, 1], pads=[1, 1, 1, 1],
                  filters=3)
     uv = np.zeros((0, 0, 0, 0), np.float32)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"rows must be in .* = \[0, 18\)"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(rows\) must be in .* = \[0, 18\)"):
         ops.dct_sparse_conv2d(x, uv, np.float32(1), np.ones(1, np.float32),
-                              np.array([18], np.int32), np.array([0], np.int32),
-                              with_offset=False, **attrs)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="cols must be sorted and in"):
+                              np.array([[18], [0]], np.int32), with_offset=False, **attrs)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(columns\) must be sorted and in"):
         ops.dct_sparse_conv2d_value_grad(x, np.ones((1, 4, 4, 3), np.float32),
-                                         np.array([0], np.int32), np.array([3], np.int32),
-                                         **attrs)
+                                         np.array([[0], [3]], np.int32), **attrs)
     with pytest.raises(tf.errors.InvalidArgumentError, match="uv must be"):
         ops.dct_sparse_conv2d(x, np.ones((1, 4, 4, 5), np.float32), np.float32(1),
-                              np.ones(1, np.float32), np.array([0], np.int32),
-                              np.array([0], np.int32), with_offset=True, **attrs)
+                              np.ones(1, np.float32), np.array([[0], [0]], np.int32),
+                              with_offset=True, **attrs)

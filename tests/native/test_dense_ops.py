@@ -84,7 +84,7 @@ def test_products_and_gradients_match_numpy(n, m, nnz, with_offset, dtype):
         block = dct_block(m, n) if with_offset else np.zeros((m, n))
         kernel = dense + alpha * block.T
         y, offset = ops().dct_sparse_matmul(
-            x.astype(dtype), dtype(alpha), values.astype(dtype), rows, cols, units=m,
+            x.astype(dtype), dtype(alpha), values.astype(dtype), np.stack([rows, cols]), units=m,
             with_offset=with_offset,
         )
         assert _within(y.numpy(), x @ kernel, np.abs(x) @ np.abs(kernel), dtype)
@@ -93,12 +93,12 @@ def test_products_and_gradients_match_numpy(n, m, nnz, with_offset, dtype):
         else:
             assert offset.shape == (0, 0)
         dx = ops().dct_sparse_matmul_input_grad(
-            dy.astype(dtype), dtype(alpha), values.astype(dtype), rows, cols, input_dim=n,
+            dy.astype(dtype), dtype(alpha), values.astype(dtype), np.stack([rows, cols]), input_dim=n,
             with_offset=with_offset,
         )
         assert _within(dx.numpy(), dy @ kernel.T, np.abs(dy) @ np.abs(kernel.T), dtype)
-        dvalues = ops().dct_sparse_matmul_value_grad(x.astype(dtype), dy.astype(dtype), rows,
-                                                     cols)
+        dvalues = ops().dct_sparse_matmul_value_grad(x.astype(dtype), dy.astype(dtype),
+                                                     np.stack([rows, cols]))
         want = (x.T @ dy)[rows, cols]
         assert _within(dvalues.numpy(), want, (np.abs(x).T @ np.abs(dy))[rows, cols], dtype)
 
@@ -109,11 +109,11 @@ def test_large_layer_over_many_tiles_and_threads():
     alpha = -0.3
     kernel = dense + alpha * dct_block(1536, 2048).T
     y, _ = ops().dct_sparse_matmul(x.astype(np.float32), np.float32(alpha),
-                                   values.astype(np.float32), rows, cols, units=1536,
+                                   values.astype(np.float32), np.stack([rows, cols]), units=1536,
                                    with_offset=True)
     assert _within(y.numpy(), x @ kernel, np.abs(x) @ np.abs(kernel), np.float32)
     dx = ops().dct_sparse_matmul_input_grad(dy.astype(np.float32), np.float32(alpha),
-                                            values.astype(np.float32), rows, cols,
+                                            values.astype(np.float32), np.stack([rows, cols]),
                                             input_dim=2048, with_offset=True)
     assert _within(dx.numpy(), dy @ kernel.T, np.abs(dy) @ np.abs(kernel.T), np.float32)
 
@@ -121,17 +121,15 @@ def test_large_layer_over_many_tiles_and_threads():
 def test_empty_batch_and_no_nonzeros():
     empty = np.zeros((0, 6), np.float32)
     y, offset = ops().dct_sparse_matmul(empty, np.float32(1), np.ones(2, np.float32),
-                                        np.array([0, 3], np.int32), np.array([1, 1], np.int32),
+                                        np.array([[0, 3], [1, 1]], np.int32),
                                         units=4, with_offset=True)
     assert y.shape == (0, 4) and offset.shape == (0, 4)
     x = np.random.default_rng().standard_normal((3, 6)).astype(np.float32)
     y, _ = ops().dct_sparse_matmul(x, np.float32(1), np.zeros(0, np.float32),
-                                   np.zeros(0, np.int32), np.zeros(0, np.int32), units=4,
-                                   with_offset=True)
+                                   np.zeros((2, 0), np.int32), units=4, with_offset=True)
     np.testing.assert_allclose(y.numpy(), x @ dct_block(4, 6).T, atol=1e-5)
     dvalues = ops().dct_sparse_matmul_value_grad(empty, np.zeros((0, 4), np.float32),
-                                                 np.array([0], np.int32),
-                                                 np.array([2], np.int32))
+                                                 np.array([[0], [2]], np.int32))
     assert dvalues.numpy().tolist() == [0.0]
 
 
@@ -140,26 +138,50 @@ def test_rows_out_of_range_are_an_error_not_a_read(batch):
     x = np.ones((batch, 3), np.float32)
     dy = np.ones((batch, 2), np.float32)
     for bad_row in (3, -1, 2**31 - 1):
-        positions = (np.array([0, bad_row], np.int32), np.array([0, 1], np.int32))
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"rows must be in \[0, 3\)"):
-            ops().dct_sparse_matmul(x, np.float32(1), np.ones(2, np.float32), *positions,
+        positions = np.array([[0, bad_row], [0, 1]], np.int32)
+        message = r"positions\[0\] \(rows\) must be in \[0, 3\)"
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            ops().dct_sparse_matmul(x, np.float32(1), np.ones(2, np.float32), positions,
                                     units=2, with_offset=False)
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"rows must be in \[0, 3\)"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             ops().dct_sparse_matmul_input_grad(dy, np.float32(1), np.ones(2, np.float32),
-                                               *positions, input_dim=3, with_offset=True)
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"rows must be in \[0, 3\)"):
-            ops().dct_sparse_matmul_value_grad(x, dy, *positions)
+                                               positions, input_dim=3, with_offset=True)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            ops().dct_sparse_matmul_value_grad(x, dy, positions)
 
 
 def test_columns_out_of_range_and_bad_shapes_are_errors():
     x = np.ones((2, 3), np.float32)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"cols must be sorted and in"):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"positions\[1\] \(columns\) must be sorted and in"):
         ops().dct_sparse_matmul(x, np.float32(1), np.ones(1, np.float32),
-                                np.array([0], np.int32), np.array([2], np.int32), units=2,
-                                with_offset=False)
+                                np.array([[0], [2]], np.int32), units=2, with_offset=False)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"values must be a vector"):
         ops().dct_sparse_matmul(x, np.float32(1), np.ones(2, np.float32),
-                                np.array([0], np.int32), np.array([0], np.int32), units=2,
-                                with_offset=False)
+                                np.array([[0], [0]], np.int32), units=2, with_offset=False)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=r"rank 2|\(2, nnz\)"):
+        ops().dct_sparse_matmul(x, np.float32(1), np.ones(2, np.float32),
+                                np.array([0, 0], np.int32), units=2, with_offset=False)
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="rank 2|matrix"):
         ops().dct_sparse_offset(np.ones(3, np.float32), units=2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_densify_and_gather_transposed(dtype):
+    rng = np.random.default_rng()
+    for n, m, nnz in [(7, 5, 1), (300, 100, 887), (64, 48, 3072)]:
+        rows, cols, values, dense, _, _ = random_sparse_problem(n, m, nnz, 1, rng)
+        positions = np.stack([rows, cols])
+        transposed = ops().dct_sparse_densify(values.astype(dtype), positions, input_dim=n,
+                                              units=m).numpy()
+        np.testing.assert_array_equal(transposed, dense.T.astype(dtype))
+        gradient = rng.standard_normal((m, n)).astype(dtype)
+        np.testing.assert_array_equal(
+            ops().dct_sparse_gather_transposed(gradient, positions).numpy(),
+            gradient[cols, rows])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"positions\[0\] \(rows\)"):
+        ops().dct_sparse_densify(np.ones(1, np.float32), np.array([[9], [0]], np.int32),
+                                 input_dim=3, units=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="inside the"):
+        ops().dct_sparse_gather_transposed(np.ones((2, 3), np.float32),
+                                           np.array([[0], [2]], np.int32))

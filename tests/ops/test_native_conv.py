@@ -43,9 +43,8 @@ def test_output_and_every_gradient_match_im2col(rank):
                               tf.constant(values, tf.float32))
     with tf.GradientTape() as tape:
         tape.watch([x_t, alpha_t, values_t])
-        y = native_conv.native_conv(x_t, alpha_t, values_t, rows.astype(np.int32),
-                                    cols.astype(np.int32), kernel, filters, strides, padding,
-                                    dilation)
+        y = native_conv.native_conv(x_t, alpha_t, values_t, np.stack([rows, cols]),
+                                    kernel, filters, strides, padding, dilation)
         dy = weights[(slice(None),) + tuple(slice(0, d) for d in y.shape[1:-1])]
         loss = tf.reduce_sum(y * dy)
     dx, dalpha, dvalues = tape.gradient(loss, [x_t, alpha_t, values_t])

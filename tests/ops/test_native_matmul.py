@@ -41,9 +41,10 @@ def test_forward_and_every_gradient_match_numpy(batch, with_offset):
     values_t = tf.constant(values, tf.float32)
 
     def function(x, alpha, values):
+        positions = np.stack([rows, cols])
         if with_offset:
-            return native_matmul.native_offset_matmul(x, alpha, values, rows, cols, m)
-        return native_matmul.native_matmul(x, values, rows, cols, m)
+            return native_matmul.native_offset_matmul(x, alpha, values, positions, m)
+        return native_matmul.native_matmul(x, values, positions, m)
 
     y, dx, dalpha, dvalues = _gradients(function, x_t, alpha_t, values_t)
     kernel = dense + (alpha * block.T if with_offset else 0)

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_dctsparse.native import library as native_library
 from keras_dctsparse.ops import kernel_choice
+from keras_dctsparse.ops import kernel_registry as registry
 from keras_dctsparse.ops import sparse_matmul as sm
 from numpy_reference import dct_block
 from numpy_reference import random_sparse_problem
@@ -122,7 +124,13 @@ def test_branch_cases_reach_every_branch():
     assert any(f and t for f, t in zip(folded, transposed))
 
 
-def offset_problem(n, m, nnz, batch, dtype, kernel, dynamic_batch=False):
+def offset_problem(n, m, nnz, batch, dtype, kernel, dynamic_batch=False, replica=False,
+                   positions=False):
+    """Forward and gradients of `offset_sparse_matmul` and their numpy references.
+
+    `replica`: traced inside `strategy.run`, as Keras's steps are, where native ops may
+    run. `positions`: the positions passed as one `(2, nnz)` tensor, as the layers pass them.
+    """
     rows, cols, values, dense, x, dy = random_sparse_problem(n, m, nnz, batch)
     offset = dct_block(m, n)  # D, (m x n)
     alpha = 0.6
@@ -135,11 +143,19 @@ def offset_problem(n, m, nnz, batch, dtype, kernel, dynamic_batch=False):
         ]
     )
     def forward_backward(x, values, alpha):
-        with tf.GradientTape() as tape:
-            tape.watch([x, values, alpha])
-            y = sm.offset_sparse_matmul(x, alpha, values, rows, cols, m, kernel=kernel)
-            loss = tf.reduce_sum(y * dy)
-        return (y,) + tuple(tape.gradient(loss, [x, values, alpha]))
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch([x, values, alpha])
+                if positions:
+                    y = registry.matmul(x, values, None, None, m, kernel=kernel, alpha=alpha,
+                                        backend="tensorflow",
+                                        positions=tf.constant(np.stack([rows, cols])))
+                else:
+                    y = sm.offset_sparse_matmul(x, alpha, values, rows, cols, m, kernel=kernel)
+                loss = tf.reduce_sum(y * dy)
+            return (y,) + tuple(tape.gradient(loss, [x, values, alpha]))
+
+        return tf.distribute.get_strategy().run(step) if replica else step()
 
     actual = [
         t.numpy()
@@ -182,6 +198,19 @@ def assert_matches_reference(actual, expected, magnitudes, tolerance, err_msg=""
 @pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
 def test_every_kernel_branch_matches_numpy(kernel, case, dtype):
     actual, expected, magnitudes = offset_problem(*case, dtype, kernel)
+    tolerance = 2e-5 if dtype == tf.float32 else 1e-11
+    assert_matches_reference(actual, expected, magnitudes, tolerance, kernel)
+
+
+@pytest.mark.skipif(not native_library.available(), reason="native kernels unavailable")
+@pytest.mark.parametrize("kernel", ["auto", "materialized", "native"])
+@pytest.mark.parametrize("case", BRANCH_CASES)
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_kernels_where_native_ops_run_match_numpy(kernel, case, dtype):
+    """Inside a replica context with the (2, nnz) positions, as a layer in `fit` runs them:
+    the native kernel's ops, the materialized kernel's native densify and gather."""
+    actual, expected, magnitudes = offset_problem(*case, dtype, kernel, replica=True,
+                                                  positions=True)
     tolerance = 2e-5 if dtype == tf.float32 else 1e-11
     assert_matches_reference(actual, expected, magnitudes, tolerance, kernel)
 
@@ -282,3 +311,22 @@ def test_sampled_dot_of_transposes_matches_numpy(dtype):
     ).numpy()
     tolerance = 1e-5 if dtype == tf.float32 else 1e-12
     np.testing.assert_allclose(got, (x.T @ dy)[rows, cols], rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.skipif(not native_library.available(), reason="native kernels unavailable")
+def test_materialized_kernel_builds_its_kernel_natively_only_where_native_ops_run():
+    rows, cols, values, _, x, _ = random_sparse_problem(64, 48, 300, 4)
+    positions = tf.constant(np.stack([rows, cols]))
+    args = (tf.constant(x, tf.float32), tf.constant(values, tf.float32))
+
+    def product(x, values):
+        return registry.matmul(x, values, None, None, 48, kernel="materialized",
+                               alpha=tf.constant(0.5), backend="tensorflow", positions=positions)
+
+    def op_types(function):
+        graph = tf.function(function).get_concrete_function(*args).graph
+        return {op.type for op in graph.get_operations()}
+
+    in_step = op_types(lambda x, v: tf.distribute.get_strategy().run(product, args=(x, v)))
+    assert "DctSparseDensify" in in_step
+    assert not {t for t in op_types(product) if t.startswith("DctSparse")}

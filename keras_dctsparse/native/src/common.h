@@ -200,6 +200,29 @@ inline void RunUnits(tensorflow::OpKernelContext* context, int64_t units, int64_
   });
 }
 
+// The positions of S as one (2, nnz) int32 tensor: rows = positions[0], cols = positions[1]
+// (the layers' storage, passed without a copy).
+struct Positions {
+  const int32_t* rows = nullptr;
+  const int32_t* cols = nullptr;
+  int64_t nnz = 0;
+};
+
+// Reads `positions`; fails `context` (and returns false) unless it is (2, nnz) int32.
+inline bool ReadPositions(tensorflow::OpKernelContext* context, const tensorflow::Tensor& positions,
+                          Positions* out) {
+  if (positions.dims() != 2 || positions.dim_size(0) != 2) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        "positions must be (2, nnz): rows, then columns; got shape " +
+        positions.shape().DebugString()));
+    return false;
+  }
+  out->nnz = positions.dim_size(1);
+  out->rows = positions.flat<int32_t>().data();
+  out->cols = out->rows + out->nnz;
+  return true;
+}
+
 // Threads of the intra-op pool.
 inline int NumThreads(tensorflow::OpKernelContext* context) {
   return context->device()->tensorflow_cpu_worker_threads()->num_threads;

@@ -117,8 +117,7 @@ REGISTER_OP("DctSparseConv2D")
     .Input("uv: T")
     .Input("alpha: T")
     .Input("values: T")
-    .Input("rows: int32")
-    .Input("cols: int32")
+    .Input("positions: int32")
     .Output("y: T")
     .Output("offset: T")
     .DCTSPARSE_CONV_ATTRS
@@ -136,8 +135,7 @@ REGISTER_OP("DctSparseConv2DInputGrad")
     .Input("dy: T")
     .Input("alpha: T")
     .Input("values: T")
-    .Input("rows: int32")
-    .Input("cols: int32")
+    .Input("positions: int32")
     .Input("input_shape: int64")
     .Output("dx: T")
     .Output("duv: T")
@@ -146,7 +144,7 @@ REGISTER_OP("DctSparseConv2DInputGrad")
     .Attr("with_offset: bool")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle shape;
-      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(5, &shape));
+      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(4, &shape));
       TF_RETURN_IF_ERROR(c->WithRank(shape, 4, &shape));
       c->set_output(0, shape);
       bool with_offset;
@@ -163,14 +161,13 @@ REGISTER_OP("DctSparseConv2DInputGrad")
 REGISTER_OP("DctSparseConv2DValueGrad")
     .Input("x: T")
     .Input("dy: T")
-    .Input("rows: int32")
-    .Input("cols: int32")
+    .Input("positions: int32")
     .Output("dvalues: T")
     .DCTSPARSE_CONV_ATTRS
     .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle rows;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &rows));
-      c->set_output(0, rows);
+      ShapeHandle positions;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &positions));
+      c->set_output(0, c->Vector(c->Dim(positions, 1)));
       return tensorflow::OkStatus();
     })
     .Doc("dvalues[k] = sum over images and output pixels of dy[.., cols[k]] times the "
@@ -346,22 +343,12 @@ struct RowBlocks {
   int64_t Units(int64_t batch) const { return batch * per_image; }
 };
 
-template <typename T>
-bool CheckPositions(OpKernelContext* context, const Tensor& rows, const Tensor& cols,
-                    int64_t filters) {
-  if (rows.dims() != 1 || cols.dims() != 1 || rows.dim_size(0) != cols.dim_size(0)) {
-    context->CtxFailure(Invalid("rows and cols must be vectors of the same length; got shapes ",
-                                rows.shape().DebugString(), " and ", cols.shape().DebugString()));
+inline bool CheckColumns(OpKernelContext* context, const Positions& pos, int64_t filters) {
+  if (pos.nnz > 0 && (pos.cols[0] < 0 || pos.cols[pos.nnz - 1] >= filters)) {
+    context->CtxFailure(Invalid("positions[1] (columns) must be sorted and in [0, ", filters,
+                                "); got ", pos.cols[0], " first and ", pos.cols[pos.nnz - 1],
+                                " last"));
     return false;
-  }
-  const int64_t nnz = cols.dim_size(0);
-  if (nnz > 0) {
-    const int32_t* c = cols.flat<int32_t>().data();
-    if (c[0] < 0 || c[nnz - 1] >= filters) {
-      context->CtxFailure(Invalid("cols must be sorted and in [0, ", filters, "); got cols[0] = ",
-                                  c[0], ", cols[nnz - 1] = ", c[nnz - 1]));
-      return false;
-    }
   }
   return true;
 }
@@ -461,13 +448,13 @@ class ConvOp : public OpKernel {
     const Tensor& uv = context->input(1);
     const Tensor& alpha = context->input(2);
     const Tensor& values = context->input(3);
-    const Tensor& rows = context->input(4);
-    const Tensor& cols = context->input(5);
     OP_REQUIRES(context, x.dims() == 4,
                 Invalid("x must be (batch, height, width, channels); got ", x.shape().DebugString()));
-    if (!CheckPositions<T>(context, rows, cols, attrs_.filters)) return;
-    OP_REQUIRES(context, values.dims() == 1 && values.dim_size(0) == rows.dim_size(0),
-                Invalid("values must be a vector of length nnz = ", rows.dim_size(0)));
+    Positions pos;
+    if (!ReadPositions(context, context->input(4), &pos) || !CheckColumns(context, pos, attrs_.filters))
+      return;
+    OP_REQUIRES(context, values.dims() == 1 && values.dim_size(0) == pos.nnz,
+                Invalid("values must be a vector of length nnz = ", pos.nnz));
     OP_REQUIRES(context, alpha.NumElements() == 1, Invalid("alpha must be a scalar"));
     const int64_t batch = x.dim_size(0), f = attrs_.filters;
     ConvPlan<T> p;
@@ -481,9 +468,9 @@ class ConvOp : public OpKernel {
                           "like x with 2 * ", f, " channels; got ", uv.shape().DebugString()));
     }
     p.Init(attrs_, batch, x.dim_size(1), x.dim_size(2), x.dim_size(3),
-           rows.flat<int32_t>().data(), cols.flat<int32_t>().data(), rows.dim_size(0));
+           pos.rows, pos.cols, pos.nnz);
     OP_REQUIRES(context, !p.bad,
-                Invalid("rows must be in [0, kh * kw * c_in) = [0, ", attrs_.kh * attrs_.kw * p.c_in, ")"));
+                Invalid("positions[0] (rows) must be in [0, kh * kw * c_in) = [0, ", attrs_.kh * attrs_.kw * p.c_in, ")"));
     Tensor* y = nullptr;
     Tensor* offset_out = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({batch, out_h, out_w, f}), &y));
@@ -565,9 +552,7 @@ class ConvInputGradOp : public OpKernel {
     const Tensor& dy = context->input(0);
     const Tensor& alpha = context->input(1);
     const Tensor& values = context->input(2);
-    const Tensor& rows = context->input(3);
-    const Tensor& cols = context->input(4);
-    const Tensor& shape = context->input(5);
+    const Tensor& shape = context->input(4);
     OP_REQUIRES(context, shape.NumElements() == 4, Invalid("input_shape must have 4 entries"));
     const auto s = shape.flat<int64_t>();
     const int64_t batch = s(0), h = s(1), w = s(2), f = attrs_.filters;
@@ -576,14 +561,14 @@ class ConvInputGradOp : public OpKernel {
                              dy.dim_size(1) == attrs_.OutHeight(h) &&
                              dy.dim_size(2) == attrs_.OutWidth(w) && dy.dim_size(3) == f,
                 Invalid("dy must have the output shape of input_shape; got ", dy.shape().DebugString()));
-    if (!CheckPositions<T>(context, rows, cols, f)) return;
-    OP_REQUIRES(context, values.dims() == 1 && values.dim_size(0) == rows.dim_size(0),
-                Invalid("values must be a vector of length nnz = ", rows.dim_size(0)));
+    Positions pos;
+    if (!ReadPositions(context, context->input(3), &pos) || !CheckColumns(context, pos, f)) return;
+    OP_REQUIRES(context, values.dims() == 1 && values.dim_size(0) == pos.nnz,
+                Invalid("values must be a vector of length nnz = ", pos.nnz));
     ConvPlan<T> p;
-    p.Init(attrs_, batch, h, w, in_channels_, rows.flat<int32_t>().data(),
-           cols.flat<int32_t>().data(), rows.dim_size(0));
+    p.Init(attrs_, batch, h, w, in_channels_, pos.rows, pos.cols, pos.nnz);
     OP_REQUIRES(context, !p.bad,
-                Invalid("rows must be in [0, kh * kw * c_in) = [0, ", attrs_.kh * attrs_.kw * p.c_in, ")"));
+                Invalid("positions[0] (rows) must be in [0, kh * kw * c_in) = [0, ", attrs_.kh * attrs_.kw * p.c_in, ")"));
     Tensor* dx = nullptr;
     Tensor* duv = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({batch, h, w, in_channels_}), &dx));
@@ -601,7 +586,7 @@ class ConvInputGradOp : public OpKernel {
     if (with_offset_) taps_.Get(attrs_, p.c_in, &u_taps, &v_taps);
     const int64_t out_h = p.out_h, out_w = p.out_w;
     const int64_t patch = attrs_.kh * attrs_.kw * p.c_in;
-    const RowMajor<T> by_row(p, rows.flat<int32_t>().data(), cols.flat<int32_t>().data(), V);
+    const RowMajor<T> by_row(p, pos.rows, pos.cols, V);
     // One unit per image: the rows an image's outputs touch overlap between row blocks.
     const int64_t unit_work = out_h * ((out_w + L - 1) / L) * (p.nnz + 4 * f);
     RunUnits(context, batch, unit_work, [&](int64_t b) {
@@ -683,8 +668,6 @@ class ConvValueGradOp : public OpKernel {
     constexpr int L = Lanes<T>::kCount;
     const Tensor& x = context->input(0);
     const Tensor& dy = context->input(1);
-    const Tensor& rows = context->input(2);
-    const Tensor& cols = context->input(3);
     const int64_t f = attrs_.filters;
     OP_REQUIRES(context, x.dims() == 4,
                 Invalid("x must be (batch, height, width, channels); got ", x.shape().DebugString()));
@@ -693,12 +676,13 @@ class ConvValueGradOp : public OpKernel {
                              dy.dim_size(1) == attrs_.OutHeight(x.dim_size(1)) &&
                              dy.dim_size(2) == attrs_.OutWidth(x.dim_size(2)) && dy.dim_size(3) == f,
                 Invalid("dy must have the output shape of x; got ", dy.shape().DebugString()));
-    if (!CheckPositions<T>(context, rows, cols, f)) return;
+    Positions pos;
+    if (!ReadPositions(context, context->input(2), &pos) || !CheckColumns(context, pos, f)) return;
     ConvPlan<T> p;
     p.Init(attrs_, batch, x.dim_size(1), x.dim_size(2), x.dim_size(3),
-           rows.flat<int32_t>().data(), cols.flat<int32_t>().data(), rows.dim_size(0));
+           pos.rows, pos.cols, pos.nnz);
     OP_REQUIRES(context, !p.bad,
-                Invalid("rows must be in [0, kh * kw * c_in) = [0, ", attrs_.kh * attrs_.kw * p.c_in, ")"));
+                Invalid("positions[0] (rows) must be in [0, kh * kw * c_in) = [0, ", attrs_.kh * attrs_.kw * p.c_in, ")"));
     Tensor* dvalues = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({p.nnz}), &dvalues));
     T* DV = dvalues->flat<T>().data();
@@ -707,7 +691,7 @@ class ConvValueGradOp : public OpKernel {
     const T* X = x.flat<T>().data();
     const T* DY = dy.flat<T>().data();
     const int64_t out_h = p.out_h, out_w = p.out_w;
-    const RowMajor<T> by_row(p, rows.flat<int32_t>().data(), cols.flat<int32_t>().data(), nullptr);
+    const RowMajor<T> by_row(p, pos.rows, pos.cols, nullptr);
     const RowBlocks blocks(batch, out_h, NumThreads(context));
     const int64_t units = blocks.Units(batch);
     Buffer<T> partial(units * p.nnz);

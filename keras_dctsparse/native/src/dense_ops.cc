@@ -75,8 +75,7 @@ REGISTER_OP("DctSparseMatmul")
     .Input("x: T")
     .Input("alpha: T")
     .Input("values: T")
-    .Input("rows: int32")
-    .Input("cols: int32")
+    .Input("positions: int32")
     .Output("y: T")
     .Output("offset: T")
     .Attr("T: {float, double}")
@@ -95,8 +94,7 @@ REGISTER_OP("DctSparseMatmulInputGrad")
     .Input("dy: T")
     .Input("alpha: T")
     .Input("values: T")
-    .Input("rows: int32")
-    .Input("cols: int32")
+    .Input("positions: int32")
     .Output("dx: T")
     .Attr("T: {float, double}")
     .Attr("input_dim: int >= 1")
@@ -107,17 +105,45 @@ REGISTER_OP("DctSparseMatmulInputGrad")
 REGISTER_OP("DctSparseMatmulValueGrad")
     .Input("x: T")
     .Input("dy: T")
-    .Input("rows: int32")
-    .Input("cols: int32")
+    .Input("positions: int32")
     .Output("dvalues: T")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle rows;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &rows));
-      c->set_output(0, rows);
+      ShapeHandle positions;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &positions));
+      c->set_output(0, c->Vector(c->Dim(positions, 1)));
       return tensorflow::OkStatus();
     })
-    .Doc("dvalues[k] = sum_b x[b, rows[k]] * dy[b, cols[k]].");
+    .Doc("dvalues[k] = sum_b x[b, positions[0, k]] * dy[b, positions[1, k]].");
+
+REGISTER_OP("DctSparseDensify")
+    .Input("values: T")
+    .Input("positions: int32")
+    .Output("transposed: T")
+    .Attr("T: {float, double}")
+    .Attr("input_dim: int >= 1")
+    .Attr("units: int >= 1")
+    .SetShapeFn([](InferenceContext* c) {
+      int64_t n, m;
+      TF_RETURN_IF_ERROR(c->GetAttr("input_dim", &n));
+      TF_RETURN_IF_ERROR(c->GetAttr("units", &m));
+      c->set_output(0, c->Matrix(m, n));
+      return tensorflow::OkStatus();
+    })
+    .Doc("S^T as a dense (units, input_dim) matrix, written row by row in one pass.");
+
+REGISTER_OP("DctSparseGatherTransposed")
+    .Input("transposed: T")
+    .Input("positions: int32")
+    .Output("values: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle positions;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &positions));
+      c->set_output(0, c->Vector(c->Dim(positions, 1)));
+      return tensorflow::OkStatus();
+    })
+    .Doc("values[k] = transposed[positions[1, k], positions[0, k]].");
 
 // Checks of the shapes every product op shares; returns false after failing the context.
 // Fails `context` with `status` unless `ok`; returns `ok`.
@@ -126,19 +152,11 @@ bool Require(OpKernelContext* context, bool ok, const absl::Status& status) {
   return ok;
 }
 
-bool CheckSparse(OpKernelContext* context, const Tensor& values, const Tensor& rows,
-                 const Tensor& cols, bool with_values) {
-  if (!Require(context, rows.dims() == 1 && cols.dims() == 1,
-              Invalid("rows and cols must be vectors; got shapes ",
-                              rows.shape().DebugString(), " and ", cols.shape().DebugString()))) return false;
-  if (!Require(context, rows.dim_size(0) == cols.dim_size(0),
-              Invalid("rows and cols must have the same length; got ",
-                              rows.dim_size(0), " and ", cols.dim_size(0)))) return false;
-  if (with_values) {
-    if (!Require(context, values.dims() == 1 && values.dim_size(0) == rows.dim_size(0),
-                Invalid("values must be a vector of length nnz = ", rows.dim_size(0),
-                                "; got shape ", values.shape().DebugString()))) return false;
-  }
+bool CheckValues(OpKernelContext* context, const Tensor& values, const Positions& positions) {
+  if (!Require(context, values.dims() == 1 && values.dim_size(0) == positions.nnz,
+               Invalid("values must be a vector of length nnz = ", positions.nnz,
+                       "; got shape ", values.shape().DebugString())))
+    return false;
   return true;
 }
 
@@ -148,18 +166,19 @@ bool CheckMatrix(OpKernelContext* context, const Tensor& x, const char* name) {
   return true;
 }
 
-bool CheckColumns(OpKernelContext* context, const Tensor& cols, int64_t m) {
-  const int64_t nnz = cols.dim_size(0);
+bool CheckColumns(OpKernelContext* context, const Positions& positions, int64_t m) {
+  const int64_t nnz = positions.nnz;
   if (nnz == 0) return true;
-  const int32_t* c = cols.flat<int32_t>().data();
+  const int32_t* c = positions.cols;
   if (!Require(context, c[0] >= 0 && c[nnz - 1] < m,
-              Invalid("cols must be sorted and in [0, ", m, "); got cols[0] = ", c[0],
-                              ", cols[nnz - 1] = ", c[nnz - 1]))) return false;
+               Invalid("positions[1] (columns) must be sorted and in [0, ", m, "); got ", c[0],
+                       " first and ", c[nnz - 1], " last")))
+    return false;
   return true;
 }
 
 void FailBadRows(OpKernelContext* context, int64_t n) {
-  context->CtxFailure(Invalid("rows must be in [0, ", n, ")"));
+  context->CtxFailure(Invalid("positions[0] (rows) must be in [0, ", n, ")"));
 }
 
 // Rough cost in nanoseconds of one DCT of `length` on a tile of rows.
@@ -240,14 +259,15 @@ class MatmulOp : public OpKernel {
     const Tensor& x = context->input(0);
     const Tensor& alpha = context->input(1);
     const Tensor& values = context->input(2);
-    const Tensor& rows = context->input(3);
-    const Tensor& cols = context->input(4);
-    if (!CheckMatrix(context, x, "x") || !CheckSparse(context, values, rows, cols, true)) return;
+    Positions pos;
+    if (!CheckMatrix(context, x, "x") || !ReadPositions(context, context->input(3), &pos) ||
+        !CheckValues(context, values, pos))
+      return;
     OP_REQUIRES(context, alpha.NumElements() == 1,
                 Invalid("alpha must be a scalar; got shape ", alpha.shape().DebugString()));
     const int64_t batch = x.dim_size(0), n = x.dim_size(1), m = units_;
-    const int64_t nnz = values.dim_size(0);
-    if (!CheckColumns(context, cols, m)) return;
+    const int64_t nnz = pos.nnz;
+    if (!CheckColumns(context, pos, m)) return;
     Tensor* y = nullptr;
     Tensor* offset_out = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({batch, m}), &y));
@@ -257,12 +277,12 @@ class MatmulOp : public OpKernel {
     if (batch == 0) return;
     const T* X = x.flat<T>().data();
     const T* V = values.flat<T>().data();
-    const int32_t* R = rows.flat<int32_t>().data();
+    const int32_t* R = pos.rows;
     const T a = alpha.flat<T>()(0);
     T* Y = y->flat<T>().data();
     T* O = with_offset_ ? offset_out->flat<T>().data() : nullptr;
     std::vector<int64_t> ptr;
-    ColumnPointers(cols.flat<int32_t>().data(), nnz, m, &ptr);
+    ColumnPointers(pos.cols, nnz, m, &ptr);
     const int64_t length = std::max(n, m);
     const int threads = NumThreads(context);
     std::vector<char> bad(std::max<int64_t>(threads * 4, 64), 0);
@@ -360,24 +380,25 @@ class InputGradOp : public OpKernel {
     const Tensor& dy = context->input(0);
     const Tensor& alpha = context->input(1);
     const Tensor& values = context->input(2);
-    const Tensor& rows = context->input(3);
-    const Tensor& cols = context->input(4);
-    if (!CheckMatrix(context, dy, "dy") || !CheckSparse(context, values, rows, cols, true)) return;
+    Positions pos;
+    if (!CheckMatrix(context, dy, "dy") || !ReadPositions(context, context->input(3), &pos) ||
+        !CheckValues(context, values, pos))
+      return;
     OP_REQUIRES(context, alpha.NumElements() == 1,
                 Invalid("alpha must be a scalar; got shape ", alpha.shape().DebugString()));
     const int64_t batch = dy.dim_size(0), m = dy.dim_size(1), n = input_dim_;
-    const int64_t nnz = values.dim_size(0);
-    if (!CheckColumns(context, cols, m)) return;
+    const int64_t nnz = pos.nnz;
+    if (!CheckColumns(context, pos, m)) return;
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({batch, n}), &dx));
     if (batch == 0) return;
     const T* DY = dy.flat<T>().data();
     const T* V = values.flat<T>().data();
-    const int32_t* R = rows.flat<int32_t>().data();
+    const int32_t* R = pos.rows;
     const T a = alpha.flat<T>()(0);
     T* DX = dx->flat<T>().data();
     std::vector<int64_t> ptr;
-    ColumnPointers(cols.flat<int32_t>().data(), nnz, m, &ptr);
+    ColumnPointers(pos.cols, nnz, m, &ptr);
     const int64_t length = std::max(n, m);
     const int threads = NumThreads(context);
     std::vector<char> bad(std::max<int64_t>(threads * 4, 64), 0);
@@ -468,17 +489,16 @@ class ValueGradOp : public OpKernel {
     constexpr int L = Lanes<T>::kCount;
     const Tensor& x = context->input(0);
     const Tensor& dy = context->input(1);
-    const Tensor& rows = context->input(2);
-    const Tensor& cols = context->input(3);
+    Positions pos;
     if (!CheckMatrix(context, x, "x") || !CheckMatrix(context, dy, "dy") ||
-        !CheckSparse(context, rows, rows, cols, false))
+        !ReadPositions(context, context->input(2), &pos))
       return;
     OP_REQUIRES(context, x.dim_size(0) == dy.dim_size(0),
                 Invalid("x and dy must have the same number of rows; got ",
                                 x.dim_size(0), " and ", dy.dim_size(0)));
     const int64_t batch = x.dim_size(0), n = x.dim_size(1), m = dy.dim_size(1);
-    const int64_t nnz = rows.dim_size(0);
-    if (!CheckColumns(context, cols, m)) return;
+    const int64_t nnz = pos.nnz;
+    if (!CheckColumns(context, pos, m)) return;
     Tensor* dv = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({nnz}), &dv));
     T* DV = dv->flat<T>().data();
@@ -488,9 +508,9 @@ class ValueGradOp : public OpKernel {
     }
     const T* X = x.flat<T>().data();
     const T* DY = dy.flat<T>().data();
-    const int32_t* R = rows.flat<int32_t>().data();
+    const int32_t* R = pos.rows;
     std::vector<int64_t> ptr;
-    ColumnPointers(cols.flat<int32_t>().data(), nnz, m, &ptr);
+    ColumnPointers(pos.cols, nnz, m, &ptr);
     const int threads = NumThreads(context);
     const int64_t parts = threads * 4;
     const auto bounds = SplitColumns(ptr, parts);
@@ -531,6 +551,81 @@ class ValueGradOp : public OpKernel {
   }
 };
 
+// S^T dense: each row (a column of S) zeroed and its values placed, rows split over threads.
+template <typename T>
+class DensifyOp : public OpKernel {
+ public:
+  explicit DensifyOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("input_dim", &n_));
+    OP_REQUIRES_OK(context, context->GetAttr("units", &m_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& values = context->input(0);
+    Positions pos;
+    if (!ReadPositions(context, context->input(1), &pos) || !CheckValues(context, values, pos) ||
+        !CheckColumns(context, pos, m_))
+      return;
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({m_, n_}), &out));
+    const T* V = values.flat<T>().data();
+    T* S = out->flat<T>().data();
+    std::vector<int64_t> ptr;
+    ColumnPointers(pos.cols, pos.nnz, m_, &ptr);
+    const int threads = NumThreads(context);
+    const int64_t parts = threads * 4;
+    const auto bounds = SplitColumns(ptr, parts);
+    std::vector<char> bad(parts, 0);
+    RunUnits(context, parts, (m_ * n_ / 8 + pos.nnz) / parts, [&](int64_t part) {
+      bool part_bad = false;
+      for (int64_t j = bounds[part]; j < bounds[part + 1]; ++j) {
+        T* row = S + j * n_;
+        std::fill(row, row + n_, T(0));
+        for (int64_t k = ptr[j]; k < ptr[j + 1]; ++k) row[CheckedRow(pos.rows[k], n_, &part_bad)] = V[k];
+      }
+      bad[part] = part_bad;
+    });
+    if (std::any_of(bad.begin(), bad.end(), [](char b) { return b; })) FailBadRows(context, n_);
+  }
+
+ private:
+  int64_t n_, m_;
+};
+
+// values[k] = transposed[cols[k], rows[k]]: the value gradient read from a dense S^T gradient.
+template <typename T>
+class GatherTransposedOp : public OpKernel {
+ public:
+  explicit GatherTransposedOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& dense = context->input(0);
+    Positions pos;
+    if (!CheckMatrix(context, dense, "transposed") ||
+        !ReadPositions(context, context->input(1), &pos))
+      return;
+    const int64_t m = dense.dim_size(0), n = dense.dim_size(1);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({pos.nnz}), &out));
+    const T* D = dense.flat<T>().data();
+    T* V = out->flat<T>().data();
+    const int threads = NumThreads(context);
+    std::vector<char> bad(threads, 0);
+    RunUnits(context, threads, pos.nnz / threads, [&](int64_t part) {
+      bool part_bad = false;
+      const int64_t k0 = pos.nnz * part / threads, k1 = pos.nnz * (part + 1) / threads;
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t r = CheckedRow(pos.rows[k], n, &part_bad);
+        const int64_t c = CheckedRow(pos.cols[k], m, &part_bad);
+        V[k] = D[c * n + r];
+      }
+      bad[part] = part_bad;
+    });
+    if (std::any_of(bad.begin(), bad.end(), [](char b) { return b; }))
+      context->CtxFailure(Invalid("positions must be inside the (", m, ", ", n, ") matrix"));
+  }
+};
+
 #define REGISTER_DCTSPARSE_KERNELS(T)                                                   \
   REGISTER_KERNEL_BUILDER(                                                              \
       Name("DctSparseOffset").Device(DEVICE_CPU).TypeConstraint<T>("T"), OffsetOp<T, false>); \
@@ -543,7 +638,12 @@ class ValueGradOp : public OpKernel {
       InputGradOp<T>);                                                                  \
   REGISTER_KERNEL_BUILDER(                                                              \
       Name("DctSparseMatmulValueGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),      \
-      ValueGradOp<T>);
+      ValueGradOp<T>);                                                                  \
+  REGISTER_KERNEL_BUILDER(Name("DctSparseDensify").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          DensifyOp<T>);                                                \
+  REGISTER_KERNEL_BUILDER(                                                              \
+      Name("DctSparseGatherTransposed").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
+      GatherTransposedOp<T>);
 
 REGISTER_DCTSPARSE_KERNELS(float)
 REGISTER_DCTSPARSE_KERNELS(double)
