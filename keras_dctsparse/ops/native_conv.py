@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from keras_dctsparse.native import library
 from keras_dctsparse.ops.conv_offset import _dct_cos_sin
+from keras_dctsparse.ops.native_matmul import records_gradient
 from keras_dctsparse.ops.conv_offset import _table_dtype
 
 __all__ = ["explicit_pads", "native_conv", "native_conv2d"]
@@ -104,13 +105,21 @@ def native_conv2d(x, alpha, values, positions, kernel_size, filters, strides=(1,
     uv = (_uv(x, filters, math.prod(kernel_size) * in_channels) if with_offset
           else tf.zeros((0, 0, 0, 0), x.dtype))
     positions = tf.convert_to_tensor(positions, tf.int32)
+    # alpha's gradient needs the offset: kept when a tape records this call, else
+    # (inference) not written out, and recomputed should a gradient be asked for after all.
+    keep_offset = with_offset and records_gradient(x, scale, values)
 
     @tf.custom_gradient
     def conv(x, uv, scale, values):
         y, offset = ops.dct_sparse_conv2d(x, uv, scale, values, positions,
-                                          with_offset=with_offset, **attrs)
+                                          with_offset=with_offset, offset_output=keep_offset,
+                                          **attrs)
 
         def grad(dy):
+            nonlocal offset
+            if with_offset and not keep_offset:
+                offset = ops.dct_sparse_conv2d(x, uv, scale, tf.zeros_like(values), positions,
+                                               with_offset=True, **attrs)[1]
             dx, duv = ops.dct_sparse_conv2d_input_grad(
                 dy, scale, values, positions, tf.shape(x, out_type=tf.int64),
                 in_channels=in_channels, with_offset=with_offset, **attrs,

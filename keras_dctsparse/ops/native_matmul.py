@@ -15,10 +15,23 @@ graph is not saved for serving, the library is built) is decided by the caller
 """
 
 import tensorflow as tf
+# No public API tells at trace time whether a gradient tape records these tensors.
+from tensorflow.python.eager import record
 
 from keras_dctsparse.native import library
 
-__all__ = ["native_matmul", "native_offset_matmul", "native_dct_offset"]
+__all__ = ["native_matmul", "native_offset_matmul", "native_dct_offset", "records_gradient"]
+
+
+def records_gradient(*tensors):
+    """Whether a gradient tape records `tensors` now (decided when a call is traced).
+
+    Example:
+
+    >>> records_gradient(tf.ones(1))
+    False
+    """
+    return bool(record.should_record_backprop([tf.convert_to_tensor(t) for t in tensors]))
 
 
 def _product(x, values, positions, units, alpha):
@@ -26,14 +39,21 @@ def _product(x, values, positions, units, alpha):
     input_dim = int(x.shape[1])
     with_offset = alpha is not None
     scale = alpha if with_offset else tf.zeros((), x.dtype)
+    # alpha's gradient needs D x: kept when a tape records this call, else (inference)
+    # not written out, and recomputed should a gradient be asked for after all.
+    keep_offset = with_offset and records_gradient(x, scale, values)
 
     @tf.custom_gradient
     def product(x, scale, values):
         y, offset = ops.dct_sparse_matmul(
-            x, scale, values, positions, units=units, with_offset=with_offset
+            x, scale, values, positions, units=units, with_offset=with_offset,
+            offset_output=keep_offset,
         )
 
         def grad(dy):
+            nonlocal offset
+            if with_offset and not keep_offset:
+                offset = ops.dct_sparse_offset(x, units=units)
             dx = ops.dct_sparse_matmul_input_grad(
                 dy, scale, values, positions, input_dim=input_dim, with_offset=with_offset
             )

@@ -65,3 +65,28 @@ def test_output_and_every_gradient_match_im2col(rank):
     np.testing.assert_allclose(dvalues.numpy(), (flat_p.T @ flat_dy)[rows, cols], rtol=1e-4,
                                atol=1e-4)
     np.testing.assert_allclose(float(dalpha), np.sum((flat_p @ offset) * flat_dy), rtol=1e-4)
+
+
+@pytest.mark.skipif(not library.available(), reason="native kernels unavailable")
+def test_alpha_gradient_of_an_inference_trace_recomputes_the_offset():
+    rng = np.random.default_rng()
+    x = tf.constant(rng.standard_normal((2, 6, 6, 3)), tf.float32)
+    alpha = tf.constant(0.5)
+    values = tf.constant(rng.standard_normal(5), tf.float32)
+    positions = np.array([[0, 4, 9, 13, 26], [0, 1, 1, 2, 3]], np.int32)
+
+    @tf.function
+    def forward(x, alpha, values):
+        return native_conv.native_conv2d(x, alpha, values, positions, (3, 3), 4,
+                                          padding="same")
+
+    forward(x, alpha, values)  # traced without a tape: no offset output kept
+    assert [op.get_attr("offset_output") for op in
+            forward.get_concrete_function(x, alpha, values).graph.get_operations()
+            if op.type == "DctSparseConv2D"] == [False]
+    with tf.GradientTape() as tape:
+        tape.watch(alpha)
+        loss = tf.reduce_sum(forward(x, alpha, values))
+    patches = im2col(x.numpy().astype(np.float64), (3, 3), (1, 1), "same", (1, 1))
+    want = np.sum(patches @ dct_block(4, 27).T)
+    np.testing.assert_allclose(tape.gradient(loss, alpha).numpy(), want, rtol=1e-4)

@@ -107,3 +107,40 @@ def test_forced_native_under_xla_runs_the_stock_choice():
     args = (tf.constant(x, tf.float32), tf.constant(0.5), tf.constant(values, tf.float32))
     np.testing.assert_allclose(product(*args).numpy(), x @ (dense + 0.5 * dct_block(m, n).T),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_offset_is_kept_only_when_a_gradient_is_recorded_and_recomputed_otherwise():
+    """Inference calls do not write D x out; a gradient asked of such a call recomputes it."""
+    n, m, nnz = 40, 30, 100
+    rows, cols, values, dense, x, _ = random_sparse_problem(n, m, nnz, 3)
+    positions = np.stack([rows, cols])
+    args = (tf.constant(x, tf.float32), tf.constant(0.7), tf.constant(values, tf.float32))
+
+    def op_attrs(function, *inputs):
+        graph = tf.function(function).get_concrete_function(*inputs).graph
+        return [op.get_attr("offset_output") for op in graph.get_operations()
+                if op.type == "DctSparseMatmul"]
+
+    def inference(x, alpha, values):
+        return native_matmul.native_offset_matmul(x, alpha, values, positions, m)
+
+    def training(x, alpha, values):
+        with tf.GradientTape() as tape:
+            tape.watch(alpha)
+            y = native_matmul.native_offset_matmul(x, alpha, values, positions, m)
+        return tape.gradient(tf.reduce_sum(y), alpha)
+
+    assert op_attrs(inference, *args) == [False]
+    assert op_attrs(training, *args) == [True]
+    # A tf.function traced without a tape, differentiated from outside: alpha's gradient
+    # recomputes D x.
+    traced = tf.function(inference)
+    traced(*args)  # traced here without a tape: the call below reuses this trace
+    assert [op.get_attr("offset_output") for op in
+            traced.get_concrete_function(*args).graph.get_operations()
+            if op.type == "DctSparseMatmul"] == [False]
+    with tf.GradientTape() as tape:
+        tape.watch(args[1])
+        loss = tf.reduce_sum(traced(*args))
+    want = np.sum(x @ dct_block(m, n).T)
+    np.testing.assert_allclose(tape.gradient(loss, args[1]).numpy(), want, rtol=1e-4)

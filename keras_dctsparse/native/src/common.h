@@ -11,10 +11,17 @@
 #include <functional>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "lanes.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
 namespace dctsparse {
+
+// An InvalidArgument status whose message is the concatenation of `args`.
+template <typename... Args>
+absl::Status Invalid(const Args&... args) {
+  return absl::InvalidArgumentError(absl::StrCat(args...));
+}
 
 // ptr[j] = first k with cols[k] >= j, ptr[m] = nnz, for `cols` sorted ascending
 // (galloping from the previous column: O(m log(nnz / m)) reads of `cols`).

@@ -45,11 +45,6 @@ using tensorflow::shape_inference::DimensionHandle;
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
-template <typename... Args>
-absl::Status Invalid(const Args&... args) {
-  return absl::InvalidArgumentError(absl::StrCat(args...));
-}
-
 // The static geometry of one convolution (attributes of every op here).
 struct ConvAttrs {
   int64_t kh, kw, sh, sw, dh, dw, pad_top, pad_bottom, pad_left, pad_right, filters;
@@ -122,11 +117,13 @@ REGISTER_OP("DctSparseConv2D")
     .Output("offset: T")
     .DCTSPARSE_CONV_ATTRS
     .Attr("with_offset: bool")
+    .Attr("offset_output: bool = true")
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(ConvShape(c, 0, true));
-      bool with_offset;
+      bool with_offset, offset_output;
       TF_RETURN_IF_ERROR(c->GetAttr("with_offset", &with_offset));
-      c->set_output(1, with_offset ? c->output(0) : c->MakeShape({0, 0, 0, 0}));
+      TF_RETURN_IF_ERROR(c->GetAttr("offset_output", &offset_output));
+      c->set_output(1, with_offset && offset_output ? c->output(0) : c->MakeShape({0, 0, 0, 0}));
       return tensorflow::OkStatus();
     })
     .Doc("y = alpha * offset + conv(x, S); offset from uv = x @ [cos | sin] by the DCT taps.");
@@ -439,6 +436,7 @@ class ConvOp : public OpKernel {
   explicit ConvOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, attrs_.Read(context));
     OP_REQUIRES_OK(context, context->GetAttr("with_offset", &with_offset_));
+    OP_REQUIRES_OK(context, context->GetAttr("offset_output", &offset_output_));
   }
 
   void Compute(OpKernelContext* context) override {
@@ -475,15 +473,16 @@ class ConvOp : public OpKernel {
     Tensor* offset_out = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({batch, out_h, out_w, f}), &y));
     OP_REQUIRES_OK(context, context->allocate_output(
-                                1, with_offset_ ? TensorShape({batch, out_h, out_w, f})
-                                                : TensorShape({0, 0, 0, 0}), &offset_out));
+                                1, with_offset_ && offset_output_
+                                       ? TensorShape({batch, out_h, out_w, f})
+                                       : TensorShape({0, 0, 0, 0}), &offset_out));
     if (batch == 0) return;
     const T* X = x.flat<T>().data();
     const T* UV = with_offset_ ? uv.flat<T>().data() : nullptr;
     const T* V = values.flat<T>().data();
     const T a = alpha.flat<T>()(0);
     T* Y = y->flat<T>().data();
-    T* O = with_offset_ ? offset_out->flat<T>().data() : nullptr;
+    T* O = with_offset_ && offset_output_ ? offset_out->flat<T>().data() : nullptr;
     const std::vector<T>* u_taps = nullptr;
     const std::vector<T>* v_taps = nullptr;
     if (with_offset_) taps_.Get(attrs_, p.c_in, &u_taps, &v_taps);
@@ -498,7 +497,7 @@ class ConvOp : public OpKernel {
       const int64_t first = p.FirstRow(oh0), last = p.LastRow(oh1);
       Buffer<T> panel((last - first) * p.PanelRowSize());
       BuildPanel(p, X, b, first, last, panel.data());
-      Buffer<T> tile(f * L);
+      Buffer<T> tile(f * L), offset_tile(O == nullptr ? L * f : 0);
       for (int64_t oh = oh0; oh < oh1; ++oh) {
         for (int64_t ow0 = 0; ow0 < out_w; ow0 += L) {
           const int64_t count = std::min<int64_t>(L, out_w - ow0);
@@ -524,7 +523,8 @@ class ConvOp : public OpKernel {
           }
           // Offset part, vectorized over output channels: the DCT taps on uv.
           Transpose(tile.data(), f, count, L, y_row, f);
-          T* o_row = O + ((b * out_h + oh) * out_w + ow0) * f;
+          // Without the offset output (inference) the offset goes to a tile of scratch.
+          T* o_row = O != nullptr ? O + ((b * out_h + oh) * out_w + ow0) * f : offset_tile.data();
           OffsetTaps(p, UV, u_taps->data(), v_taps->data(), b, oh, ow0, count, a, o_row, y_row);
         }
       }
@@ -533,7 +533,7 @@ class ConvOp : public OpKernel {
 
  private:
   ConvAttrs attrs_;
-  bool with_offset_;
+  bool with_offset_, offset_output_;
   TapCache<T> taps_;
 };
 

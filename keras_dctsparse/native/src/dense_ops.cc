@@ -39,11 +39,6 @@ using tensorflow::shape_inference::DimensionHandle;
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
-template <typename... Args>
-absl::Status Invalid(const Args&... args) {
-  return absl::InvalidArgumentError(absl::StrCat(args...));
-}
-
 tensorflow::Status MatrixWithColumnsAttr(InferenceContext* c, const char* attr) {
   int64_t columns;
   TF_RETURN_IF_ERROR(c->GetAttr(attr, &columns));
@@ -81,14 +76,17 @@ REGISTER_OP("DctSparseMatmul")
     .Attr("T: {float, double}")
     .Attr("units: int >= 1")
     .Attr("with_offset: bool")
+    .Attr("offset_output: bool = true")
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(MatrixWithColumnsAttr(c, "units"));
-      bool with_offset;
+      bool with_offset, offset_output;
       TF_RETURN_IF_ERROR(c->GetAttr("with_offset", &with_offset));
-      c->set_output(1, with_offset ? c->output(0) : c->Matrix(0, 0));
+      TF_RETURN_IF_ERROR(c->GetAttr("offset_output", &offset_output));
+      c->set_output(1, with_offset && offset_output ? c->output(0) : c->Matrix(0, 0));
       return tensorflow::OkStatus();
     })
-    .Doc("y = alpha * D x + x @ S (offset = D x, or empty without the offset).");
+    .Doc("y = alpha * D x + x @ S; offset = D x (for alpha's gradient), or empty without "
+         "the offset or when offset_output is false (inference).");
 
 REGISTER_OP("DctSparseMatmulInputGrad")
     .Input("dy: T")
@@ -177,6 +175,38 @@ bool CheckColumns(OpKernelContext* context, const Positions& positions, int64_t 
   return true;
 }
 
+// The inputs the product ops share: a batch matrix (x or dy), alpha, values and positions,
+// checked, with the column pointers of the positions over `columns` columns.
+template <typename T>
+struct ProductInputs {
+  const Tensor* batch_matrix = nullptr;
+  T alpha = T(0);
+  const T* values = nullptr;
+  Positions positions;
+  std::vector<int64_t> ptr;
+
+  // Reads inputs 0-3 (`name` is input 0's name in messages); `columns` is the number of
+  // columns of S, or -1 for input 0's column count. Returns false after failing `context`.
+  bool Read(OpKernelContext* context, const char* name, int64_t columns) {
+    batch_matrix = &context->input(0);
+    const Tensor& alpha_tensor = context->input(1);
+    const Tensor& values_tensor = context->input(2);
+    if (!CheckMatrix(context, *batch_matrix, name) ||
+        !ReadPositions(context, context->input(3), &positions) ||
+        !CheckValues(context, values_tensor, positions))
+      return false;
+    if (!Require(context, alpha_tensor.NumElements() == 1,
+                 Invalid("alpha must be a scalar; got shape ", alpha_tensor.shape().DebugString())))
+      return false;
+    if (columns < 0) columns = batch_matrix->dim_size(1);
+    if (!CheckColumns(context, positions, columns)) return false;
+    alpha = alpha_tensor.flat<T>()(0);
+    values = values_tensor.flat<T>().data();
+    ColumnPointers(positions.cols, positions.nnz, columns, &ptr);
+    return true;
+  }
+};
+
 void FailBadRows(OpKernelContext* context, int64_t n) {
   context->CtxFailure(Invalid("positions[0] (rows) must be in [0, ", n, ")"));
 }
@@ -251,38 +281,38 @@ class MatmulOp : public OpKernel {
   explicit MatmulOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("units", &units_));
     OP_REQUIRES_OK(context, context->GetAttr("with_offset", &with_offset_));
+    OP_REQUIRES_OK(context, context->GetAttr("offset_output", &offset_output_));
   }
 
   void Compute(OpKernelContext* context) override {
     typedef typename Lanes<T>::Vec Vec;
     constexpr int L = Lanes<T>::kCount;
-    const Tensor& x = context->input(0);
-    const Tensor& alpha = context->input(1);
-    const Tensor& values = context->input(2);
-    Positions pos;
-    if (!CheckMatrix(context, x, "x") || !ReadPositions(context, context->input(3), &pos) ||
-        !CheckValues(context, values, pos))
-      return;
-    OP_REQUIRES(context, alpha.NumElements() == 1,
-                Invalid("alpha must be a scalar; got shape ", alpha.shape().DebugString()));
+    ProductInputs<T> in;
+    if (!in.Read(context, "x", units_)) return;
+    const Tensor& x = *in.batch_matrix;
     const int64_t batch = x.dim_size(0), n = x.dim_size(1), m = units_;
-    const int64_t nnz = pos.nnz;
-    if (!CheckColumns(context, pos, m)) return;
+    const int64_t nnz = in.positions.nnz;
     Tensor* y = nullptr;
     Tensor* offset_out = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({batch, m}), &y));
     OP_REQUIRES_OK(context, context->allocate_output(
-                                1, with_offset_ ? TensorShape({batch, m}) : TensorShape({0, 0}),
+                                1, with_offset_ && offset_output_ ? TensorShape({batch, m})
+                                                                  : TensorShape({0, 0}),
                                 &offset_out));
     if (batch == 0) return;
+    // Without the offset output (inference), D x of a single row goes to scratch memory and
+    // that of a tile stays in the tile.
+    Buffer<T> offset_scratch(with_offset_ && !offset_output_ && batch == 1 ? m : 0);
     const T* X = x.flat<T>().data();
-    const T* V = values.flat<T>().data();
-    const int32_t* R = pos.rows;
-    const T a = alpha.flat<T>()(0);
+    const T* V = in.values;
+    const int32_t* R = in.positions.rows;
+    const T a = in.alpha;
     T* Y = y->flat<T>().data();
-    T* O = with_offset_ ? offset_out->flat<T>().data() : nullptr;
-    std::vector<int64_t> ptr;
-    ColumnPointers(pos.cols, nnz, m, &ptr);
+    T* O = !with_offset_ ? nullptr
+           : offset_output_ ? offset_out->flat<T>().data()
+           : batch == 1     ? offset_scratch.data()
+                            : nullptr;
+    const std::vector<int64_t>& ptr = in.ptr;
     const int64_t length = std::max(n, m);
     const int threads = NumThreads(context);
     std::vector<char> bad(std::max<int64_t>(threads * 4, 64), 0);
@@ -324,7 +354,7 @@ class MatmulOp : public OpKernel {
       } else {
         std::copy(xt, xt + L, offset);  // N = 1: D is the identity
       }
-      TileOut(offset, m, b0, count, 0, m, O);
+      if (O != nullptr) TileOut(offset, m, b0, count, 0, m, O);
     };
     const int64_t work_size = plan ? plan->WorkSize() * L : 0;
     if (chunks > 1) {
@@ -363,7 +393,7 @@ class MatmulOp : public OpKernel {
 
  private:
   int64_t units_;
-  bool with_offset_;
+  bool with_offset_, offset_output_;
 };
 
 template <typename T>
@@ -377,28 +407,20 @@ class InputGradOp : public OpKernel {
   void Compute(OpKernelContext* context) override {
     typedef typename Lanes<T>::Vec Vec;
     constexpr int L = Lanes<T>::kCount;
-    const Tensor& dy = context->input(0);
-    const Tensor& alpha = context->input(1);
-    const Tensor& values = context->input(2);
-    Positions pos;
-    if (!CheckMatrix(context, dy, "dy") || !ReadPositions(context, context->input(3), &pos) ||
-        !CheckValues(context, values, pos))
-      return;
-    OP_REQUIRES(context, alpha.NumElements() == 1,
-                Invalid("alpha must be a scalar; got shape ", alpha.shape().DebugString()));
+    ProductInputs<T> in;
+    if (!in.Read(context, "dy", -1)) return;
+    const Tensor& dy = *in.batch_matrix;
     const int64_t batch = dy.dim_size(0), m = dy.dim_size(1), n = input_dim_;
-    const int64_t nnz = pos.nnz;
-    if (!CheckColumns(context, pos, m)) return;
+    const int64_t nnz = in.positions.nnz;
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({batch, n}), &dx));
     if (batch == 0) return;
     const T* DY = dy.flat<T>().data();
-    const T* V = values.flat<T>().data();
-    const int32_t* R = pos.rows;
-    const T a = alpha.flat<T>()(0);
+    const T* V = in.values;
+    const int32_t* R = in.positions.rows;
+    const T a = in.alpha;
     T* DX = dx->flat<T>().data();
-    std::vector<int64_t> ptr;
-    ColumnPointers(pos.cols, nnz, m, &ptr);
+    const std::vector<int64_t>& ptr = in.ptr;
     const int64_t length = std::max(n, m);
     const int threads = NumThreads(context);
     std::vector<char> bad(std::max<int64_t>(threads * 4, 64), 0);
