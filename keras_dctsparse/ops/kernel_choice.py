@@ -54,6 +54,7 @@ __all__ = [
     "product_form",
     "NATIVE_TILE_ROWS",
     "estimated_step_costs",
+    "native_fft_cost",
     "native_work",
     "choose_kernel",
 ]
@@ -115,6 +116,7 @@ _US_PER_NATIVE_DENSE_ENTRY = 0.25e-3
 #: Rows of a native tile (float32 lanes of a 64-byte vector).
 NATIVE_TILE_ROWS = 16
 _US_FFT_FIXED = 60.0  # launching the fast DCT's XLA clusters (forward + gradient)
+_US_NATIVE_FFT_FIXED = 20.0  # launching the native DCT ops (forward + gradient)
 # Below this n * m, x @ K^T with oneDNN's transpose_b costs no more than
 # transposing the activations around K^T x^T (measured: 256 x 256).
 TRANSPOSED_PRODUCT_MIN_ELEMENTS = 1 << 18
@@ -159,7 +161,23 @@ def _fft_cost(input_dim, units, batch):
     )
 
 
-def use_folded_block(input_dim, units, batch=None, dtype="float32"):
+def native_fft_cost(input_dim, units, batch):
+    """Estimated microseconds of the native DCT-II and DCT-III of a batch (forward + gradient).
+
+    Example:
+
+    >>> round(native_fft_cost(1024, 1024, 256))
+    430
+    """
+    length = max(int(input_dim), int(units))
+    log = max(1.0, math.log2(length))
+    if int(batch) <= 1:
+        return _US_NATIVE_FFT_FIXED + 2 * length * log * _US_PER_NATIVE_FFT_POINT["row"]
+    tiles = math.ceil(int(batch) / NATIVE_TILE_ROWS)
+    return _US_NATIVE_FFT_FIXED + tiles * 2 * length * log * _US_PER_NATIVE_FFT_POINT["tile"]
+
+
+def use_folded_block(input_dim, units, batch=None, dtype="float32", native=False):
     """Whether the materialized kernel adds the DCT block to `S` (else it runs the fast DCT).
 
     The block must be small enough to be constant-folded (`block_is_folded`),
@@ -171,6 +189,8 @@ def use_folded_block(input_dim, units, batch=None, dtype="float32"):
         units: Number of outputs `m`.
         batch: Rows of the input, or None (`ASSUMED_BATCH`).
         dtype: Float dtype of the block.
+        native: Whether the fast DCT is the native one (`native_fft_cost`), else
+            `tf.signal`'s.
 
     Returns:
         bool.
@@ -179,12 +199,15 @@ def use_folded_block(input_dim, units, batch=None, dtype="float32"):
 
     >>> use_folded_block(256, 256, 32), use_folded_block(1024, 1024, 32)
     (True, False)
+    >>> use_folded_block(256, 256, 32, native=True), use_folded_block(256, 256, 256, native=True)
+    (False, True)
     """
     if not block_is_folded(input_dim, units, dtype):
         return False
     batch = ASSUMED_BATCH if batch is None else batch
     block = int(input_dim) * int(units) * _US_PER_DENSE_ENTRY
-    return block < _fft_cost(input_dim, units, batch)
+    fft = native_fft_cost if native else _fft_cost
+    return block < fft(input_dim, units, batch)
 
 
 def materialized_allowed(input_dim, units):
@@ -300,7 +323,7 @@ def estimated_step_costs(input_dim, units, nnz, batch, dtype="float32", native=F
         build = 0.0 if nnz >= size else (size + nnz) * entry
         offset = min(
             size * _US_PER_DENSE_ENTRY if block_is_folded(n, m, dtype) else math.inf,
-            _fft_cost(n, m, batch),
+            native_fft_cost(n, m, batch) if native else _fft_cost(n, m, batch),
         )
         costs["materialized"] = _US_FIXED["materialized"] + scale * (
             build + 2 * mac + value_gradient + offset

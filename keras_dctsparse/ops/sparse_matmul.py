@@ -271,7 +271,7 @@ def _materialized_matmul(x, values, rows, cols, units, alpha=None, positions=Non
     nnz = values.shape[0]
     sampled = kernel_choice.use_sampled_value_gradient(input_dim, units, nnz)
     with_block = alpha is not None and kernel_choice.use_folded_block(
-        input_dim, units, x.shape[0], x.dtype.name
+        input_dim, units, x.shape[0], x.dtype.name, native=native_allowed(x.dtype)
     )
     form = kernel_choice.product_form(input_dim, units, x.shape[0])
 
@@ -305,8 +305,20 @@ def _materialized_matmul(x, values, rows, cols, units, alpha=None, positions=Non
         return product(x, values, alpha)
     y = product(x, values)
     if alpha is not None:
-        y = y + alpha * dct_offset(x, units)
+        y = y + alpha * _fast_offset(x, units)
     return y
+
+
+def _fast_offset(x, units):
+    """`D x` by the native DCT where native ops may run, else by `tf.signal` (Makhoul).
+
+    The native transform vectorizes over rows (16 per tile) and skips the XLA launches:
+    measured 1.3-2.4x faster than `transforms.dct_offset` for 256-4096 points at batches
+    1-256 (`D x` alone, 2 cores; 4096 points at batch 256: 3.2 against 7.7 ms).
+    """
+    if native_allowed(x.dtype):
+        return native_matmul.native_dct_offset(x, units)
+    return dct_offset(x, units)
 
 
 def _check_materialized(input_dim, units):
@@ -336,7 +348,7 @@ def _choose(x, input_dim, units, nnz):
 def _dense_matmul(x, matrix, units, alpha):
     outputs = tf.matmul(x, matrix)
     if alpha is not None:
-        outputs += alpha * dct_offset(x, units)
+        outputs += alpha * _fast_offset(x, units)
     return outputs
 
 

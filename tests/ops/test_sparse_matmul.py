@@ -122,6 +122,12 @@ def test_branch_cases_reach_every_branch():
     ]
     assert set(folded) == set(sampled) == set(transposed) == {True, False}
     assert any(f and t for f, t in zip(folded, transposed))
+    # Where native ops run (the replica-context tests), the block is priced against the
+    # native DCT: both sides are reached there too.
+    folded_native = [
+        kernel_choice.use_folded_block(n, m, b, native=True) for n, m, _, b in BRANCH_CASES
+    ]
+    assert set(folded_native) == {True, False}
 
 
 def offset_problem(n, m, nnz, batch, dtype, kernel, dynamic_batch=False, replica=False,
@@ -329,4 +335,27 @@ def test_materialized_kernel_builds_its_kernel_natively_only_where_native_ops_ru
 
     in_step = op_types(lambda x, v: tf.distribute.get_strategy().run(product, args=(x, v)))
     assert "DctSparseDensify" in in_step
+    assert not {t for t in op_types(product) if t.startswith("DctSparse")}
+
+
+@pytest.mark.skipif(not native_library.available(), reason="native kernels unavailable")
+def test_materialized_kernel_adds_the_native_dct_where_native_ops_run():
+    # 1700 x 1600: the DCT block is too large to fold, so `alpha * D x` is a fast DCT: the
+    # native one inside a replica context, tf.signal's elsewhere (and in exported graphs).
+    n, m = 1700, 1600
+    rows, cols, values, _, x, _ = random_sparse_problem(n, m, 300, 2)
+    positions = tf.constant(np.stack([rows, cols]))
+    args = (tf.constant(x, tf.float32), tf.constant(values, tf.float32))
+
+    def product(x, values):
+        return registry.matmul(x, values, None, None, m, kernel="materialized",
+                               alpha=tf.constant(0.5), backend="tensorflow", positions=positions)
+
+    def op_types(function):
+        graph = tf.function(function).get_concrete_function(*args).graph
+        return {op.type for op in graph.get_operations()}
+
+    assert not kernel_choice.use_folded_block(n, m, 2, native=True)
+    in_step = op_types(lambda x, v: tf.distribute.get_strategy().run(product, args=(x, v)))
+    assert "DctSparseOffset" in in_step
     assert not {t for t in op_types(product) if t.startswith("DctSparse")}
