@@ -81,6 +81,7 @@ if TENSORFLOW:
 
     from keras_dctsparse.ops import conv_offset as conv_ops
     from keras_dctsparse.ops import native_conv as native_conv_ops
+    from keras_dctsparse.ops import native_kernel
     from keras_dctsparse.ops import sparse_conv as sparse_conv_ops
     from keras_dctsparse.ops import sparse_matmul
 
@@ -475,10 +476,26 @@ class _DCTSparseConvBase(DCTSparseLayer):
         return self._effective_kernel(self.transform_dtype())
 
     def _effective_kernel(self, dtype):
+        weight = self.sparse_weight
+        if (
+            TENSORFLOW
+            and self.offset == "dct"
+            and self.sparse_format == "values"
+            and native_kernel.native_scatter_pays(math.prod(weight.kernel_shape), weight.nnz)
+            and sparse_matmul.native_allowed(dtype)
+        ):
+            # alpha * Kd + S in one native pass over the kernel (`ops.native_kernel`).
+            kernel = native_kernel.native_scatter_kernel(
+                tf.reshape(self._offset_kernel(self._in_channels, dtype), weight.matrix_shape),
+                self.alpha_as(dtype),
+                tf.cast(tf.convert_to_tensor(weight.values), dtype),
+                weight.positions_tensor(),
+            )
+            return tf.reshape(kernel, weight.kernel_shape)
         offset = None
         if self.offset == "dct":
             offset = self.alpha_as(dtype) * self._offset_kernel(self._in_channels, dtype)
-        return self.sparse_weight.dense_kernel(dtype, offset)
+        return weight.dense_kernel(dtype, offset)
 
     def _plan(self, x, padding):
         """`(s_path, offset_method)` for the channels_last input `x` (`choose_conv_plan`)."""

@@ -550,7 +550,11 @@ def test_all_gradients_match_reference(name, path):
     sparse_kernel, method = path
     layer = cls(**kwargs, density=0.3, offset_method=method, sparse_kernel=sparse_kernel,
                 seed=2)
-    x = tf.constant(_x(shape))
+    assert_gradients_match_reference(layer, tf.constant(_x(shape)))
+
+
+def assert_gradients_match_reference(layer, x):
+    """The layer's output gradients (eager: native ops may run) against numpy."""
     layer.build(x.shape)
     randomize(layer)
     with tf.GradientTape() as tape:
@@ -583,6 +587,24 @@ def test_all_gradients_match_reference(name, path):
     assert_close(by_name["sparse_values"], (flat_patches.T @ flat_dy)[rows, cols])
     assert_close(by_name["alpha"], np.sum((flat_patches @ dct) * flat_dy))
     assert_close(by_name["bias"], flat_dy.sum(0))
+
+
+@pytest.mark.parametrize("density", [0.05, 0.3])
+def test_fused_path_builds_large_kernels_natively(density):
+    """A 3x3x64x256 kernel (147,456 entries): `alpha * Kd + S` by the native op
+    (`ops.native_kernel`) where native ops may run, TensorFlow's ops elsewhere."""
+    layer = DCTSparseConv2D(256, 3, padding="same", density=density, sparse_kernel="dense",
+                            offset_method="fused", seed=3)
+    x = tf.constant(_x((2, 6, 6, 64)))
+    assert_gradients_match_reference(layer, x)
+
+    def op_types(function):
+        graph = tf.function(function).get_concrete_function(x).graph
+        return {op.type for op in graph.get_operations()}
+
+    in_step = op_types(lambda x: tf.distribute.get_strategy().run(layer, args=(x,)))
+    assert "DctSparseScatterKernel" in in_step
+    assert not {t for t in op_types(layer) if t.startswith("DctSparse")}
 
 
 @pytest.mark.parametrize("cls, kwargs, shape", [

@@ -143,6 +143,39 @@ REGISTER_OP("DctSparseGatherTransposed")
     })
     .Doc("values[k] = transposed[positions[1, k], positions[0, k]].");
 
+REGISTER_OP("DctSparseScatterKernel")
+    .Input("base: T")
+    .Input("alpha: T")
+    .Input("values: T")
+    .Input("positions: int32")
+    .Output("kernel: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle base;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &base));
+      c->set_output(0, base);
+      return tensorflow::OkStatus();
+    })
+    .Doc("alpha * base + S in one pass over the (n, m) kernel: S[positions[0, k], "
+         "positions[1, k]] = values[k], positions sorted by column, then row.");
+
+REGISTER_OP("DctSparseScatterKernelGrad")
+    .Input("dkernel: T")
+    .Input("base: T")
+    .Input("positions: int32")
+    .Output("dvalues: T")
+    .Output("dalpha: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle positions;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &positions));
+      c->set_output(0, c->Vector(c->Dim(positions, 1)));
+      c->set_output(1, c->Scalar());
+      return tensorflow::OkStatus();
+    })
+    .Doc("The gradients of DctSparseScatterKernel: dvalues[k] = dkernel at position k, "
+         "dalpha = sum(dkernel * base), in one pass over the kernel.");
+
 // Checks of the shapes every product op shares; returns false after failing the context.
 // Fails `context` with `status` unless `ok`; returns `ok`.
 bool Require(OpKernelContext* context, bool ok, const absl::Status& status) {
@@ -648,6 +681,161 @@ class GatherTransposedOp : public OpKernel {
   }
 };
 
+// Rows per block of the blocked scatter and gather below: about 32 KiB of the kernel, so
+// that a block's scattered accesses stay in cache.
+inline int64_t RowsPerBlock(int64_t width, int64_t element_size) {
+  return std::max<int64_t>(1, (int64_t{32768} / element_size) / std::max<int64_t>(width, 1));
+}
+
+// Visits the positions of a column-sorted S (rows ascending within each column) block by
+// block of rows: for the blocks [r0, r1) of `part` (of `parts` contiguous ranges of
+// blocks), calls before(r0, r1), then visit(k, j, r) for every k whose row r is in the
+// block (column j by column, one cursor per column, started by binary search). Returns the number of positions visited: fewer than nnz over all parts
+// means rows out of [0, rows) or not ascending within a column.
+template <typename Before, typename Visit>
+int64_t VisitByRowBlocks(const Positions& pos, const std::vector<int64_t>& ptr, int64_t rows,
+                         int64_t block_rows, int64_t part, int64_t parts, Before before,
+                         Visit visit) {
+  const int64_t width = static_cast<int64_t>(ptr.size()) - 1;
+  const int64_t blocks = (rows + block_rows - 1) / block_rows;
+  const int64_t b0 = blocks * part / parts, b1 = blocks * (part + 1) / parts;
+  if (b0 >= b1) return 0;
+  const int32_t* R = pos.rows;
+  std::vector<int64_t> cursor(width);
+  const int32_t start_row = static_cast<int32_t>(b0 * block_rows);
+  for (int64_t j = 0; j < width; ++j)
+    cursor[j] = std::lower_bound(R + ptr[j], R + ptr[j + 1], start_row) - R;
+  int64_t visited = 0;
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t r0 = b * block_rows, r1 = std::min(rows, r0 + block_rows);
+    before(r0, r1);
+    for (int64_t j = 0; j < width; ++j) {
+      int64_t k = cursor[j];
+      const int64_t end = ptr[j + 1];
+      // Rows of the block only: a row below r0 (not ascending) ends the column here.
+      for (; k < end && R[k] < r1 && R[k] >= r0; ++k) visit(k, j, R[k]);
+      visited += k - cursor[j];
+      cursor[j] = k;
+    }
+  }
+  return visited;
+}
+
+// Fails `context` unless every position was visited (rows in range, ascending per column).
+inline void ReportUnvisited(OpKernelContext* context, const std::vector<int64_t>& visited,
+                            int64_t nnz, int64_t n) {
+  int64_t total = 0;
+  for (int64_t v : visited) total += v;
+  if (total != nnz)
+    context->CtxFailure(Invalid("positions[0] (rows) must be in [0, ", n,
+                                ") and ascending within each column (positions sorted by "
+                                "column, then row)"));
+}
+
+// alpha * base + S, written block of rows by block of rows.
+template <typename T>
+class ScatterKernelOp : public OpKernel {
+ public:
+  explicit ScatterKernelOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& base = context->input(0);
+    const Tensor& alpha = context->input(1);
+    const Tensor& values = context->input(2);
+    Positions pos;
+    if (!CheckMatrix(context, base, "base") ||
+        !Require(context, tensorflow::TensorShapeUtils::IsScalar(alpha.shape()),
+                 Invalid("alpha must be a scalar; got shape ", alpha.shape().DebugString())) ||
+        !ReadPositions(context, context->input(3), &pos) || !CheckValues(context, values, pos))
+      return;
+    const int64_t n = base.dim_size(0), m = base.dim_size(1);
+    if (!CheckColumns(context, pos, m)) return;
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, base.shape(), &out));
+    const T a = alpha.scalar<T>()();
+    const T* B = base.flat<T>().data();
+    const T* V = values.flat<T>().data();
+    T* K = out->flat<T>().data();
+    std::vector<int64_t> ptr;
+    ColumnPointers(pos.cols, pos.nnz, m, &ptr);
+    const int64_t parts = NumThreads(context) * 4;
+    const int64_t work = (n * m + pos.nnz) / parts;
+    const int64_t block_rows = RowsPerBlock(m, sizeof(T));
+    std::vector<int64_t> visited(parts, 0);
+    RunUnits(context, parts, work, [&](int64_t part) {
+      visited[part] = VisitByRowBlocks(
+          pos, ptr, n, block_rows, part, parts,
+          [&](int64_t r0, int64_t r1) {
+            const T* b = B + r0 * m;
+            T* k = K + r0 * m;
+            for (int64_t i = 0, size = (r1 - r0) * m; i < size; ++i) k[i] = a * b[i];
+          },
+          [&](int64_t k, int64_t j, int64_t r) { K[r * m + j] += V[k]; });
+    });
+    ReportUnvisited(context, visited, pos.nnz, n);
+  }
+};
+
+// dvalues (dkernel at the positions) and dalpha = sum(dkernel * base), one pass.
+template <typename T>
+class ScatterKernelGradOp : public OpKernel {
+ public:
+  explicit ScatterKernelGradOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& dkernel = context->input(0);
+    const Tensor& base = context->input(1);
+    Positions pos;
+    if (!CheckMatrix(context, dkernel, "dkernel") ||
+        !Require(context, base.shape() == dkernel.shape(),
+                 Invalid("base must have the shape of dkernel, ",
+                         dkernel.shape().DebugString(), "; got ", base.shape().DebugString())) ||
+        !ReadPositions(context, context->input(2), &pos))
+      return;
+    const int64_t n = base.dim_size(0), m = base.dim_size(1);
+    if (!CheckColumns(context, pos, m)) return;
+    Tensor* dvalues = nullptr;
+    Tensor* dalpha = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({pos.nnz}), &dvalues));
+    OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({}), &dalpha));
+    const T* D = dkernel.flat<T>().data();
+    const T* B = base.flat<T>().data();
+    T* DV = dvalues->flat<T>().data();
+    std::vector<int64_t> ptr;
+    ColumnPointers(pos.cols, pos.nnz, m, &ptr);
+    const int64_t parts = NumThreads(context) * 4;
+    const int64_t work = (n * m + pos.nnz) / parts;
+    std::vector<double> partial(parts, 0.0);
+    auto dot = [](const T* x, const T* y, int64_t size) {
+      T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      int64_t i = 0;
+      for (; i + 4 <= size; i += 4) {
+        s0 += x[i] * y[i];
+        s1 += x[i + 1] * y[i + 1];
+        s2 += x[i + 2] * y[i + 2];
+        s3 += x[i + 3] * y[i + 3];
+      }
+      for (; i < size; ++i) s0 += x[i] * y[i];
+      return static_cast<double>((s0 + s1) + (s2 + s3));
+    };
+    const int64_t block_rows = RowsPerBlock(m, sizeof(T));
+    std::vector<int64_t> visited(parts, 0);
+    RunUnits(context, parts, work, [&](int64_t part) {
+      double sum = 0.0;
+      visited[part] = VisitByRowBlocks(
+          pos, ptr, n, block_rows, part, parts,
+          [&](int64_t r0, int64_t r1) { sum += dot(D + r0 * m, B + r0 * m, (r1 - r0) * m); },
+          [&](int64_t k, int64_t j, int64_t r) { DV[k] = D[r * m + j]; });
+      partial[part] = sum;
+    });
+    ReportUnvisited(context, visited, pos.nnz, n);
+    if (!context->status().ok()) return;
+    double total = 0.0;
+    for (double p : partial) total += p;
+    dalpha->scalar<T>()() = static_cast<T>(total);
+  }
+};
+
 #define REGISTER_DCTSPARSE_KERNELS(T)                                                   \
   REGISTER_KERNEL_BUILDER(                                                              \
       Name("DctSparseOffset").Device(DEVICE_CPU).TypeConstraint<T>("T"), OffsetOp<T, false>); \
@@ -665,7 +853,13 @@ class GatherTransposedOp : public OpKernel {
                           DensifyOp<T>);                                                \
   REGISTER_KERNEL_BUILDER(                                                              \
       Name("DctSparseGatherTransposed").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
-      GatherTransposedOp<T>);
+      GatherTransposedOp<T>);                                                           \
+  REGISTER_KERNEL_BUILDER(                                                              \
+      Name("DctSparseScatterKernel").Device(DEVICE_CPU).TypeConstraint<T>("T"),        \
+      ScatterKernelOp<T>);                                                              \
+  REGISTER_KERNEL_BUILDER(                                                              \
+      Name("DctSparseScatterKernelGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),    \
+      ScatterKernelGradOp<T>);
 
 REGISTER_DCTSPARSE_KERNELS(float)
 REGISTER_DCTSPARSE_KERNELS(double)
