@@ -95,6 +95,11 @@ def layer_rows(widths, densities, batches, repeats, kinds=KINDS):
                 train = interleaved_ms({k: v[1] for k, v in candidates.items()}, repeats)
                 nnz = num_nonzeros(width * width, density)
                 chosen = resolve_kernel("auto", width, width, nnz, batch)
+                # A forward step records no gradient and may choose differently.
+                forward_kernel = resolve_kernel("auto", width, width, nnz, batch,
+                                                forward_only=True)
+                if forward_kernel != chosen:
+                    chosen = f"forward {forward_kernel}, train {chosen}"
                 for kind in ("Dense",) + tuple(kinds):
                     row = dict(width=width, batch=batch, density=density, kind=kind,
                                chosen=chosen if kind == "auto" else "")

@@ -53,6 +53,7 @@ __all__ = [
     "use_sampled_value_gradient",
     "product_form",
     "NATIVE_TILE_ROWS",
+    "NATIVE_FORWARD_MAX_DENSITY",
     "estimated_step_costs",
     "native_fft_cost",
     "native_work",
@@ -113,6 +114,12 @@ _US_PER_NATIVE_FFT_POINT = {"row": 0.6e-3, "tile": 1.25e-3}
 # may run), per entry: one streaming pass (4096 x 4096 at 30%, batch 256: forward 1.10x
 # Dense against 1.35x with SparseToDense, `benchmarks/dense_layer.py --kinds materialized`).
 _US_PER_NATIVE_DENSE_ENTRY = 0.25e-3
+# In calls that record no gradient, the native forward reads 12 bytes per nonzero (value,
+# row, column) against the materialized kernel's dense product over 4 bytes per entry
+# plus building it: measured (`benchmarks/dense_layer.py --kinds native materialized`,
+# forward x Dense at 30%) 0.89x against 1.21x (256 x 256, batch 256), 0.78x against
+# 1.11x (1024 x 1024, batch 256), 1.08x against 1.10x (4096 x 4096, batch 256).
+NATIVE_FORWARD_MAX_DENSITY = 1 / 3
 #: Rows of a native tile (float32 lanes of a 64-byte vector).
 NATIVE_TILE_ROWS = 16
 _US_FFT_FIXED = 60.0  # launching the fast DCT's XLA clusters (forward + gradient)
@@ -351,7 +358,8 @@ def native_work(input_dim, units, nnz, batch):
     )
 
 
-def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False, native=False):
+def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False, native=False,
+                  forward_only=False):
     """The cheapest kernel for a dense DCTpS layer, by `estimated_step_costs`.
 
     Args:
@@ -366,6 +374,10 @@ def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False,
         native: Whether the native kernel may run here. When it may, it is
             chosen against the materialized kernel only (it computes what the
             CSR and gather kernels compute, faster).
+        forward_only: Whether the call records no gradient (Keras's predict and
+            evaluate steps): with `native`, the native kernel is then chosen up to
+            `NATIVE_FORWARD_MAX_DENSITY`, where its forward is the cheaper one
+            even when the training step of the materialized kernel is.
 
     Returns:
         One of `KERNELS`.
@@ -376,6 +388,8 @@ def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False,
     'csr'
     >>> choose_kernel(256, 256, 65536, batch=32)
     'materialized'
+    >>> [choose_kernel(1024, 1024, 314573, 256, native=True, forward_only=f) for f in (0, 1)]
+    ['materialized', 'native']
     """
     costs = estimated_step_costs(
         input_dim, units, nnz, ASSUMED_BATCH if batch is None else batch, dtype, native=native
@@ -386,4 +400,6 @@ def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False,
     elif "native" in costs:
         costs.pop("csr")
         costs.pop("gather")
+        if forward_only and nnz <= NATIVE_FORWARD_MAX_DENSITY * int(input_dim) * int(units):
+            return "native"
     return min(costs, key=costs.get)

@@ -41,6 +41,8 @@ already has (contiguous gathered rows).
 
 import tensorflow as tf
 
+# No public API tells at trace time whether any gradient tape is active.
+from tensorflow.python.eager import record
 # No public TensorFlow API tells whether the current graph is being compiled by XLA
 # (an inner `tf.function(jit_compile=True)`); "auto" must not pick CSR there.
 from tensorflow.python.ops import control_flow_util
@@ -341,8 +343,10 @@ def _prepare(x, values, rows, cols):
 
 
 def _choose(x, input_dim, units, nnz):
-    """The kernel `"auto"` runs for `x` (`resolve_kernel`)."""
-    return resolve_kernel("auto", input_dim, units, nnz, x.shape[0], x.dtype.name)
+    """The kernel `"auto"` runs for `x` (`resolve_kernel`), for a forward-only call where
+    no gradient tape is active (Keras's predict and evaluate steps)."""
+    return resolve_kernel("auto", input_dim, units, nnz, x.shape[0], x.dtype.name,
+                          forward_only=not record.could_possibly_record())
 
 
 def _dense_matmul(x, matrix, units, alpha):
@@ -442,7 +446,8 @@ XLA_KERNELS = ("auto",) + tuple(
 )
 
 
-def resolve_kernel(kernel, input_dim, units, nnz, batch=None, dtype="float32", native=None):
+def resolve_kernel(kernel, input_dim, units, nnz, batch=None, dtype="float32", native=None,
+                   forward_only=False):
     """The concrete kernel a call runs: `kernel` itself, or the choice for `"auto"`.
 
     Args:
@@ -454,6 +459,8 @@ def resolve_kernel(kernel, input_dim, units, nnz, batch=None, dtype="float32", n
         dtype: Float dtype of the computation.
         native: Whether `"auto"` may choose the native kernel; None: whether it may
             run here (`native_allowed`).
+        forward_only: Whether the call records no gradient
+            (`kernel_choice.choose_kernel`).
 
     Returns:
         One of `kernel_choice.KERNELS`. Inside an XLA compilation, `"auto"`
@@ -473,7 +480,8 @@ def resolve_kernel(kernel, input_dim, units, nnz, batch=None, dtype="float32", n
     if native is None:
         native = native_allowed(dtype)
     return kernel_choice.choose_kernel(
-        input_dim, units, nnz, batch=batch, dtype=dtype, xla=xla, native=native and not xla
+        input_dim, units, nnz, batch=batch, dtype=dtype, xla=xla, native=native and not xla,
+        forward_only=forward_only,
     )
 
 

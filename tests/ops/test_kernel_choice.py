@@ -137,3 +137,16 @@ def test_product_form_by_kernel_size_and_batch():
     assert kc.product_form(1, large, None) == "by_batch"
     assert set(kc.PRODUCT_FORMS) == {"transpose_b", "transposed", "batched",
                                                 "by_batch"}
+
+
+def test_forward_only_calls_take_the_native_kernel_up_to_a_third():
+    n = m = 256
+    third = int(kc.NATIVE_FORWARD_MAX_DENSITY * n * m)
+    # A training step at 30%, batch 256, takes the materialized kernel; a forward-only
+    # call the native one (its forward reads fewer bytes than building the kernel).
+    assert kc.choose_kernel(n, m, third, 256, native=True) == "materialized"
+    assert kc.choose_kernel(n, m, third, 256, native=True, forward_only=True) == "native"
+    assert kc.choose_kernel(n, m, third + 1, 256, native=True, forward_only=True) == "materialized"
+    # Only where native ops may run, and never under XLA.
+    assert kc.choose_kernel(n, m, third, 256, forward_only=True) == kc.choose_kernel(n, m, third, 256)
+    assert kc.choose_kernel(n, m, third, 256, xla=True, forward_only=True) != "native"

@@ -359,3 +359,38 @@ def test_materialized_kernel_adds_the_native_dct_where_native_ops_run():
     in_step = op_types(lambda x, v: tf.distribute.get_strategy().run(product, args=(x, v)))
     assert "DctSparseOffset" in in_step
     assert not {t for t in op_types(product) if t.startswith("DctSparse")}
+
+
+@pytest.mark.skipif(not native_library.available(), reason="native kernels unavailable")
+def test_auto_takes_the_native_forward_where_no_gradient_is_recorded():
+    # 256 x 256 at 30%, batch 256: a training step builds the materialized kernel, a
+    # forward-only call (no tape, as in Keras's predict step) runs the native product.
+    n, m, nnz, batch = 256, 256, 19_660, 256
+    rows, cols, values, dense, x, dy = random_sparse_problem(n, m, nnz, batch)
+    positions = tf.constant(np.stack([rows, cols]))
+    args = (tf.constant(x, tf.float32), tf.constant(values, tf.float32))
+    alpha = tf.constant(0.6)
+
+    def forward(x, values):
+        return registry.matmul(x, values, None, None, m, kernel="auto", alpha=alpha,
+                               backend="tensorflow", positions=positions)
+
+    def train(x, values):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            y = forward(x, values)
+        return tape.gradient(y, values)
+
+    def in_replica(function):
+        return tf.function(lambda x, v: tf.distribute.get_strategy().run(function, args=(x, v)))
+
+    def op_types(function):
+        graph = in_replica(function).get_concrete_function(*args).graph
+        return {op.type for op in graph.get_operations()}
+
+    assert "DctSparseMatmul" in op_types(forward)
+    assert "DctSparseDensify" not in op_types(forward)
+    assert "DctSparseDensify" in op_types(train) and "DctSparseMatmul" not in op_types(train)
+    kernel_matrix = dense + 0.6 * dct_block(m, n).T
+    assert_matches_reference([in_replica(forward)(*args).numpy()], [x @ kernel_matrix],
+                             [np.abs(x) @ np.abs(kernel_matrix)], 2e-5, "forward")
