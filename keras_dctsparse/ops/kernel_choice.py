@@ -54,6 +54,7 @@ __all__ = [
     "product_form",
     "NATIVE_TILE_ROWS",
     "NATIVE_FORWARD_MAX_DENSITY",
+    "NATIVE_FORWARD_MAX_NNZ",
     "estimated_step_costs",
     "native_fft_cost",
     "native_work",
@@ -118,8 +119,12 @@ _US_PER_NATIVE_DENSE_ENTRY = 0.25e-3
 # row, column) against the materialized kernel's dense product over 4 bytes per entry
 # plus building it: measured (`benchmarks/dense_layer.py --kinds native materialized`,
 # forward x Dense at 30%) 0.89x against 1.21x (256 x 256, batch 256), 0.78x against
-# 1.11x (1024 x 1024, batch 256), 1.08x against 1.10x (4096 x 4096, batch 256).
+# 1.11x (1024 x 1024, batch 256). Every tile of 16 rows reads the nonzeros again: once
+# they outgrow the cache the native forward loses its edge (4096 x 4096 at 30%, 5M
+# nonzeros, batch 256: 1.08-1.15x against 1.10-1.12x, and the 4096-wide MLP's forward
+# 1.31x against 1.09x), hence the bound on nnz (12 bytes each: 6 MiB).
 NATIVE_FORWARD_MAX_DENSITY = 1 / 3
+NATIVE_FORWARD_MAX_NNZ = 1 << 19
 #: Rows of a native tile (float32 lanes of a 64-byte vector).
 NATIVE_TILE_ROWS = 16
 _US_FFT_FIXED = 60.0  # launching the fast DCT's XLA clusters (forward + gradient)
@@ -376,8 +381,9 @@ def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False,
             CSR and gather kernels compute, faster).
         forward_only: Whether the call records no gradient (Keras's predict and
             evaluate steps): with `native`, the native kernel is then chosen up to
-            `NATIVE_FORWARD_MAX_DENSITY`, where its forward is the cheaper one
-            even when the training step of the materialized kernel is.
+            `NATIVE_FORWARD_MAX_DENSITY` and `NATIVE_FORWARD_MAX_NNZ` nonzeros, where
+            its forward is the cheaper one even when the training step of the
+            materialized kernel is.
 
     Returns:
         One of `KERNELS`.
@@ -400,6 +406,10 @@ def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False,
     elif "native" in costs:
         costs.pop("csr")
         costs.pop("gather")
-        if forward_only and nnz <= NATIVE_FORWARD_MAX_DENSITY * int(input_dim) * int(units):
+        if (
+            forward_only
+            and nnz <= NATIVE_FORWARD_MAX_NNZ
+            and nnz <= NATIVE_FORWARD_MAX_DENSITY * int(input_dim) * int(units)
+        ):
             return "native"
     return min(costs, key=costs.get)
