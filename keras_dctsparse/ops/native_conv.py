@@ -20,8 +20,8 @@ import tensorflow as tf
 
 from keras_dctsparse.native import library
 from keras_dctsparse.ops.conv_offset import _dct_cos_sin
-from keras_dctsparse.ops.native_matmul import records_gradient
 from keras_dctsparse.ops.conv_offset import _table_dtype
+from keras_dctsparse.ops.native_matmul import records_gradient
 
 __all__ = ["explicit_pads", "native_conv", "native_conv2d"]
 

@@ -15,12 +15,18 @@ graph is not saved for serving, the library is built) is decided by the caller
 """
 
 import tensorflow as tf
-# No public API tells at trace time whether a gradient tape records these tensors.
+# No public API tells at trace time whether a gradient tape is active or records tensors.
 from tensorflow.python.eager import record
 
 from keras_dctsparse.native import library
 
-__all__ = ["native_matmul", "native_offset_matmul", "native_dct_offset", "records_gradient"]
+__all__ = [
+    "native_matmul",
+    "native_offset_matmul",
+    "native_dct_offset",
+    "records_gradient",
+    "any_tape_active",
+]
 
 
 def records_gradient(*tensors):
@@ -32,6 +38,17 @@ def records_gradient(*tensors):
     False
     """
     return bool(record.should_record_backprop([tf.convert_to_tensor(t) for t in tensors]))
+
+
+def any_tape_active():
+    """Whether any gradient tape is active now (Keras's train step: yes; predict: no).
+
+    Example:
+
+    >>> any_tape_active()
+    False
+    """
+    return bool(record.could_possibly_record())
 
 
 def _product(x, values, positions, units, alpha):

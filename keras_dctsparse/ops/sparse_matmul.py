@@ -41,8 +41,6 @@ already has (contiguous gathered rows).
 
 import tensorflow as tf
 
-# No public API tells at trace time whether any gradient tape is active.
-from tensorflow.python.eager import record
 # No public TensorFlow API tells whether the current graph is being compiled by XLA
 # (an inner `tf.function(jit_compile=True)`); "auto" must not pick CSR there.
 from tensorflow.python.ops import control_flow_util
@@ -346,7 +344,7 @@ def _choose(x, input_dim, units, nnz):
     """The kernel `"auto"` runs for `x` (`resolve_kernel`), for a forward-only call where
     no gradient tape is active (Keras's predict and evaluate steps)."""
     return resolve_kernel("auto", input_dim, units, nnz, x.shape[0], x.dtype.name,
-                          forward_only=not record.could_possibly_record())
+                          forward_only=not native_matmul.any_tape_active())
 
 
 def _dense_matmul(x, matrix, units, alpha):

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "lanes.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
 
 namespace dctsparse {
 
@@ -228,6 +229,41 @@ inline bool ReadPositions(tensorflow::OpKernelContext* context, const tensorflow
   out->rows = positions.flat<int32_t>().data();
   out->cols = out->rows + out->nnz;
   return true;
+}
+
+// Fails `context` with `status` unless `ok`; returns `ok`.
+inline bool Require(tensorflow::OpKernelContext* context, bool ok, const absl::Status& status) {
+  if (!ok) context->CtxFailure(status);
+  return ok;
+}
+
+// Fails `context` (and returns false) unless `values` is a vector of length nnz.
+inline bool CheckValues(tensorflow::OpKernelContext* context, const tensorflow::Tensor& values,
+                        const Positions& positions) {
+  return Require(context, values.dims() == 1 && values.dim_size(0) == positions.nnz,
+                 Invalid("values must be a vector of length nnz = ", positions.nnz,
+                         "; got shape ", values.shape().DebugString()));
+}
+
+// Fails `context` (and returns false) unless the columns of the (sorted) positions are in
+// [0, m): the first and last are checked.
+inline bool CheckColumns(tensorflow::OpKernelContext* context, const Positions& positions,
+                         int64_t m) {
+  const int64_t nnz = positions.nnz;
+  if (nnz == 0) return true;
+  const int32_t* c = positions.cols;
+  return Require(context, c[0] >= 0 && c[nnz - 1] < m,
+                 Invalid("positions[1] (columns) must be sorted and in [0, ", m, "); got ", c[0],
+                         " first and ", c[nnz - 1], " last"));
+}
+
+// Shape function part: output 0 is a vector of nnz, from the (2, nnz) positions input.
+inline absl::Status NnzVectorShape(tensorflow::shape_inference::InferenceContext* c,
+                                   int positions_input) {
+  tensorflow::shape_inference::ShapeHandle positions;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(positions_input), 2, &positions));
+  c->set_output(0, c->Vector(c->Dim(positions, 1)));
+  return absl::OkStatus();
 }
 
 // Threads of the intra-op pool.

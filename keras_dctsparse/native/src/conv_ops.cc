@@ -161,12 +161,7 @@ REGISTER_OP("DctSparseConv2DValueGrad")
     .Input("positions: int32")
     .Output("dvalues: T")
     .DCTSPARSE_CONV_ATTRS
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle positions;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &positions));
-      c->set_output(0, c->Vector(c->Dim(positions, 1)));
-      return tensorflow::OkStatus();
-    })
+    .SetShapeFn([](InferenceContext* c) { return NnzVectorShape(c, 2); })
     .Doc("dvalues[k] = sum over images and output pixels of dy[.., cols[k]] times the "
          "input under tap and channel rows[k].");
 
@@ -340,16 +335,6 @@ struct RowBlocks {
   int64_t Units(int64_t batch) const { return batch * per_image; }
 };
 
-inline bool CheckColumns(OpKernelContext* context, const Positions& pos, int64_t filters) {
-  if (pos.nnz > 0 && (pos.cols[0] < 0 || pos.cols[pos.nnz - 1] >= filters)) {
-    context->CtxFailure(Invalid("positions[1] (columns) must be sorted and in [0, ", filters,
-                                "); got ", pos.cols[0], " first and ", pos.cols[pos.nnz - 1],
-                                " last"));
-    return false;
-  }
-  return true;
-}
-
 // The offset of output pixels (oh, ow0 .. ow0 + count) of image b: the DCT taps on uv,
 // 16 channels at a time, one accumulator per pixel held in registers, and the tap weights
 // loaded once per tap for all pixels of the tile. A tap that falls outside the image for
@@ -449,10 +434,9 @@ class ConvOp : public OpKernel {
     OP_REQUIRES(context, x.dims() == 4,
                 Invalid("x must be (batch, height, width, channels); got ", x.shape().DebugString()));
     Positions pos;
-    if (!ReadPositions(context, context->input(4), &pos) || !CheckColumns(context, pos, attrs_.filters))
+    if (!ReadPositions(context, context->input(4), &pos) ||
+        !CheckColumns(context, pos, attrs_.filters) || !CheckValues(context, values, pos))
       return;
-    OP_REQUIRES(context, values.dims() == 1 && values.dim_size(0) == pos.nnz,
-                Invalid("values must be a vector of length nnz = ", pos.nnz));
     OP_REQUIRES(context, alpha.NumElements() == 1, Invalid("alpha must be a scalar"));
     const int64_t batch = x.dim_size(0), f = attrs_.filters;
     ConvPlan<T> p;
@@ -562,9 +546,9 @@ class ConvInputGradOp : public OpKernel {
                              dy.dim_size(2) == attrs_.OutWidth(w) && dy.dim_size(3) == f,
                 Invalid("dy must have the output shape of input_shape; got ", dy.shape().DebugString()));
     Positions pos;
-    if (!ReadPositions(context, context->input(3), &pos) || !CheckColumns(context, pos, f)) return;
-    OP_REQUIRES(context, values.dims() == 1 && values.dim_size(0) == pos.nnz,
-                Invalid("values must be a vector of length nnz = ", pos.nnz));
+    if (!ReadPositions(context, context->input(3), &pos) || !CheckColumns(context, pos, f) ||
+        !CheckValues(context, values, pos))
+      return;
     ConvPlan<T> p;
     p.Init(attrs_, batch, h, w, in_channels_, pos.rows, pos.cols, pos.nnz);
     OP_REQUIRES(context, !p.bad,

@@ -106,12 +106,7 @@ REGISTER_OP("DctSparseMatmulValueGrad")
     .Input("positions: int32")
     .Output("dvalues: T")
     .Attr("T: {float, double}")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle positions;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &positions));
-      c->set_output(0, c->Vector(c->Dim(positions, 1)));
-      return tensorflow::OkStatus();
-    })
+    .SetShapeFn([](InferenceContext* c) { return NnzVectorShape(c, 2); })
     .Doc("dvalues[k] = sum_b x[b, positions[0, k]] * dy[b, positions[1, k]].");
 
 REGISTER_OP("DctSparseDensify")
@@ -135,12 +130,7 @@ REGISTER_OP("DctSparseGatherTransposed")
     .Input("positions: int32")
     .Output("values: T")
     .Attr("T: {float, double}")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle positions;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &positions));
-      c->set_output(0, c->Vector(c->Dim(positions, 1)));
-      return tensorflow::OkStatus();
-    })
+    .SetShapeFn([](InferenceContext* c) { return NnzVectorShape(c, 1); })
     .Doc("values[k] = transposed[positions[1, k], positions[0, k]].");
 
 REGISTER_OP("DctSparseScatterKernel")
@@ -167,9 +157,7 @@ REGISTER_OP("DctSparseScatterKernelGrad")
     .Output("dalpha: T")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle positions;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &positions));
-      c->set_output(0, c->Vector(c->Dim(positions, 1)));
+      TF_RETURN_IF_ERROR(NnzVectorShape(c, 2));
       c->set_output(1, c->Scalar());
       return tensorflow::OkStatus();
     })
@@ -177,34 +165,9 @@ REGISTER_OP("DctSparseScatterKernelGrad")
          "dalpha = sum(dkernel * base), in one pass over the kernel.");
 
 // Checks of the shapes every product op shares; returns false after failing the context.
-// Fails `context` with `status` unless `ok`; returns `ok`.
-bool Require(OpKernelContext* context, bool ok, const absl::Status& status) {
-  if (!ok) context->CtxFailure(status);
-  return ok;
-}
-
-bool CheckValues(OpKernelContext* context, const Tensor& values, const Positions& positions) {
-  if (!Require(context, values.dims() == 1 && values.dim_size(0) == positions.nnz,
-               Invalid("values must be a vector of length nnz = ", positions.nnz,
-                       "; got shape ", values.shape().DebugString())))
-    return false;
-  return true;
-}
-
 bool CheckMatrix(OpKernelContext* context, const Tensor& x, const char* name) {
   if (!Require(context, x.dims() == 2,
               Invalid(name, " must be a matrix; got shape ", x.shape().DebugString()))) return false;
-  return true;
-}
-
-bool CheckColumns(OpKernelContext* context, const Positions& positions, int64_t m) {
-  const int64_t nnz = positions.nnz;
-  if (nnz == 0) return true;
-  const int32_t* c = positions.cols;
-  if (!Require(context, c[0] >= 0 && c[nnz - 1] < m,
-               Invalid("positions[1] (columns) must be sorted and in [0, ", m, "); got ", c[0],
-                       " first and ", c[nnz - 1], " last")))
-    return false;
   return true;
 }
 
