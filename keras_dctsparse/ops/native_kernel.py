@@ -8,16 +8,17 @@ values block of rows by block of rows (about 32 KiB each), so that the scattered
 stay in cache: one pass. Its gradient op reads the kernel gradient once for both the
 values (at the positions) and `alpha` (`sum(dK * Kd)`).
 
-Measured (`alpha * Kd + S` and its gradient, 2 cores, interleaved, ms):
+Measured (`alpha * Kd + S` and its gradient, median ms of interleaved runs on 2 cores,
+`python benchmarks/native_parts.py`):
 
 | kernel matrix | density 1 | 0.3 | 0.1 |
 |---|---|---|---|
-| 4608 x 512, TensorFlow ops | 5.5 | 9.9 | 9.1 |
-| 4608 x 512, native | 12.9 | 6.6 | 4.3 |
-| 2304 x 256, TensorFlow ops | 1.1 | 2.0 | 1.5 |
-| 2304 x 256, native | 2.4 | 1.0 | 1.0 |
-| 576 x 64, TensorFlow ops | 0.51 | 0.40 | 0.32 |
-| 576 x 64, native | 0.49 | 0.41 | 0.42 |
+| 4608 x 512, TensorFlow ops | 8.3 | 11.5 | 9.2 |
+| 4608 x 512, native | 17.2 | 7.5 | 5.0 |
+| 2304 x 256, TensorFlow ops | 2.5 | 3.4 | 1.7 |
+| 2304 x 256, native | 4.4 | 2.1 | 1.2 |
+| 576 x 64, TensorFlow ops | 0.64 | 0.56 | 0.41 |
+| 576 x 64, native | 0.55 | 0.55 | 0.47 |
 
 At full density the TensorFlow ops need no scatter (the values are `S^T`), and small
 kernels cost the launch of the thread pool: `native_scatter_pays` keeps them on

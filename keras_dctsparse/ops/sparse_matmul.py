@@ -313,8 +313,9 @@ def _fast_offset(x, units):
     """`D x` by the native DCT where native ops may run, else by `tf.signal` (Makhoul).
 
     The native transform vectorizes over rows (16 per tile) and skips the XLA launches:
-    measured 1.3-2.4x faster than `transforms.dct_offset` for 256-4096 points at batches
-    1-256 (`D x` alone, 2 cores; 4096 points at batch 256: 3.2 against 7.7 ms).
+    `D x` alone took 0.52-0.95x the time of `transforms.dct_offset` for 256-4096 points at
+    batches 1-256 (4096 points at batch 256: 2.8 against 5.4 ms; `python
+    benchmarks/native_parts.py`, 2 cores).
     """
     if native_allowed(x.dtype):
         return native_matmul.native_dct_offset(x, units)
