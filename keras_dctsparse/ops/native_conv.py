@@ -11,7 +11,8 @@ and the transposed taps, which TensorFlow's autodiff of the `1 x 1` product turn
 
 Whether a layer may use these ops (the graph is not saved for serving, the library is
 built) is decided by the caller (`keras_dctsparse.layers.conv`, `keras_dctsparse.native.policy`).
-One group only; 1-D convolutions run as 2-D with a width of 1.
+One group only; 1-D convolutions run as 2-D with a height of 1 (the length along the
+width, which the ops tile).
 """
 
 import math
@@ -134,7 +135,7 @@ def native_conv2d(x, alpha, values, positions, kernel_size, filters, strides=(1,
 
 
 def native_conv(x, alpha, values, positions, kernel_size, filters, strides, padding, dilation):
-    """`native_conv2d` for 1-D (run as 2-D with a width of 1) or 2-D inputs.
+    """`native_conv2d` for 1-D (run as 2-D with a height of 1) or 2-D inputs.
 
     Args:
         x: `(batch, *spatial, c_in)` with 1 or 2 static spatial dimensions.
@@ -157,7 +158,9 @@ def native_conv(x, alpha, values, positions, kernel_size, filters, strides, padd
                              padding, dilation)
     if rank != 1:
         raise ValueError(f"native_conv supports 1-D and 2-D convolutions; received rank {rank}.")
-    pair = lambda v: tuple(v) + (1,)  # noqa: E731
-    y = native_conv2d(x[:, :, None, :], alpha, values, positions, pair(kernel_size), filters,
+    # The length runs along the width, which the ops tile by 16 output pixels (a height
+    # of 1: the taps of a (1, k) kernel are numbered as those of the (k,) kernel).
+    pair = lambda v: (1,) + tuple(v)  # noqa: E731
+    y = native_conv2d(x[:, None, :, :], alpha, values, positions, pair(kernel_size), filters,
                       pair(strides), padding, pair(dilation))
-    return y[:, :, 0, :]
+    return y[:, 0, :, :]
