@@ -69,7 +69,11 @@ __all__ = [
     "NATIVE_OFFSET_FACTOR",
     "NATIVE_PER_DENSITY",
     "NATIVE_PER_MEMORY",
+    "NATIVE_FORWARD_OFFSET_FACTOR",
+    "NATIVE_FORWARD_PER_DENSITY",
+    "NATIVE_FORWARD_PER_MEMORY",
     "native_conv_cost",
+    "native_conv_forward_cost",
     "choose_conv_plan",
     "DCTSparseConv2D",
     "DCTSparseConv1D",
@@ -82,6 +86,7 @@ if TENSORFLOW:
     from keras_dctsparse.ops import conv_offset as conv_ops
     from keras_dctsparse.ops import native_conv as native_conv_ops
     from keras_dctsparse.ops import native_kernel
+    from keras_dctsparse.ops import native_matmul
     from keras_dctsparse.ops import sparse_conv as sparse_conv_ops
     from keras_dctsparse.ops import sparse_matmul
 
@@ -118,6 +123,16 @@ SPARSE_MIN_MACS = 4_000_000
 NATIVE_OFFSET_FACTOR = 1.9
 NATIVE_PER_DENSITY = 7.0
 NATIVE_PER_MEMORY = 20.0
+# The native path's forward alone (a call that records no gradient: Keras's predict and
+# evaluate steps), in units of the dense conv's forward, with the same three terms, S's
+# multiply-adds counted per tile of 16 output pixels along the width (an 8-wide map fills
+# half of each tile). Fitted to `benchmarks/conv_layer.py --kinds native fused` forwards,
+# 3x3 "same", batch 32, at 0.1% / 5% / 10%: 32x32x64 0.63 / 0.99 / 1.15, 16x16x128
+# 0.52 / 0.73 / 0.89, 16x16x256 0.37 / 0.57 / 0.80, 8x8x256 0.45 / 0.86 / 1.36 (the fused
+# path: 1.0-1.09 at 5-10%).
+NATIVE_FORWARD_OFFSET_FACTOR = 1.5
+NATIVE_FORWARD_PER_DENSITY = 4.5
+NATIVE_FORWARD_PER_MEMORY = 24.0
 
 
 def conv_output_shape(
@@ -191,6 +206,34 @@ def native_conv_cost(kernel_size, in_channels, filters, nnz, offset="dct"):
     return cost
 
 
+def native_conv_forward_cost(kernel_size, in_channels, filters, nnz, out_width=None,
+                             lanes=16, offset="dct"):
+    """Estimated forward of the native path, in units of the dense conv's forward.
+
+    Args:
+        kernel_size, in_channels, filters, nnz, offset: As for `native_conv_cost`.
+        out_width: Output pixels along the width (the ops' tiles run along it), or None
+            (unknown: full tiles).
+        lanes: Output pixels per tile (16 for float32, 8 for float64).
+
+    Example:
+
+    >>> [round(native_conv_forward_cost((3, 3), 256, 256, round(0.1 * 9 * 256 * 256), w), 2)
+    ...  for w in (16, 8)]
+    [0.86, 1.31]
+    """
+    taps = math.prod(kernel_size)
+    size = taps * in_channels * filters
+    filled = 1.0
+    if out_width:
+        filled = out_width / (-(-out_width // lanes) * lanes)
+    cost = NATIVE_FORWARD_PER_DENSITY * nnz / size / filled
+    cost += NATIVE_FORWARD_PER_MEMORY * (in_channels + 5 * filters) / size
+    if offset == "dct":
+        cost += NATIVE_FORWARD_OFFSET_FACTOR * (2 * in_channels * filters + 2 * taps * filters) / size
+    return cost
+
+
 def choose_conv_plan(
     kernel_size,
     in_channels,
@@ -203,6 +246,9 @@ def choose_conv_plan(
     sparse_kernel="auto",
     depthwise=False,
     native=False,
+    forward_only=False,
+    out_width=None,
+    lanes=16,
 ):
     """How a DCTpS conv applies `S` and the offset: `(s_path, offset_method)`.
 
@@ -218,7 +264,8 @@ def choose_conv_plan(
       separate offset (`FACTORED_OVERHEAD` times the factored share of the multiply-adds
       for `"matmul"`, 1 for `"direct"`, nothing without offset),
     - native path: `native_conv_cost` (when `native`, in place of the sparse path: it
-      computes the same thing faster),
+      computes the same thing faster); for a call that records no gradient
+      (`forward_only`), `native_conv_forward_cost` against the fused forward,
 
     taking a non-dense path when it is below `SPARSE_PATH_MAX`. Depthwise and grouped
     convs, and calls of fewer than `SPARSE_MIN_MACS` dense multiply-adds (`out_pixels`
@@ -239,6 +286,10 @@ def choose_conv_plan(
         depthwise: Whether the layer is depthwise.
         native: Whether the native path may run for this call (policy, library, dtype,
             one group, 1-D or 2-D, static sizes, `"values"` format).
+        forward_only: Whether the call records no gradient (no tape active when it is
+            traced: Keras's predict and evaluate steps).
+        out_width: Output pixels along the width (1-D: the output length), or None.
+        lanes: Output pixels per tile of the native ops (16 float32, 8 float64).
 
     Returns:
         `(s_path, offset_method)`.
@@ -251,6 +302,9 @@ def choose_conv_plan(
     ('native', 'native')
     >>> choose_conv_plan((3, 3), 256, 256, 1, nnz=58982, out_pixels=32 * 16 * 16)
     ('dense', 'fused')
+    >>> choose_conv_plan((3, 3), 256, 256, 1, nnz=58982, out_pixels=32 * 16 * 16, native=True,
+    ...                  forward_only=True, out_width=16)
+    ('native', 'native')
     """
     taps = math.prod(kernel_size)
     in_group = in_channels // groups
@@ -267,7 +321,12 @@ def choose_conv_plan(
             sparse_kernel = "dense"
         elif native:
             # The native path does what the stock sparse path does, faster: it replaces it.
-            if native_conv_cost(kernel_size, in_channels, filters, nnz, offset) < SPARSE_PATH_MAX:
+            if forward_only:
+                cost = native_conv_forward_cost(kernel_size, in_channels, filters, nnz,
+                                                out_width, lanes, offset)
+            else:
+                cost = native_conv_cost(kernel_size, in_channels, filters, nnz, offset)
+            if cost < SPARSE_PATH_MAX:
                 return "native", ("native" if offset == "dct" else None)
             sparse_kernel = "dense"
         else:
@@ -505,7 +564,12 @@ class _DCTSparseConvBase(DCTSparseLayer):
         ):
             # A masked kernel is dense; the sparse conv needs static spatial sizes.
             sparse_kernel = "dense"
-        pixels = None
+        pixels = out_width = None
+        if None not in x.shape[1:-1]:
+            out_width = conv_output_shape(
+                (1,) + tuple(x.shape[1:]), 1, self.kernel_size, strides=self.strides,
+                padding=padding, data_format="channels_last", dilation_rate=self.dilation_rate,
+            )[-2]
         if None not in x.shape[:-1]:
             out_shape = conv_output_shape(
                 tuple(x.shape),
@@ -536,6 +600,9 @@ class _DCTSparseConvBase(DCTSparseLayer):
             sparse_kernel=sparse_kernel,
             depthwise=self.depthwise,
             native=native,
+            forward_only=not native_matmul.any_tape_active(),
+            out_width=out_width,
+            lanes=64 // x.dtype.size,
         )
 
     def _sparse_conv(self, x, padding):
