@@ -119,7 +119,10 @@ SPARSE_MIN_MACS = 4_000_000
 # offset kept for alpha's gradient, the input panel) at NATIVE_PER_MEMORY times their share
 # of the dense multiply-adds. Fitted to `benchmarks/conv_layer.py --kinds native` train
 # steps, 3x3 "same", batch 32: 16x16x128 at 0.1% / 1% / 10% / 30%: 0.51 / 0.60 / 1.3 / 2.7;
-# 8x8x512 at 0.1% / 1%: 0.34 / 0.50; 32x32x64 at 1%: 0.84.
+# 8x8x512 at 0.1% / 1%: 0.34 / 0.50; 32x32x64 at 1%: 0.84. The ops work on tiles of 16
+# output pixels along the width: on maps narrower than 8, S's term grows by 8 / width
+# (batch 128, 6.15%, the density of VGG19's last layers at 10% EPL: 8x8x256 0.87, 4x4x512
+# 1.47, 2x2x512 2.38, against 1.0-1.09 fused; at 0.6-1%: 4x4x512 0.48, 2x2x512 0.46).
 NATIVE_OFFSET_FACTOR = 1.9
 NATIVE_PER_DENSITY = 7.0
 NATIVE_PER_MEMORY = 20.0
@@ -189,17 +192,32 @@ def conv_output_shape(
     return (input_shape[0], filters, *out)
 
 
-def native_conv_cost(kernel_size, in_channels, filters, nnz, offset="dct"):
+def native_conv_cost(kernel_size, in_channels, filters, nnz, offset="dct", out_width=None,
+                     lanes=16):
     """Estimated train step of the native path, in units of the dense conv's (see constants).
+
+    Args:
+        kernel_size: Tuple of spatial kernel sizes.
+        in_channels: Input channels.
+        filters: Output channels.
+        nnz: Nonzeros of `S`.
+        offset: `"dct"` or None.
+        out_width: Output pixels along the width (1-D: the output length), or None
+            (unknown: full tiles).
+        lanes: Output pixels per tile of the native ops (16 float32, 8 float64).
 
     Example:
 
     >>> round(native_conv_cost((3, 3), 128, 128, 147), 2)
     0.56
+    >>> nnz = round(0.0615 * 9 * 512 * 512)
+    >>> [round(native_conv_cost((3, 3), 512, 512, nnz, out_width=w), 2) for w in (8, 4, 2)]
+    [0.89, 1.32, 2.18]
     """
     taps = math.prod(kernel_size)
     size = taps * in_channels * filters
-    cost = NATIVE_PER_DENSITY * nnz / size
+    narrow = max(1.0, lanes / (2 * out_width)) if out_width else 1.0
+    cost = NATIVE_PER_DENSITY * nnz / size * narrow
     cost += NATIVE_PER_MEMORY * (in_channels + 5 * filters) / size
     if offset == "dct":
         cost += NATIVE_OFFSET_FACTOR * (2 * in_channels * filters + 2 * taps * filters) / size
@@ -325,7 +343,8 @@ def choose_conv_plan(
                 cost = native_conv_forward_cost(kernel_size, in_channels, filters, nnz,
                                                 out_width, lanes, offset)
             else:
-                cost = native_conv_cost(kernel_size, in_channels, filters, nnz, offset)
+                cost = native_conv_cost(kernel_size, in_channels, filters, nnz, offset,
+                                        out_width, lanes)
             if cost < SPARSE_PATH_MAX:
                 return "native", ("native" if offset == "dct" else None)
             sparse_kernel = "dense"
