@@ -192,6 +192,16 @@ def conv_output_shape(
     return (input_shape[0], filters, *out)
 
 
+def _native_shares(kernel_size, in_channels, filters, nnz, offset):
+    """The native path's three terms as shares of the dense conv's multiply-adds: S's
+    multiply-adds, the memory passes per output pixel, the factored offset's products."""
+    taps = math.prod(kernel_size)
+    size = taps * in_channels * filters
+    offset_share = (2 * in_channels * filters + 2 * taps * filters) / size
+    return nnz / size, (in_channels + 5 * filters) / size, (
+        offset_share if offset == "dct" else 0.0)
+
+
 def native_conv_cost(kernel_size, in_channels, filters, nnz, offset="dct", out_width=None,
                      lanes=16):
     """Estimated train step of the native path, in units of the dense conv's (see constants).
@@ -214,14 +224,11 @@ def native_conv_cost(kernel_size, in_channels, filters, nnz, offset="dct", out_w
     >>> [round(native_conv_cost((3, 3), 512, 512, nnz, out_width=w), 2) for w in (8, 4, 2)]
     [0.89, 1.32, 2.18]
     """
-    taps = math.prod(kernel_size)
-    size = taps * in_channels * filters
+    density, memory, offset_share = _native_shares(kernel_size, in_channels, filters, nnz,
+                                                   offset)
     narrow = max(1.0, lanes / (2 * out_width)) if out_width else 1.0
-    cost = NATIVE_PER_DENSITY * nnz / size * narrow
-    cost += NATIVE_PER_MEMORY * (in_channels + 5 * filters) / size
-    if offset == "dct":
-        cost += NATIVE_OFFSET_FACTOR * (2 * in_channels * filters + 2 * taps * filters) / size
-    return cost
+    return (NATIVE_PER_DENSITY * density * narrow + NATIVE_PER_MEMORY * memory
+            + NATIVE_OFFSET_FACTOR * offset_share)
 
 
 def native_conv_forward_cost(kernel_size, in_channels, filters, nnz, out_width=None,
@@ -240,16 +247,12 @@ def native_conv_forward_cost(kernel_size, in_channels, filters, nnz, out_width=N
     ...  for w in (16, 8)]
     [0.86, 1.31]
     """
-    taps = math.prod(kernel_size)
-    size = taps * in_channels * filters
-    filled = 1.0
-    if out_width:
-        filled = out_width / (-(-out_width // lanes) * lanes)
-    cost = NATIVE_FORWARD_PER_DENSITY * nnz / size / filled
-    cost += NATIVE_FORWARD_PER_MEMORY * (in_channels + 5 * filters) / size
-    if offset == "dct":
-        cost += NATIVE_FORWARD_OFFSET_FACTOR * (2 * in_channels * filters + 2 * taps * filters) / size
-    return cost
+    density, memory, offset_share = _native_shares(kernel_size, in_channels, filters, nnz,
+                                                   offset)
+    filled = out_width / (-(-out_width // lanes) * lanes) if out_width else 1.0
+    return (NATIVE_FORWARD_PER_DENSITY * density / filled
+            + NATIVE_FORWARD_PER_MEMORY * memory
+            + NATIVE_FORWARD_OFFSET_FACTOR * offset_share)
 
 
 def choose_conv_plan(
