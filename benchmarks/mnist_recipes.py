@@ -73,6 +73,10 @@ CONFIGS = {
         RIGL, drop_fraction=0.5, update_every=50, optimizer="sgd", lr=0.03),
     "RigL, drop 0.5, every 50, AdamW": dict(
         RIGL, drop_fraction=0.5, update_every=50, optimizer="adamw"),
+    "RigL, drop 0.5, every 50, batch 32": dict(
+        RIGL, drop_fraction=0.5, update_every=50, batch_size=32),
+    "RigL, drop 0.5, every 200, batch 32": dict(
+        RIGL, drop_fraction=0.5, update_every=200, batch_size=32),
 }
 
 
