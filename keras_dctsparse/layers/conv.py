@@ -586,23 +586,18 @@ class _DCTSparseConvBase(DCTSparseLayer):
         ):
             # A masked kernel is dense; the sparse conv needs static spatial sizes.
             sparse_kernel = "dense"
-        pixels = out_width = None
-        if None not in x.shape[1:-1]:
-            out_width = conv_output_shape(
-                (1,) + tuple(x.shape[1:]), 1, self.kernel_size, strides=self.strides,
-                padding=padding, data_format="channels_last", dilation_rate=self.dilation_rate,
-            )[-2]
-        if None not in x.shape[:-1]:
-            out_shape = conv_output_shape(
-                tuple(x.shape),
-                1,
-                self.kernel_size,
-                strides=self.strides,
-                padding=padding,
-                data_format="channels_last",
-                dilation_rate=self.dilation_rate,
-            )
-            pixels = math.prod(out_shape[:-1])
+        # Unknown sizes (the batch, a spatial size) stay None.
+        out_shape = conv_output_shape(
+            tuple(x.shape),
+            1,
+            self.kernel_size,
+            strides=self.strides,
+            padding=padding,
+            data_format="channels_last",
+            dilation_rate=self.dilation_rate,
+        )
+        out_width = out_shape[-2]  # the native ops tile the width (1-D: the length)
+        pixels = math.prod(out_shape[:-1]) if None not in out_shape[:-1] else None
         in_channels = self._in_channels
         native = (
             self.sparse_format == "values"

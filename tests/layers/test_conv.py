@@ -679,18 +679,22 @@ def test_choose_conv_plan_cost_model():
         "sparse", "direct")
 
 
+def _native_plan(channels, density, width, **kwargs):
+    """The S path `choose_conv_plan` picks for a large 3x3 "same" call where native ops may
+    run, `channels` in and out, on an output `width` pixels wide (None: unknown)."""
+    from keras_dctsparse.layers.conv import choose_conv_plan
+
+    nnz = round(density * 9 * channels * channels)
+    return choose_conv_plan((3, 3), channels, channels, 1, nnz, None, native=True,
+                            out_width=width, **kwargs)[0]
+
+
 def test_forward_only_native_rule():
     """A call that records no gradient prices the native path by its forward alone: at 10%
     on 128+ channels it beats the fused forward (measured 0.80-0.89x against 1.0-1.05x of
     Conv2D), not on an 8-wide map, whose tiles of 16 output pixels are half empty (1.36x),
     and not at 30%; the training step keeps the fused path at 10%."""
-    from keras_dctsparse.layers.conv import choose_conv_plan
-
-    def plan(channels, density, width, **kwargs):
-        nnz = round(density * 9 * channels * channels)
-        return choose_conv_plan((3, 3), channels, channels, 1, nnz, 32 * width * width,
-                                native=True, out_width=width, **kwargs)[0]
-
+    plan = _native_plan
     for channels in (128, 256):
         assert plan(channels, 0.1, 16, forward_only=True) == "native"
         assert plan(channels, 0.1, 16) == "dense"
@@ -706,13 +710,7 @@ def test_native_rule_counts_the_tiles_of_narrow_maps():
     """The native ops tile 16 output pixels along the width: VGG19's last layers at 10% EPL
     (6.15% on 4x4 and 2x2 maps) measured 1.47x and 2.38x of Conv2D natively, 1.0-1.09x
     fused; at 0.6%, 0.46x natively on 2x2."""
-    from keras_dctsparse.layers.conv import choose_conv_plan
-
-    def plan(channels, density, width, **kwargs):
-        nnz = round(density * 9 * channels * channels)
-        return choose_conv_plan((3, 3), channels, channels, 1, nnz, None,
-                                native=True, out_width=width, **kwargs)[0]
-
+    plan = _native_plan
     for width in (4, 2):
         assert plan(512, 0.0615, width) == "dense"
         assert plan(512, 0.0615, width, forward_only=True) == "dense"
