@@ -198,6 +198,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--kinds", nargs="*", default=None,
                         help="candidates besides Conv2D (auto fused sparse native masked)")
+    parser.add_argument("--shapes", nargs="*", default=None, metavar="SIZE,C_IN,C_OUT",
+                        help="maps to time instead of the default ones, e.g. 4,512,512")
     parser.add_argument("--vgg19", action="store_true",
                         help="only the zoo VGG19 train step (batch 128 unless --batch)")
     args = parser.parse_args()
@@ -205,6 +207,14 @@ def main():
         vgg19_rows(batch=(args.batch or [128])[0], repeats=args.repeats or 5)
         return
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        try:
+            shapes = [tuple(int(v) for v in shape.split(",")) for shape in args.shapes]
+        except ValueError:
+            shapes = []
+        if any(len(shape) != 3 or min(shape) < 1 for shape in shapes) or not shapes:
+            parser.error(f"--shapes takes SIZE,C_IN,C_OUT triples of positive ints; "
+                         f"received {args.shapes}")
     batches = args.batch or ([32] if args.quick else BATCHES)
     densities = args.density or ([0.01, 0.001] if args.quick else DENSITIES)
     repeats = args.repeats or (5 if args.quick else 7)

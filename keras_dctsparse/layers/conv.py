@@ -121,8 +121,10 @@ SPARSE_MIN_MACS = 4_000_000
 # steps, 3x3 "same", batch 32: 16x16x128 at 0.1% / 1% / 10% / 30%: 0.51 / 0.60 / 1.3 / 2.7;
 # 8x8x512 at 0.1% / 1%: 0.34 / 0.50; 32x32x64 at 1%: 0.84. The ops work on tiles of 16
 # output pixels along the width: on maps narrower than 8, S's term grows by 8 / width
-# (batch 128, 6.15%, the density of VGG19's last layers at 10% EPL: 8x8x256 0.87, 4x4x512
-# 1.47, 2x2x512 2.38, against 1.0-1.09 fused; at 0.6-1%: 4x4x512 0.48, 2x2x512 0.46).
+# (batch 128, 6.15%, the density of VGG19's last layers at 10% EPL, two runs of
+# `benchmarks/conv_layer.py --shapes 8,256,256 4,512,512 2,512,512 --batch 128
+# --density 0.0615 --kinds native fused`: 8x8x256 0.87-1.19, 4x4x512 1.47-1.89, 2x2x512
+# 2.38-2.69, against 0.97-1.09 fused; at 0.6-1%: 4x4x512 0.48, 2x2x512 0.46).
 NATIVE_OFFSET_FACTOR = 1.9
 NATIVE_PER_DENSITY = 7.0
 NATIVE_PER_MEMORY = 20.0
