@@ -25,23 +25,27 @@ def test_explicit_pads_match_tensorflow(size, kernel, stride, dilation):
 
 
 @pytest.mark.skipif(not library.available(), reason="native kernels unavailable")
-@pytest.mark.parametrize("shape, kernel, strides, dilation, padding", [
-    ((3, 11, 4), (3,), (2,), (1,), "same"),
-    ((2, 45, 3), (5,), (1,), (2,), "valid"),  # longer than a tile of 16 output pixels
-    ((3, 9, 8, 4), (3, 3), (1, 2), (1, 1), "same"),
+@pytest.mark.parametrize("shape, kernel, strides, dilation, padding, filters, dtype", [
+    ((3, 11, 4), (3,), (2,), (1,), "same", 5, "float32"),
+    ((2, 45, 3), (5,), (1,), (2,), "valid", 5, "float32"),  # longer than a tile of 16 pixels
+    ((3, 9, 8, 4), (3, 3), (1, 2), (1, 1), "same", 5, "float32"),
+    # The offset taps run 64 float32 (32 float64) channels at a time, then 16 (8), then
+    # one by one: 83 filters take all three, on widths that end mid-group of 4 pixels.
+    ((2, 6, 19, 3), (3, 3), (1, 1), (1, 1), "same", 83, "float32"),
+    ((2, 5, 7, 2), (3, 3), (2, 1), (1, 2), "same", 83, "float64"),
 ])
-def test_output_and_every_gradient_match_im2col(shape, kernel, strides, dilation, padding):
+def test_output_and_every_gradient_match_im2col(shape, kernel, strides, dilation, padding,
+                                                filters, dtype):
     rng = np.random.default_rng()
     rank = len(kernel)
-    filters = 5
     patch = int(np.prod(kernel)) * shape[-1]
     keys = np.sort(rng.choice(patch * filters, 20, replace=False))
     cols, rows = np.divmod(keys, patch)
     values = rng.standard_normal(20)
     x = rng.standard_normal(shape)
-    weights = tf.constant(rng.standard_normal((3,) + (48,) * rank + (filters,)), tf.float32)
-    x_t, alpha_t, values_t = (tf.constant(x, tf.float32), tf.constant(0.4),
-                              tf.constant(values, tf.float32))
+    weights = tf.constant(rng.standard_normal((3,) + (48,) * rank + (filters,)), dtype)
+    x_t, alpha_t, values_t = (tf.constant(x, dtype), tf.constant(0.4, dtype),
+                              tf.constant(values, dtype))
     with tf.GradientTape() as tape:
         tape.watch([x_t, alpha_t, values_t])
         y = native_conv.native_conv(x_t, alpha_t, values_t, np.stack([rows, cols]),

@@ -335,84 +335,162 @@ struct RowBlocks {
   int64_t Units(int64_t batch) const { return batch * per_image; }
 };
 
-// The offset of output pixels (oh, ow0 .. ow0 + count) of image b: the DCT taps on uv,
-// 16 channels at a time, one accumulator per pixel held in registers, and the tap weights
-// loaded once per tap for all pixels of the tile. A tap that falls outside the image for
-// some pixels (borders, a partial last tile) masks those lanes: their weight is zero and
-// their load is redirected to a valid pixel. Writes the offset to `o_row` and adds alpha
-// times it to `y_row` (both (count, filters), pixel-major).
-template <typename T>
-void OffsetTaps(const ConvPlan<T>& p, const T* uv, const T* wu, const T* wv, int64_t b,
-                int64_t oh, int64_t ow0, int64_t count, T alpha, T* o_row, T* y_row) {
+// Pixels of a tap group and the lane vectors of channels per accumulator block in
+// OffsetTaps: 4 pixels x 4 vectors (64 float32 channels) = 16 accumulators in registers.
+constexpr int kTapPixels = 4;
+constexpr int kTapVectors = 4;
+
+// Channels [c, c + K * L) of the offset of the kTapPixels output pixels whose uv rows the
+// tap group `sources` points to (one pointer per pixel and tap; a pixel or tap outside the
+// image points to `zeros`). Every uv load reads contiguous channels of one pixel and every
+// weight vector serves all pixels of the group.
+template <typename T, int K>
+inline void TapBlock(const T* const* sources, int64_t taps, int64_t f, int64_t c, const T* wu,
+                     const T* wv, int count, T alpha, T* o_row, T* y_row) {
   typedef typename Lanes<T>::Vec Vec;
   constexpr int L = Lanes<T>::kCount;
-  const ConvAttrs& a = p.a;
-  const int64_t f = a.filters;
-  const int64_t stride = a.sw * 2 * f;  // uv elements between neighbouring output pixels
-  const int64_t full = f / L * L;
-  for (int64_t c = 0; c < full; c += L) {
-    Vec acc[L];
+  constexpr int P = kTapPixels;
+  Vec acc[P][K];
 #pragma GCC unroll 16
-    for (int l = 0; l < L; ++l) acc[l] = Vec{};
+  for (int q = 0; q < P; ++q)
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) acc[q][k] = Vec{};
+  for (int64_t t = 0; t < taps; ++t) {
+    const T* const* row = sources + t * P;
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) {
+      const int64_t channel = c + k * L;
+      const Vec weight_u = LoadVec<Vec>(wu + t * f + channel);
+      const Vec weight_v = LoadVec<Vec>(wv + t * f + channel);
+#pragma GCC unroll 16
+      for (int q = 0; q < P; ++q)
+        acc[q][k] += weight_u * LoadVec<Vec>(row[q] + channel) +
+                     weight_v * LoadVec<Vec>(row[q] + f + channel);
+    }
+  }
+#pragma GCC unroll 16
+  for (int q = 0; q < P; ++q) {
+    if (q >= count) break;
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) {
+      const int64_t at = q * f + c + k * L;
+      StoreVec(o_row + at, acc[q][k]);
+      StoreVec(y_row + at, LoadVec<Vec>(y_row + at) + acc[q][k] * alpha);
+    }
+  }
+}
+
+// The offset of output pixels (oh, ow0 .. ow0 + count) of image b: the DCT taps on uv,
+// pixel-major: groups of kTapPixels pixels, channels in blocks of kTapVectors lane vectors
+// (then single vectors, then a scalar tail), so that the loads of a block read whole
+// cache lines of each pixel's uv. A tap outside the image reads `zeros` (2 * filters
+// zeros). Writes the offset to `o_row` and adds alpha times it to `y_row` (both
+// (count, filters), pixel-major).
+template <typename T>
+void OffsetTaps(const ConvPlan<T>& p, const T* uv, const T* wu, const T* wv, const T* zeros,
+                int64_t b, int64_t oh, int64_t ow0, int64_t count, T alpha, T* o_row,
+                T* y_row) {
+  constexpr int L = Lanes<T>::kCount;
+  constexpr int P = kTapPixels;
+  const ConvAttrs& a = p.a;
+  const int64_t f = a.filters, taps = a.kh * a.kw;
+  const int64_t blocked = f / (kTapVectors * L) * (kTapVectors * L), vectors = f / L * L;
+  std::vector<const T*> sources(taps * P);
+  for (int64_t q0 = 0; q0 < count; q0 += P) {
+    const int group = static_cast<int>(std::min<int64_t>(P, count - q0));
     for (int64_t i = 0; i < a.kh; ++i) {
       const int64_t ih = oh * a.sh + i * a.dh - a.pad_top;
-      if (ih < 0 || ih >= p.h) continue;
-      for (int64_t j = 0; j < a.kw; ++j) {
-        // Lanes l whose tapped column iw0 + l * sw lies inside the image.
-        const int64_t iw0 = ow0 * a.sw + j * a.dw - a.pad_left;
-        int64_t l0 = 0, l1 = count;
-        while (l0 < l1 && iw0 + l0 * a.sw < 0) ++l0;
-        while (l1 > l0 && iw0 + (l1 - 1) * a.sw >= p.w) --l1;
-        if (l0 >= l1) continue;
-        const int64_t tap = (i * a.kw + j) * f + c;
-        const Vec weight_u = LoadVec<Vec>(wu + tap), weight_v = LoadVec<Vec>(wv + tap);
-        const T* u = uv + ((b * p.h + ih) * p.w + iw0) * 2 * f + c;
-        if (l0 == 0 && l1 == L) {
-#pragma GCC unroll 16
-          for (int l = 0; l < L; ++l)
-            acc[l] += weight_u * LoadVec<Vec>(u + l * stride) +
-                      weight_v * LoadVec<Vec>(u + l * stride + f);
-        } else {
-          const Vec zero{};
-#pragma GCC unroll 16
-          for (int l = 0; l < L; ++l) {
-            const bool inside = l >= l0 && l < l1;
-            const T* pixel = u + (inside ? l : l0) * stride;
-            acc[l] += (inside ? weight_u : zero) * LoadVec<Vec>(pixel) +
-                      (inside ? weight_v : zero) * LoadVec<Vec>(pixel + f);
-          }
+      for (int64_t j = 0; j < a.kw; ++j)
+        for (int q = 0; q < P; ++q) {
+          const int64_t iw = (ow0 + q0 + q) * a.sw + j * a.dw - a.pad_left;
+          const bool inside = q < group && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w;
+          sources[(i * a.kw + j) * P + q] =
+              inside ? uv + ((b * p.h + ih) * p.w + iw) * 2 * f : zeros;
         }
+    }
+    T* o = o_row + q0 * f;
+    T* y = y_row + q0 * f;
+    int64_t c = 0;
+    for (; c < blocked; c += kTapVectors * L)
+      TapBlock<T, kTapVectors>(sources.data(), taps, f, c, wu, wv, group, alpha, o, y);
+    for (; c < vectors; c += L)
+      TapBlock<T, 1>(sources.data(), taps, f, c, wu, wv, group, alpha, o, y);
+    for (; c < f; ++c)  // the last f % L channels, element by element
+      for (int q = 0; q < group; ++q) {
+        T total = T(0);
+        for (int64_t t = 0; t < taps; ++t) {
+          const T* u = sources[t * P + q];
+          total += wu[t * f + c] * u[c] + wv[t * f + c] * u[f + c];
+        }
+        o[q * f + c] = total;
+        y[q * f + c] += alpha * total;
+      }
+  }
+}
+
+// Channels [c, c + K * L) of duv for the kTapPixels input pixels whose dy rows the tap
+// group `sources` points to: du = alpha * sum of u_taps * dy, dv likewise with v_taps.
+template <typename T, int K>
+inline void TapGradBlock(const T* const* sources, int64_t taps, int64_t f, int64_t c,
+                         const T* wu, const T* wv, int count, T alpha, T* duv) {
+  typedef typename Lanes<T>::Vec Vec;
+  constexpr int L = Lanes<T>::kCount;
+  constexpr int P = kTapPixels;
+  Vec du[P][K], dv[P][K];
+#pragma GCC unroll 16
+  for (int q = 0; q < P; ++q)
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) du[q][k] = dv[q][k] = Vec{};
+  for (int64_t t = 0; t < taps; ++t) {
+    const T* const* row = sources + t * P;
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) {
+      const int64_t channel = c + k * L;
+      const Vec weight_u = LoadVec<Vec>(wu + t * f + channel);
+      const Vec weight_v = LoadVec<Vec>(wv + t * f + channel);
+#pragma GCC unroll 16
+      for (int q = 0; q < P; ++q) {
+        const Vec g = LoadVec<Vec>(row[q] + channel);
+        du[q][k] += weight_u * g;
+        dv[q][k] += weight_v * g;
       }
     }
+  }
 #pragma GCC unroll 16
-    for (int l = 0; l < L; ++l) {
-      if (l >= count) break;
-      StoreVec(o_row + l * f + c, acc[l]);
-      T* y = y_row + l * f + c;
-      StoreVec(y, LoadVec<Vec>(y) + acc[l] * alpha);
+  for (int q = 0; q < P; ++q) {
+    if (q >= count) break;
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) {
+      StoreVec(duv + q * 2 * f + c + k * L, du[q][k] * alpha);
+      StoreVec(duv + q * 2 * f + f + c + k * L, dv[q][k] * alpha);
     }
   }
-  if (full == f) return;
-  // The last f - full channels, element by element.
-  for (int64_t l = 0; l < count; ++l) {
-    const int64_t ow = ow0 + l;
-    for (int64_t c = full; c < f; ++c) {
-      T total = T(0);
-      for (int64_t i = 0; i < a.kh; ++i) {
-        const int64_t ih = oh * a.sh + i * a.dh - a.pad_top;
-        if (ih < 0 || ih >= p.h) continue;
-        for (int64_t j = 0; j < a.kw; ++j) {
-          const int64_t iw = ow * a.sw + j * a.dw - a.pad_left;
-          if (iw < 0 || iw >= p.w) continue;
-          const T* u = uv + ((b * p.h + ih) * p.w + iw) * 2 * f;
-          const int64_t tap = (i * a.kw + j) * f + c;
-          total += wu[tap] * u[c] + wv[tap] * u[f + c];
-        }
+}
+
+// duv (`count` pixels of (2 * filters), pixel-major) of a group of input pixels from the
+// dy rows of the output pixels that tap them (`sources`, as for OffsetTaps; `zeros` where
+// none does): channel blocks of 2 lane vectors, then single vectors, then a scalar tail.
+template <typename T>
+void OffsetTapsTransposed(const T* const* sources, int64_t taps, int64_t f, const T* wu,
+                          const T* wv, int count, T alpha, T* duv) {
+  constexpr int L = Lanes<T>::kCount;
+  constexpr int K = 2;
+  const int64_t blocked = f / (K * L) * (K * L), vectors = f / L * L;
+  int64_t c = 0;
+  for (; c < blocked; c += K * L)
+    TapGradBlock<T, K>(sources, taps, f, c, wu, wv, count, alpha, duv);
+  for (; c < vectors; c += L) TapGradBlock<T, 1>(sources, taps, f, c, wu, wv, count, alpha, duv);
+  for (; c < f; ++c)
+    for (int q = 0; q < count; ++q) {
+      T du = T(0), dv = T(0);
+      for (int64_t t = 0; t < taps; ++t) {
+        const T g = sources[t * kTapPixels + q][c];
+        du += wu[t * f + c] * g;
+        dv += wv[t * f + c] * g;
       }
-      o_row[l * f + c] = total;
-      y_row[l * f + c] += alpha * total;
+      duv[q * 2 * f + c] = alpha * du;
+      duv[q * 2 * f + f + c] = alpha * dv;
     }
-  }
 }
 
 template <typename T>
@@ -470,6 +548,8 @@ class ConvOp : public OpKernel {
     const std::vector<T>* u_taps = nullptr;
     const std::vector<T>* v_taps = nullptr;
     if (with_offset_) taps_.Get(attrs_, p.c_in, &u_taps, &v_taps);
+    Buffer<T> zeros(2 * f);  // what the taps read outside the image
+    zeros.Zero(2 * f);
     const RowBlocks blocks(batch, out_h, NumThreads(context));
     const int64_t tiles_per_row = (out_w + L - 1) / L;
     const int64_t unit_work = blocks.rows_per_block * tiles_per_row * (p.nnz + f * 4);
@@ -509,7 +589,8 @@ class ConvOp : public OpKernel {
           Transpose(tile.data(), f, count, L, y_row, f);
           // Without the offset output (inference) the offset goes to a tile of scratch.
           T* o_row = O != nullptr ? O + ((b * out_h + oh) * out_w + ow0) * f : offset_tile.data();
-          OffsetTaps(p, UV, u_taps->data(), v_taps->data(), b, oh, ow0, count, a, o_row, y_row);
+          OffsetTaps(p, UV, u_taps->data(), v_taps->data(), zeros.data(), b, oh, ow0, count, a,
+                     o_row, y_row);
         }
       }
     });
@@ -568,6 +649,8 @@ class ConvInputGradOp : public OpKernel {
     const std::vector<T>* u_taps = nullptr;
     const std::vector<T>* v_taps = nullptr;
     if (with_offset_) taps_.Get(attrs_, p.c_in, &u_taps, &v_taps);
+    Buffer<T> zeros(f);  // what the transposed taps read where no output pixel taps
+    zeros.Zero(f);
     const int64_t out_h = p.out_h, out_w = p.out_w;
     const int64_t patch = attrs_.kh * attrs_.kw * p.c_in;
     const RowMajor<T> by_row(p, pos.rows, pos.cols, V);
@@ -601,34 +684,28 @@ class ConvInputGradOp : public OpKernel {
       }
       PanelToInput(p, panel.data(), b, 0, p.padded_h, DX);
       if (!with_offset_) return;
-      // duv: the transposed taps, scattered from each output pixel (vectorized over c).
+      // duv: the transposed taps, gathered for groups of input pixels from the output
+      // pixels that tap them.
       T* duv_image = DUV + b * h * w * 2 * f;
-      std::fill(duv_image, duv_image + h * w * 2 * f, T(0));
-      for (int64_t oh = 0; oh < out_h; ++oh)
-        for (int64_t ow = 0; ow < out_w; ++ow) {
-          const T* d = DY + ((b * out_h + oh) * out_w + ow) * f;
+      std::vector<const T*> sources(attrs_.kh * attrs_.kw * kTapPixels);
+      for (int64_t ih = 0; ih < h; ++ih)
+        for (int64_t iw0 = 0; iw0 < w; iw0 += kTapPixels) {
+          const int group = static_cast<int>(std::min<int64_t>(kTapPixels, w - iw0));
           for (int64_t i = 0; i < attrs_.kh; ++i) {
-            const int64_t ih = oh * attrs_.sh + i * attrs_.dh - attrs_.pad_top;
-            if (ih < 0 || ih >= h) continue;
-            for (int64_t j = 0; j < attrs_.kw; ++j) {
-              const int64_t iw = ow * attrs_.sw + j * attrs_.dw - attrs_.pad_left;
-              if (iw < 0 || iw >= w) continue;
-              T* du = duv_image + (ih * w + iw) * 2 * f;
-              T* dv = du + f;
-              const T* wu = u_taps->data() + (i * attrs_.kw + j) * f;
-              const T* wv = v_taps->data() + (i * attrs_.kw + j) * f;
-              int64_t c = 0;
-              for (; c + L <= f; c += L) {
-                const Vec g = LoadVec<Vec>(d + c) * a;
-                StoreVec(du + c, LoadVec<Vec>(du + c) + LoadVec<Vec>(wu + c) * g);
-                StoreVec(dv + c, LoadVec<Vec>(dv + c) + LoadVec<Vec>(wv + c) * g);
+            const int64_t rows = ih + attrs_.pad_top - i * attrs_.dh;  // oh * sh
+            const bool row_ok = rows >= 0 && rows % attrs_.sh == 0 && rows / attrs_.sh < out_h;
+            for (int64_t j = 0; j < attrs_.kw; ++j)
+              for (int q = 0; q < kTapPixels; ++q) {
+                const int64_t columns = iw0 + q + attrs_.pad_left - j * attrs_.dw;  // ow * sw
+                const bool ok = row_ok && q < group && columns >= 0 &&
+                                columns % attrs_.sw == 0 && columns / attrs_.sw < out_w;
+                sources[(i * attrs_.kw + j) * kTapPixels + q] =
+                    ok ? DY + ((b * out_h + rows / attrs_.sh) * out_w + columns / attrs_.sw) * f
+                       : zeros.data();
               }
-              for (; c < f; ++c) {
-                du[c] += wu[c] * a * d[c];
-                dv[c] += wv[c] * a * d[c];
-              }
-            }
           }
+          OffsetTapsTransposed(sources.data(), attrs_.kh * attrs_.kw, f, u_taps->data(),
+                               v_taps->data(), group, a, duv_image + (ih * w + iw0) * 2 * f);
         }
     });
   }
