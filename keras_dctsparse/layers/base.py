@@ -533,7 +533,10 @@ class DCTSparseLayer(keras.layers.Layer):
 
         Args:
             inputs: The input of the linear map, in the form `kernel_gradient` takes.
-            outputs: The linear output `W x` (bias and activation not yet applied).
+            outputs: The linear output `W x` (activation not yet applied; the bias not
+                yet added, except by the native conv path, which adds it in the same op:
+                probes only differentiate w.r.t. `outputs` or add to it, which the
+                bias does not change).
             **context: What `kernel_gradient` needs besides the tensors (e.g. padding).
 
         Returns:

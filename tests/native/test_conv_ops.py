@@ -1,7 +1,7 @@
 """The compiled ops of `keras_dctsparse/native/src/conv_ops.cc` against im2col/col2im and scipy.
 
 `DctSparseConv2D` takes `uv = x @ [cos | sin]` (computed here in numpy) and returns
-`alpha * conv(x, Kd) + conv(x, S)`; `DctSparseConv2DInputGrad` returns the transposed
+`alpha * conv(x, Kd) + conv(x, S) + bias`; `DctSparseConv2DInputGrad` returns the transposed
 sparse conv and `duv`, whose product with `[cos | sin]^T` completes `dx`;
 `DctSparseConv2DValueGrad` returns `dvalues`. Every geometry path (strides and their
 phases, dilation, "same"/"valid" padding, 1-row kernels, partial tiles, channel counts
@@ -60,9 +60,10 @@ def _problem(case, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("with_offset", [True, False])
+@pytest.mark.parametrize("with_offset, with_bias", [(True, True), (True, False), (False, True),
+                                                    (False, False)])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[1:5])) + f"-{c[8]}")
-def test_forward_and_gradients_match_im2col(case, with_offset, dtype):
+def test_forward_and_gradients_match_im2col(case, with_offset, with_bias, dtype):
     rng = np.random.default_rng()
     p = _problem(case, dtype, rng)
     ops = library.load()
@@ -71,13 +72,15 @@ def test_forward_and_gradients_match_im2col(case, with_offset, dtype):
     kernel = p["sparse"] + (alpha * p["offset"] if with_offset else 0)
     patches = im2col(x, *geometry)
     uv = (x @ p["cos_sin"]).astype(dtype) if with_offset else np.zeros((0, 0, 0, 0), dtype)
+    bias = rng.standard_normal(kernel.shape[1]) if with_bias else np.zeros(0)
     positions = np.stack([p["rows"], p["cols"]])
     y, offset = ops.dct_sparse_conv2d(
         x.astype(dtype), uv, dtype(alpha), p["values"].astype(dtype), positions,
-        with_offset=with_offset, **p["attrs"])
+        bias.astype(dtype), with_offset=with_offset, **p["attrs"])
     tol = 2e-6 if dtype == np.float32 else 1e-13
-    want = patches @ kernel
-    assert np.abs(y.numpy() - want).max() <= tol * (np.abs(patches) @ np.abs(kernel)).max()
+    want = patches @ kernel + (bias if with_bias else 0)
+    scale = (np.abs(patches) @ np.abs(kernel)).max() + np.abs(bias).max(initial=0)
+    assert np.abs(y.numpy() - want).max() <= tol * scale
     if with_offset:
         np.testing.assert_allclose(offset.numpy(), patches @ p["offset"], atol=1e3 * tol)
     dy = rng.standard_normal(want.shape)
@@ -102,13 +105,19 @@ def test_positions_out_of_range_are_errors():
     attrs = dict(kernel_size=[3, 3], strides=[1, 1], dilations=[1, 1], pads=[1, 1, 1, 1],
                  filters=3)
     uv = np.zeros((0, 0, 0, 0), np.float32)
+    no_bias = np.zeros(0, np.float32)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(rows\) must be in .* = \[0, 18\)"):
         ops.dct_sparse_conv2d(x, uv, np.float32(1), np.ones(1, np.float32),
-                              np.array([[18], [0]], np.int32), with_offset=False, **attrs)
+                              np.array([[18], [0]], np.int32), no_bias, with_offset=False,
+                              **attrs)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"bias must be \(filters,\) = \(3,\)"):
+        ops.dct_sparse_conv2d(x, uv, np.float32(1), np.ones(1, np.float32),
+                              np.array([[0], [0]], np.int32), np.ones(2, np.float32),
+                              with_offset=False, **attrs)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(columns\) must be sorted and in"):
         ops.dct_sparse_conv2d_value_grad(x, np.ones((1, 4, 4, 3), np.float32),
                                          np.array([[0], [3]], np.int32), **attrs)
     with pytest.raises(tf.errors.InvalidArgumentError, match="uv must be"):
         ops.dct_sparse_conv2d(x, np.ones((1, 4, 4, 5), np.float32), np.float32(1),
-                              np.ones(1, np.float32), np.array([[0], [0]], np.int32),
+                              np.ones(1, np.float32), np.array([[0], [0]], np.int32), no_bias,
                               with_offset=True, **attrs)

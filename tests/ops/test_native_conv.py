@@ -25,17 +25,17 @@ def test_explicit_pads_match_tensorflow(size, kernel, stride, dilation):
 
 
 @pytest.mark.skipif(not library.available(), reason="native kernels unavailable")
-@pytest.mark.parametrize("shape, kernel, strides, dilation, padding, filters, dtype", [
-    ((3, 11, 4), (3,), (2,), (1,), "same", 5, "float32"),
-    ((2, 45, 3), (5,), (1,), (2,), "valid", 5, "float32"),  # longer than a tile of 16 pixels
-    ((3, 9, 8, 4), (3, 3), (1, 2), (1, 1), "same", 5, "float32"),
+@pytest.mark.parametrize("shape, kernel, strides, dilation, padding, filters, dtype, with_bias", [
+    ((3, 11, 4), (3,), (2,), (1,), "same", 5, "float32", True),
+    ((2, 45, 3), (5,), (1,), (2,), "valid", 5, "float32", False),  # longer than a tile
+    ((3, 9, 8, 4), (3, 3), (1, 2), (1, 1), "same", 5, "float32", False),
     # The offset taps run 64 float32 (32 float64) channels at a time, then 16 (8), then
     # one by one: 83 filters take all three, on widths that end mid-group of 4 pixels.
-    ((2, 6, 19, 3), (3, 3), (1, 1), (1, 1), "same", 83, "float32"),
-    ((2, 5, 7, 2), (3, 3), (2, 1), (1, 2), "same", 83, "float64"),
+    ((2, 6, 19, 3), (3, 3), (1, 1), (1, 1), "same", 83, "float32", True),
+    ((2, 5, 7, 2), (3, 3), (2, 1), (1, 2), "same", 83, "float64", True),
 ])
 def test_output_and_every_gradient_match_im2col(shape, kernel, strides, dilation, padding,
-                                                filters, dtype):
+                                                filters, dtype, with_bias):
     rng = np.random.default_rng()
     rank = len(kernel)
     patch = int(np.prod(kernel)) * shape[-1]
@@ -46,13 +46,16 @@ def test_output_and_every_gradient_match_im2col(shape, kernel, strides, dilation
     weights = tf.constant(rng.standard_normal((3,) + (48,) * rank + (filters,)), dtype)
     x_t, alpha_t, values_t = (tf.constant(x, dtype), tf.constant(0.4, dtype),
                               tf.constant(values, dtype))
+    bias = rng.standard_normal(filters) if with_bias else np.zeros(filters)
+    bias_t = tf.constant(bias, dtype)
     with tf.GradientTape() as tape:
-        tape.watch([x_t, alpha_t, values_t])
+        tape.watch([x_t, alpha_t, values_t, bias_t])
         y = native_conv.native_conv(x_t, alpha_t, values_t, np.stack([rows, cols]),
-                                    kernel, filters, strides, padding, dilation)
+                                    kernel, filters, strides, padding, dilation,
+                                    bias=bias_t if with_bias else None)
         dy = weights[(slice(0, shape[0]),) + tuple(slice(0, d) for d in y.shape[1:-1])]
         loss = tf.reduce_sum(y * dy)
-    dx, dalpha, dvalues = tape.gradient(loss, [x_t, alpha_t, values_t])
+    dx, dalpha, dvalues, dbias = tape.gradient(loss, [x_t, alpha_t, values_t, bias_t])
     # 1-D as 2-D with a width of 1 (im2col is 2-D).
     x2 = x[:, :, None, :] if rank == 1 else x
     widen = (lambda t: t + (1,)) if rank == 1 else (lambda t: t)
@@ -62,8 +65,13 @@ def test_output_and_every_gradient_match_im2col(shape, kernel, strides, dilation
     sparse[rows, cols] = values
     offset = dct_block(filters, patch).T
     dyn = dy.numpy().astype(np.float64).reshape(patches.shape[:-1] + (filters,))
-    y_want = patches @ (sparse + 0.4 * offset)
+    y_want = patches @ (sparse + 0.4 * offset) + bias
     np.testing.assert_allclose(y.numpy().reshape(y_want.shape), y_want, rtol=1e-4, atol=1e-4)
+    if with_bias:
+        np.testing.assert_allclose(dbias.numpy(), dyn.reshape(-1, filters).sum(0), rtol=1e-4,
+                                   atol=1e-4)
+    else:
+        assert dbias is None
     dx_want = col2im(dyn @ (sparse + 0.4 * offset).T, x2.shape, *geometry).reshape(x.shape)
     np.testing.assert_allclose(dx.numpy(), dx_want, rtol=1e-4, atol=1e-4)
     flat_p, flat_dy = patches.reshape(-1, patch), dyn.reshape(-1, filters)

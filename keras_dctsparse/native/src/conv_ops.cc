@@ -4,7 +4,7 @@
 // gradients (2-D, channels_last, one group, any stride, dilation and explicit padding),
 // float32 and float64 on the CPU:
 //
-//   DctSparseConv2D(x, uv, alpha, S)           -> y, offset
+//   DctSparseConv2D(x, uv, alpha, S, bias)     -> y (bias added when not empty), offset
 //   DctSparseConv2DInputGrad(dy, alpha, S)     -> dx (of the S part), duv (of the offset)
 //   DctSparseConv2DValueGrad(x, dy, S positions) -> dvalues
 //
@@ -113,6 +113,7 @@ REGISTER_OP("DctSparseConv2D")
     .Input("alpha: T")
     .Input("values: T")
     .Input("positions: int32")
+    .Input("bias: T")
     .Output("y: T")
     .Output("offset: T")
     .DCTSPARSE_CONV_ATTRS
@@ -126,7 +127,8 @@ REGISTER_OP("DctSparseConv2D")
       c->set_output(1, with_offset && offset_output ? c->output(0) : c->MakeShape({0, 0, 0, 0}));
       return tensorflow::OkStatus();
     })
-    .Doc("y = alpha * offset + conv(x, S); offset from uv = x @ [cos | sin] by the DCT taps.");
+    .Doc("y = alpha * offset + conv(x, S) + bias; offset from uv = x @ [cos | sin] by the DCT "
+         "taps; bias (filters,), or empty for none.");
 
 REGISTER_OP("DctSparseConv2DInputGrad")
     .Input("dy: T")
@@ -493,6 +495,19 @@ void OffsetTapsTransposed(const T* const* sources, int64_t taps, int64_t f, cons
     }
 }
 
+// rows[q * f + c] += bias[c] for the `count` pixel rows of a tile.
+template <typename T>
+void AddBias(const T* bias, int64_t f, int64_t count, T* rows) {
+  typedef typename Lanes<T>::Vec Vec;
+  constexpr int L = Lanes<T>::kCount;
+  for (int64_t q = 0; q < count; ++q) {
+    T* row = rows + q * f;
+    int64_t c = 0;
+    for (; c + L <= f; c += L) StoreVec(row + c, LoadVec<Vec>(row + c) + LoadVec<Vec>(bias + c));
+    for (; c < f; ++c) row[c] += bias[c];
+  }
+}
+
 template <typename T>
 class ConvOp : public OpKernel {
  public:
@@ -509,6 +524,7 @@ class ConvOp : public OpKernel {
     const Tensor& uv = context->input(1);
     const Tensor& alpha = context->input(2);
     const Tensor& values = context->input(3);
+    const Tensor& bias = context->input(5);
     OP_REQUIRES(context, x.dims() == 4,
                 Invalid("x must be (batch, height, width, channels); got ", x.shape().DebugString()));
     Positions pos;
@@ -517,6 +533,10 @@ class ConvOp : public OpKernel {
       return;
     OP_REQUIRES(context, alpha.NumElements() == 1, Invalid("alpha must be a scalar"));
     const int64_t batch = x.dim_size(0), f = attrs_.filters;
+    OP_REQUIRES(context, bias.dims() == 1 && (bias.dim_size(0) == 0 || bias.dim_size(0) == f),
+                Invalid("bias must be (filters,) = (", f, ",) or empty; got ",
+                        bias.shape().DebugString()));
+    const T* BIAS = bias.dim_size(0) == 0 ? nullptr : bias.flat<T>().data();
     ConvPlan<T> p;
     const int64_t out_h = attrs_.OutHeight(x.dim_size(1)), out_w = attrs_.OutWidth(x.dim_size(2));
     OP_REQUIRES(context, out_h >= 1 && out_w >= 1, Invalid("the output would be empty"));
@@ -581,12 +601,10 @@ class ConvOp : public OpKernel {
             StoreVec(tile.data() + c * L, (a0 + a1) + (a2 + a3));
           }
           T* y_row = Y + ((b * out_h + oh) * out_w + ow0) * f;
-          if (!with_offset_) {
-            Transpose(tile.data(), f, count, L, y_row, f);
-            continue;
-          }
-          // Offset part, vectorized over output channels: the DCT taps on uv.
           Transpose(tile.data(), f, count, L, y_row, f);
+          if (BIAS != nullptr) AddBias(BIAS, f, count, y_row);
+          if (!with_offset_) continue;
+          // Offset part, vectorized over output channels: the DCT taps on uv.
           // Without the offset output (inference) the offset goes to a tile of scratch.
           T* o_row = O != nullptr ? O + ((b * out_h + oh) * out_w + ow0) * f : offset_tile.data();
           OffsetTaps(p, UV, u_taps->data(), v_taps->data(), zeros.data(), b, oh, ow0, count, a,
