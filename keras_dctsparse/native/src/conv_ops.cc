@@ -387,17 +387,18 @@ inline void TapBlock(const T* const* sources, int64_t taps, int64_t f, int64_t c
 // (then single vectors, then a scalar tail), so that the loads of a block read whole
 // cache lines of each pixel's uv. A tap outside the image reads `zeros` (2 * filters
 // zeros). Writes the offset to `o_row` and adds alpha times it to `y_row` (both
-// (count, filters), pixel-major).
+// (count, filters), pixel-major). `sources` is scratch (kh * kw * kTapPixels pointers).
 template <typename T>
 void OffsetTaps(const ConvPlan<T>& p, const T* uv, const T* wu, const T* wv, const T* zeros,
                 int64_t b, int64_t oh, int64_t ow0, int64_t count, T alpha, T* o_row,
-                T* y_row) {
+                T* y_row, std::vector<const T*>* scratch) {
   constexpr int L = Lanes<T>::kCount;
   constexpr int P = kTapPixels;
   const ConvAttrs& a = p.a;
   const int64_t f = a.filters, taps = a.kh * a.kw;
   const int64_t blocked = f / (kTapVectors * L) * (kTapVectors * L), vectors = f / L * L;
-  std::vector<const T*> sources(taps * P);
+  std::vector<const T*>& sources = *scratch;
+  sources.resize(taps * P);
   for (int64_t q0 = 0; q0 < count; q0 += P) {
     const int group = static_cast<int>(std::min<int64_t>(P, count - q0));
     for (int64_t i = 0; i < a.kh; ++i) {
@@ -582,6 +583,7 @@ class ConvOp : public OpKernel {
       Buffer<T> panel((last - first) * p.PanelRowSize());
       BuildPanel(p, X, b, first, last, panel.data());
       Buffer<T> tile(f * L), offset_tile(O == nullptr ? L * f : 0);
+      std::vector<const T*> tap_sources;
       for (int64_t oh = oh0; oh < oh1; ++oh) {
         for (int64_t ow0 = 0; ow0 < out_w; ow0 += L) {
           const int64_t count = std::min<int64_t>(L, out_w - ow0);
@@ -608,7 +610,7 @@ class ConvOp : public OpKernel {
           // Without the offset output (inference) the offset goes to a tile of scratch.
           T* o_row = O != nullptr ? O + ((b * out_h + oh) * out_w + ow0) * f : offset_tile.data();
           OffsetTaps(p, UV, u_taps->data(), v_taps->data(), zeros.data(), b, oh, ow0, count, a,
-                     o_row, y_row);
+                     o_row, y_row, &tap_sources);
         }
       }
     });
