@@ -77,6 +77,22 @@ CONFIGS = {
         RIGL, drop_fraction=0.5, update_every=50, batch_size=32),
     "RigL, drop 0.5, every 200, batch 32": dict(
         RIGL, drop_fraction=0.5, update_every=200, batch_size=32),
+    "RigL, drop 0.5, every 50, 30 epochs": dict(
+        RIGL, drop_fraction=0.5, update_every=50, epochs=30),
+    "RigL, drop 0.5, every 50, batch 32, scored on 1024 examples": dict(
+        RIGL, drop_fraction=0.5, update_every=50, batch_size=32, score_batch_size=1024),
+    "RigL, drop 0.5, every 200, batch 32, scored on 1024 examples": dict(
+        RIGL, drop_fraction=0.5, update_every=200, batch_size=32, score_batch_size=1024),
+    "RigL, drop 0.5, every 50, batch 32, Adam 5e-3": dict(
+        RIGL, drop_fraction=0.5, update_every=50, batch_size=32, lr=5e-3),
+    "RigL, drop 0.5, every 400, batch 16": dict(
+        RIGL, drop_fraction=0.5, update_every=400, batch_size=16),
+    "RigL, drop 0.3, every 200, batch 32": dict(
+        RIGL, drop_fraction=0.3, update_every=200, batch_size=32),
+    "RigL, drop 0.5, every 50, Adam 2e-2": dict(
+        RIGL, drop_fraction=0.5, update_every=50, lr=2e-2),
+    "RigL, drop 0.5, every 50, Adam 3e-2": dict(
+        RIGL, drop_fraction=0.5, update_every=50, lr=3e-2),
 }
 
 
@@ -175,10 +191,12 @@ def train(model_name, dataset, density, config, seed, epochs):
             )
         )
     started = time.time()
-    model.fit(train_data, epochs=epochs, verbose=0, callbacks=callbacks)
+    history = model.fit(train_data, epochs=epochs, verbose=0, callbacks=callbacks)
     wall = time.time() - started
     eval_data = data.make_eval_dataset(x_val, dataset.y_val, 1000)
-    return model.evaluate(eval_data, verbose=0, return_dict=True)["accuracy"], wall
+    accuracy = model.evaluate(eval_data, verbose=0, return_dict=True)["accuracy"]
+    # Running mean over the last epoch's batches, as Keras reports it.
+    return accuracy, history.history["accuracy"][-1], wall
 
 
 def main():
@@ -209,11 +227,12 @@ def main():
         for density in args.densities:
             accs = []
             for seed in args.seeds:
-                acc, wall = train(args.model, dataset, density, CONFIGS[name], seed, args.epochs)
+                acc, train_acc, wall = train(args.model, dataset, density, CONFIGS[name], seed,
+                                             args.epochs)
                 accs.append(100 * acc)
                 record = dict(model=args.model, config=name, density=density, seed=seed,
                               allocation=args.allocation,
-                              val_accuracy=100 * acc,
+                              val_accuracy=100 * acc, train_accuracy=100 * train_acc,
                               epochs=CONFIGS[name]["epochs"] or args.epochs, fit_s=wall)
                 print(json.dumps(record), flush=True)
                 if args.log:

@@ -43,6 +43,7 @@ from keras_dctsparse.experiments import sweep
 from keras_dctsparse.experiments import train
 from keras_dctsparse.experiments.common import CLIError
 from keras_dctsparse.experiments.recipe import DATASETS
+from keras_dctsparse.experiments.recipe import DEFAULT_BATCH_SIZE
 from keras_dctsparse.experiments.recipe import DEFAULT_DISTRIBUTION
 from keras_dctsparse.experiments.recipe import DEFAULT_DROP_FRACTION
 from keras_dctsparse.experiments.recipe import DEFAULT_END_FRACTION
@@ -58,6 +59,8 @@ from keras_dctsparse.experiments.recipe import OFFSETS
 from keras_dctsparse.experiments.recipe import OPTIMIZERS
 from keras_dctsparse.experiments.recipe import SCHEDULES
 from keras_dctsparse.experiments.recipe import SPARSE_TRAININGS
+from keras_dctsparse.experiments.recipe import MODEL_RECIPES
+from keras_dctsparse.experiments.recipe import recipe_defaults
 
 __all__ = ["build_parser", "main"]
 
@@ -152,7 +155,17 @@ def _fraction(name, low_open):
     return parse
 
 
-def _add_data_args(parser, need_dataset=True):
+def _per_model(name):
+    """`" (default X; lenet5: Y)"`: the default of a recipe setting and its per-model ones."""
+    own = "; ".join(
+        f"{model}: {settings[name]}"
+        for model, settings in MODEL_RECIPES.items() if name in settings
+    )
+    default = {"batch_size": DEFAULT_BATCH_SIZE, "update_every": DEFAULT_UPDATE_EVERY}[name]
+    return f" (default {default}" + (f"; {own}" if own else "") + ")"
+
+
+def _add_data_args(parser, need_dataset=True, model_recipe=False):
     parser.add_argument(
         "--dataset", choices=DATASETS, required=need_dataset, help="dataset name"
     )
@@ -171,13 +184,17 @@ def _add_data_args(parser, need_dataset=True):
         help="let TFDS download and prepare a missing dataset (needs network)",
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int("--batch-size"), default=128, help="batch size"
+        "--batch-size",
+        type=_positive_int("--batch-size"),
+        default=None,
+        help="batch size" + (_per_model("batch_size") if model_recipe
+                             else f" (default {DEFAULT_BATCH_SIZE})"),
     )
 
 
 def _add_train_args(parser, sweep=False):
     parser.add_argument("--model", required=True, choices=MODELS, help="architecture")
-    _add_data_args(parser)
+    _add_data_args(parser, model_recipe=True)
     if not sweep:
         parser.add_argument(
             "--density",
@@ -201,9 +218,8 @@ def _add_train_args(parser, sweep=False):
     parser.add_argument(
         "--update-every",
         type=_positive_int("--update-every"),
-        default=DEFAULT_UPDATE_EVERY,
-        help="rigl/set: optimizer steps between position updates "
-        f"(default {DEFAULT_UPDATE_EVERY})",
+        default=None,
+        help="rigl/set: optimizer steps between position updates" + _per_model("update_every"),
     )
     parser.add_argument(
         "--drop-fraction",
@@ -282,8 +298,20 @@ def _add_train_args(parser, sweep=False):
     parser.add_argument("--out", required=True, help="output folder")
 
 
+class _RecipeParser(argparse.ArgumentParser):
+    """Fills `--batch-size` and `--update-every`, where left out, with `--model`'s defaults."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        defaults = recipe_defaults(getattr(parsed, "model", None))
+        for name, value in defaults.items():
+            if getattr(parsed, name, 0) is None:
+                setattr(parsed, name, value)
+        return parsed, extras
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _RecipeParser(
         prog="dctsparse",
         description="Train, evaluate, export and sweep DCT-plus-sparse Keras models.",
     )

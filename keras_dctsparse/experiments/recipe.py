@@ -22,3 +22,30 @@ DEFAULT_SPARSE_TRAINING = "rigl"  # in one process; multi-worker training stays 
 DEFAULT_UPDATE_EVERY = 50  # optimizer steps between position updates
 DEFAULT_DROP_FRACTION = 0.5  # fraction of nonzeros moved per update at step 0 (cosine decay)
 DEFAULT_END_FRACTION = 0.75  # fraction of all training steps after which positions stay fixed
+DEFAULT_BATCH_SIZE = 128
+
+# Where the validation split found another best for one model, its own batch size and
+# update interval: LeNet-5 gains from more, smaller steps (batch 32, RigL every 200
+# steps: as many examples between updates as every 50 steps at batch 128). LeNet-300-100
+# does not (README, "Choosing the recipe on a validation split").
+MODEL_RECIPES = {"lenet5": {"batch_size": 32, "update_every": 200}}
+
+
+def recipe_defaults(model):
+    """The default batch size and RigL/SET update interval of `dctsparse train` for `model`.
+
+    Args:
+        model: A name of `MODELS`.
+
+    Returns:
+        A dict with `"batch_size"` and `"update_every"`: `MODEL_RECIPES[model]` where it
+        has them, else `DEFAULT_BATCH_SIZE` and `DEFAULT_UPDATE_EVERY`.
+
+    Example:
+
+    >>> recipe_defaults("lenet5"), recipe_defaults("lenet300100")
+    ({'batch_size': 32, 'update_every': 200}, {'batch_size': 128, 'update_every': 50})
+    """
+    defaults = {"batch_size": DEFAULT_BATCH_SIZE, "update_every": DEFAULT_UPDATE_EVERY}
+    defaults.update(MODEL_RECIPES.get(model, {}))
+    return defaults

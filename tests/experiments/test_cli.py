@@ -739,6 +739,34 @@ def test_dynamic_sparse_training_moves_positions(dynamic_runs, method):
     assert static_results["args"]["update_every"] is None  # no effect on a static run
 
 
+@pytest.mark.parametrize(
+    "argv, batch_size, update_every",
+    [
+        (["train", "--model", "lenet5"], 32, 200),
+        (["train", "--model", "lenet300100"], 128, 50),
+        (["train", "--model", "vgg19"], 128, 50),
+        (["sweep", "--model", "lenet5", "--densities", "0.1"], 32, 200),
+        (["train", "--model", "lenet5", "--batch-size", "64", "--update-every", "7"], 64, 7),
+        (["train", "--model", "lenet300100", "--batch-size", "32"], 32, 50),
+    ],
+)
+def test_recipe_defaults_follow_the_model(argv, batch_size, update_every):
+    args = cli.build_parser().parse_args(argv + ["--dataset", "mnist", "--out", "o"])
+    assert (args.batch_size, args.update_every) == (batch_size, update_every)
+    assert recipe.recipe_defaults(args.model) == {
+        "batch_size": recipe.MODEL_RECIPES.get(args.model, {}).get(
+            "batch_size", recipe.DEFAULT_BATCH_SIZE),
+        "update_every": recipe.MODEL_RECIPES.get(args.model, {}).get(
+            "update_every", recipe.DEFAULT_UPDATE_EVERY),
+    }
+
+
+def test_evaluate_batch_size_default():
+    args = cli.build_parser().parse_args(
+        ["evaluate", "--model-path", "m.keras", "--dataset", "mnist"])
+    assert args.batch_size == recipe.DEFAULT_BATCH_SIZE == 128
+
+
 class _RecordPositions(keras.callbacks.Callback):
     """Records the positions of the DCTpS layers at the start and at every epoch end."""
 
