@@ -51,15 +51,14 @@ from keras_dctsparse.experiments.recipe import DEFAULT_LR
 from keras_dctsparse.experiments.recipe import DEFAULT_OPTIMIZER
 from keras_dctsparse.experiments.recipe import DEFAULT_SCHEDULE
 from keras_dctsparse.experiments.recipe import DEFAULT_SPARSE_TRAINING
-from keras_dctsparse.experiments.recipe import DEFAULT_UPDATE_EVERY
 from keras_dctsparse.experiments.recipe import DISTRIBUTE
 from keras_dctsparse.experiments.recipe import DISTRIBUTIONS
+from keras_dctsparse.experiments.recipe import MODEL_RECIPES
 from keras_dctsparse.experiments.recipe import MODELS
 from keras_dctsparse.experiments.recipe import OFFSETS
 from keras_dctsparse.experiments.recipe import OPTIMIZERS
 from keras_dctsparse.experiments.recipe import SCHEDULES
 from keras_dctsparse.experiments.recipe import SPARSE_TRAININGS
-from keras_dctsparse.experiments.recipe import MODEL_RECIPES
 from keras_dctsparse.experiments.recipe import recipe_defaults
 
 __all__ = ["build_parser", "main"]
@@ -161,7 +160,7 @@ def _per_model(name):
         f"{model}: {settings[name]}"
         for model, settings in MODEL_RECIPES.items() if name in settings
     )
-    default = {"batch_size": DEFAULT_BATCH_SIZE, "update_every": DEFAULT_UPDATE_EVERY}[name]
+    default = recipe_defaults(None)[name]
     return f" (default {default}" + (f"; {own}" if own else "") + ")"
 
 
