@@ -42,9 +42,18 @@ LeNet-5 (conv 6@5x5 same, pool, conv 16@5x5, pool, 120, 84, 10; the zoo's
 `lenet5`, EPL allocation):
 
 - `Dense`, `masked 1% + SPARSITY` as above (every Conv2D/Dense kernel masked).
+- `Dense, XNNPACK off`: the same dense file run by TFLite's own kernels
+  (`OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`), which is how it runs
+  convolutions whose filter is not a stored constant.
 - `DCTpS 0.01`: the zoo's DCTpS LeNet-5 at global density 1% (convs exported as
   one CONV_2D with `alpha * Kd + S` rebuilt at run time).
 - `form=auto`: the Dense layers built at load time, the convolutions built once.
+- `ablation: alpha*D at load, no S`: every layer's offset alone, built at load
+  time (`dct_kernel_at_load`): XNNPACK does not take a `CONV_2D` whose filter is
+  not a stored constant, so this is as slow as the built-once convolutions.
+- `ablation: Dense, each conv twice`: the dense model with every convolution
+  done twice with stored filters, the least `conv(x, alpha * Kd) + conv(x, S)`
+  can cost with both filters static.
 
 One 4096 x 4096 layer at density 0.1% (`--big-repeats` calls; the issue's target
 for the implicit form: file <= 1.5 x nnz x 8 B + 16 KB, latency <= 0.5x dense):
@@ -73,6 +82,7 @@ Run:
 """
 
 import argparse
+import functools
 import os
 import time
 
@@ -82,6 +92,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from ai_edge_litert.interpreter import OpResolverType  # noqa: E402
 from tensorflow.python.framework.convert_to_constants import (  # noqa: E402
     convert_variables_to_constants_v2,
 )
@@ -93,6 +104,7 @@ from keras_dctsparse.export import convert_tflite  # noqa: E402
 from keras_dctsparse.export.tflite import sparse_entries  # noqa: E402
 from keras_dctsparse.layers import DCTSparseLayer  # noqa: E402
 from keras_dctsparse.export.builtin_ops import dct_kernel_at_load  # noqa: E402
+from keras_dctsparse.export.builtin_ops import load_time_int  # noqa: E402
 from keras_dctsparse.export.builtin_ops import dct_offset_builtin  # noqa: E402
 from keras_dctsparse.export.flatbuffer import tflite_constant_bytes  # noqa: E402
 from keras_dctsparse.export.flatbuffer import tflite_op_names  # noqa: E402
@@ -196,6 +208,75 @@ def convert_dct_only_at_load(model):
     return convert_function(forward, tf.TensorSpec([None, SIZES[0]], tf.float32))
 
 
+def _frozen(layer, name):
+    return keras.ops.convert_to_numpy(getattr(layer, name))
+
+
+def convert_lenet5_offsets_at_load(model):
+    """Ablation: a DCTpS LeNet-5 with every `alpha * D` built at load and no `S` at all.
+
+    Each layer is its DCT offset alone, built by the interpreter in
+    `allocate_tensors` (`dct_kernel_at_load`, as `form="built_at_load"` builds
+    a Dense layer's): the smallest graph that holds the offsets without storing
+    them. Its convolutions show what a filter built at load costs: XNNPACK
+    takes a `CONV_2D` only when its filter is a stored constant (or a
+    `DENSIFY` / `DEQUANTIZE` of one), so these run in TFLite's own kernels.
+    """
+    alphas = {layer.name: float(_frozen(layer, "alpha")) for layer in model.layers
+              if isinstance(layer, DCTSparseLayer)}
+    biases = {name: _frozen(model.get_layer(name), "bias") for name in alphas}
+
+    def forward(x):
+        ints = functools.partial(load_time_int, x)
+        h = x
+        for layer in model.layers:
+            if not isinstance(layer, DCTSparseLayer):
+                h = layer(h)
+                continue
+            alpha, bias = alphas[layer.name], biases[layer.name]
+            if isinstance(layer, DCTSparseDense):
+                kernel = dct_kernel_at_load(x, layer.units, h.shape[-1], alpha, ints)
+                y = tf.matmul(h, kernel, transpose_b=True)
+            else:
+                (kh, kw), c_in = layer.kernel_size, h.shape[-1]
+                # (c_out, kh * kw * c_in) is TFLite's (out, kh, kw, in) filter, flattened.
+                kernel = dct_kernel_at_load(x, layer.filters, kh * kw * c_in, alpha, ints)
+                kernel = tf.transpose(tf.reshape(kernel, [layer.filters, kh, kw, c_in]),
+                                      [1, 2, 3, 0])
+                y = tf.nn.conv2d(h, kernel, 1, layer.padding.upper())
+            h = layer.activation(y + bias)
+        return h
+
+    return convert_function(forward, tf.TensorSpec([None, 28, 28, 1], tf.float32))
+
+
+def convert_convs_twice(model):
+    """Ablation: the dense LeNet-5 with each convolution done twice, both filters stored.
+
+    `conv(x, K) + conv(x, K')`: the least a DCTpS conv costs in TFLite when
+    XNNPACK runs it, as `conv(x, alpha * Kd) + conv(x, S)` with `alpha * Kd`
+    and a `DENSIFY`-ed `S` both static (the sum `alpha * Kd + S` can only be
+    one static filter if it is stored densely).
+    """
+    frozen = {layer.name: (_frozen(layer, "kernel"), _frozen(layer, "bias"))
+              for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
+
+    def forward(x):
+        h = x
+        for layer in model.layers:
+            if not isinstance(layer, keras.layers.Conv2D):
+                h = layer(h)
+                continue
+            kernel, bias = frozen[layer.name]
+            padding = layer.padding.upper()
+            y = tf.nn.conv2d(h, tf.constant(kernel), 1, padding)
+            y = y + tf.nn.conv2d(h, tf.constant(kernel[::-1].copy()), 1, padding)
+            h = layer.activation(y + bias)
+        return h
+
+    return convert_function(forward, tf.TensorSpec([None, 28, 28, 1], tf.float32))
+
+
 def lenet5(density, offset):
     model = models.build_model(
         "lenet5", input_shape=(28, 28, 1), density=density, distribution="epl",
@@ -204,8 +285,10 @@ def lenet5(density, offset):
     return randomize(model) if offset == "dct" else model
 
 
-def _ready_interpreter(data, threads):
-    interpreter = Interpreter(model_content=data, num_threads=threads)
+def _ready_interpreter(data, threads, xnnpack=True):
+    options = {} if xnnpack else dict(
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(model_content=data, num_threads=threads, **options)
     detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail["index"], [1, *detail["shape"][1:]])
     start = time.perf_counter()
@@ -221,9 +304,14 @@ def _ready_interpreter(data, threads):
     return interpreter, load_ms, first_ms
 
 
-def latencies_ms(files, repeats, threads):
-    """`(load, first, best, median)` ms per file, the files' calls interleaved."""
-    ready = [_ready_interpreter(data, threads) for data in files]
+def latencies_ms(files, repeats, threads, xnnpack=None):
+    """`(load, first, best, median)` ms per file, the files' calls interleaved.
+
+    `xnnpack`: None (the default delegates for every file), or one bool per file
+    (False: TFLite's own kernels only, no XNNPACK).
+    """
+    xnnpack = xnnpack or [True] * len(files)
+    ready = [_ready_interpreter(data, threads, on) for data, on in zip(files, xnnpack)]
     times = [[] for _ in files]
     for _ in range(repeats):
         for (interpreter, _, _), spent in zip(ready, times):
@@ -237,9 +325,10 @@ def latencies_ms(files, repeats, threads):
 
 
 def table(entries, repeats, threads):
+    xnnpack = ["XNNPACK off" not in name for name, _, _ in entries]
     for name, _, data in entries:
         assert not [n for n in tflite_op_names(data) if n.startswith("CUSTOM")], name
-    timings = latencies_ms([data for _, _, data in entries], repeats, threads)
+    timings = latencies_ms([data for _, _, data in entries], repeats, threads, xnnpack)
     base_size = len(entries[0][2]) / 1024
     _, _, base_best, base_median = timings[0]
     rows = []
@@ -367,6 +456,7 @@ def main():
 
     dense = lenet5(1.0, None)
     entries = [("Dense", kernel_weights(dense), convert_standard(dense))]
+    entries.append(("Dense, XNNPACK off", kernel_weights(dense), entries[0][2]))
     masked = convert_standard(mask_kernels(lenet5(1.0, None), 0.01), SPARSITY)
     entries.append(("masked 1% + SPARSITY", round(0.01 * kernel_weights(dense)), masked))
     model = lenet5(0.01, "dct")
@@ -379,6 +469,12 @@ def main():
          convert_tflite(model, form="built_once", narrow_positions=False))
     )
     entries.append(("DCTpS 0.01, form=auto", nnz(model), convert_tflite(model, form="auto")))
+    entries.append(
+        ("ablation: alpha*D at load, no S", 0, convert_lenet5_offsets_at_load(model))
+    )
+    entries.append(
+        ("ablation: Dense, each conv twice", kernel_weights(dense), convert_convs_twice(dense))
+    )
     print("\nLeNet-5 TFLite " + caption)
     print(table(entries, args.repeats, args.threads))
 

@@ -739,8 +739,10 @@ def sparse_matmul_builtin(x, values, rows, cols, units):
 # (`allocate_tensors`) when all their inputs are constants or tensors computed
 # that way, and keeps their outputs as read-only tensors that later calls do not
 # recompute: SHAPE, STRIDED_SLICE, RANGE, GATHER, TILE, RESHAPE, CONCATENATION
-# and MUL (measured with ai-edge-litert 2.3; ADD, SUB, CAST, COS, FLOOR_MOD,
-# SCATTER_ND and FULLY_CONNECTED are not). The XNNPACK delegate takes the float
+# and MUL, and REDUCE_PROD for at most 8 outputs (measured with ai-edge-litert 2.3 by
+# `benchmarks/tflite_load_time_ops.py`: ADD, SUB, CAST, FLOOR_MOD, SCATTER_ND,
+# SELECT_V2 and the other candidates of its table are not; an earlier probe found COS and
+# FULLY_CONNECTED not evaluated either). The XNNPACK delegate takes the float
 # MUL / RESHAPE / CONCATENATION nodes itself (then they run on every call), but
 # not GATHER, TILE or integer ops, so a kernel built by integer index arithmetic
 # and one final float GATHER from a small table is computed once and then read
