@@ -23,10 +23,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from common import markdown_table  # noqa: E402
-from keras_dctsparse import DCTSparseDense  # noqa: E402
 from keras_dctsparse import models  # noqa: E402
 from keras_dctsparse.experiments import data  # noqa: E402
 from keras_dctsparse.dynamic_sparsity import DynamicSparsity  # noqa: E402
+from keras_dctsparse.layers import DCTSparseLayer  # noqa: E402
 
 BASE = dict(
     offset="dct", distribution="epl", lr=1e-2, schedule="cosine", warmup_epochs=0,
@@ -93,6 +93,8 @@ CONFIGS = {
         RIGL, drop_fraction=0.5, update_every=50, lr=2e-2),
     "RigL, drop 0.5, every 50, Adam 3e-2": dict(
         RIGL, drop_fraction=0.5, update_every=50, lr=3e-2),
+    "RigL, drop 0.5, every 200, batch 32, Adam 2e-2, 1 epoch warm-up": dict(
+        RIGL, drop_fraction=0.5, update_every=200, batch_size=32, lr=2e-2, warmup_epochs=1),
 }
 
 
@@ -120,19 +122,31 @@ def _optimizer(config, lr):
     return keras.optimizers.SGD(lr, momentum=0.9)
 
 
-def lenet300100_with_nnz(input_shape, layer_nnz, offset, seed):
-    """LeNet-300-100 with the given nonzeros per layer (an allocation outside the four rules)."""
-    model = keras.Sequential([keras.Input(input_shape), keras.layers.Flatten()])
-    inputs = 1
-    for size in input_shape:
-        inputs *= size
-    for index, (units, nnz) in enumerate(zip((300, 100, 10), layer_nnz)):
-        model.add(DCTSparseDense(
-            units, density=nnz / (inputs * units), offset=offset, seed=seed + index,
-            activation="softmax" if units == 10 else "relu",
-        ))
-        inputs = units
-    return model
+def model_with_nnz(model_name, input_shape, layer_nnz, offset, seed):
+    """The zoo model with the given nonzeros per sparse layer (an allocation outside the four rules).
+
+    Built with the EPL rule, then every DCTpS / sparse layer is cloned with its
+    `nnz` replaced (same seed, so the same random stream draws the positions).
+    """
+    model = models.build_model(
+        model_name, input_shape=input_shape, density=0.01, distribution="epl",
+        offset=offset, seed=seed,
+    )
+    sparse = [layer for layer in model.layers if isinstance(layer, DCTSparseLayer)]
+    if len(layer_nnz) != len(sparse):
+        raise ValueError(
+            f"--allocation gives {len(layer_nnz)} numbers; {model_name} has {len(sparse)} "
+            f"sparse layers ({', '.join(layer.name for layer in sparse)})."
+        )
+    nnz_of = {layer.name: nnz for layer, nnz in zip(sparse, layer_nnz)}
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in nnz_of:
+            config.update(nnz=nnz_of[layer.name], density=None)
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone)
 
 
 def train(model_name, dataset, density, config, seed, epochs):
@@ -143,10 +157,8 @@ def train(model_name, dataset, density, config, seed, epochs):
         x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
     keras.utils.set_random_seed(seed)
     if config["layer_nnz"] is not None:
-        if model_name != "lenet300100":
-            raise ValueError("--allocation applies to lenet300100 only")
-        model = lenet300100_with_nnz(
-            dataset.input_shape, config["layer_nnz"], config["offset"], seed
+        model = model_with_nnz(
+            model_name, dataset.input_shape, config["layer_nnz"], config["offset"], seed
         )
     else:
         model = models.build_model(
@@ -210,8 +222,8 @@ def main():
     parser.add_argument("--log", default=None, help="append each run as a JSON line here")
     parser.add_argument(
         "--allocation", default=None,
-        help="lenet300100: nonzeros per layer, e.g. 30,36,200 (then --densities is only a "
-        "label); runs each --configs entry with this allocation instead of its rule",
+        help="nonzeros per sparse layer, e.g. 30,36,200 for lenet300100 (then --densities is "
+        "only a label); runs each --configs entry with this allocation instead of its rule",
     )
     args = parser.parse_args()
     if args.allocation:
