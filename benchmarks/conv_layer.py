@@ -76,10 +76,17 @@ def _make_layer(kind, filters, density):
 
 
 def _path(layer, x):
+    """The layer's plan (`s_path/offset_method`); `fwd ..., train ...` where the two differ.
+
+    A call traced with no gradient tape (the forward rows) may plan otherwise
+    than the train step, which records the gradient.
+    """
     if not hasattr(layer, "_plan"):
         return "-"
-    s_path, method = layer._plan(x, "same")
-    return f"{s_path}/{method}"
+    forward = "/".join(map(str, layer._plan(x, "same")))
+    with tf.GradientTape():
+        train = "/".join(map(str, layer._plan(x, "same")))
+    return forward if forward == train else f"fwd {forward}, train {train}"
 
 
 def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats=7,

@@ -134,8 +134,10 @@ def run(args):
     emit()
     emit(markdown_table(dense_layer.MLP_HEADER, [dense_layer._mlp_cells(r) for r in mlp]))
     emit()
-    emit("`DCTSparseConv2D` (`auto`; `path`: what it chose) and the masked layer against "
-         "`keras.layers.Conv2D`, 3x3 \"same\" (median (best) ms of interleaved runs):")
+    emit("`DCTSparseConv2D` (`auto`; `path`: what it chose, `s_path/offset_method`, with "
+         "`fwd ..., train ...` where the forward alone and the train step differ) and the "
+         "masked layer against `keras.layers.Conv2D`, 3x3 \"same\" (median (best) ms of "
+         "interleaved runs):")
     emit()
     emit(markdown_table(conv_layer.HEADER, [conv_layer._cells(r) for r in conv]))
     return out.getvalue()
