@@ -131,13 +131,16 @@ NATIVE_PER_MEMORY = 20.0
 # The native path's forward alone (a call that records no gradient: Keras's predict and
 # evaluate steps), in units of the dense conv's forward, with the same three terms, S's
 # multiply-adds counted per tile of 16 output pixels along the width (an 8-wide map fills
-# half of each tile). Fitted to `benchmarks/conv_layer.py --kinds native fused` forwards,
-# 3x3 "same", batch 32, at 0.1% / 5% / 10%: 32x32x64 0.63 / 0.99 / 1.15, 16x16x128
-# 0.52 / 0.73 / 0.89, 16x16x256 0.37 / 0.57 / 0.80, 8x8x256 0.45 / 0.86 / 1.36 (the fused
-# path: 1.0-1.09 at 5-10%).
-NATIVE_FORWARD_OFFSET_FACTOR = 1.5
-NATIVE_FORWARD_PER_DENSITY = 4.5
-NATIVE_FORWARD_PER_MEMORY = 24.0
+# half of each tile). There the op multiplies the input rows by [cos | sin] itself, one
+# work unit's rows at a time, so uv never goes through memory. Least-squares fit to
+# `benchmarks/conv_layer.py --kinds native fused` (and `--kinds auto`) forwards, 3x3
+# "same", batch 32, at 0.1% / 1% / 5% / 10% / 20%: 32x32x64 0.63 / 0.66 / 0.70 / 0.85 /
+# 1.16, 16x16x128 0.44 / 0.46 / 0.61 / 0.74 / 1.08, 32x32x128 0.37 / 0.40 / - / 0.69,
+# 16x16x256 0.35 / 0.39 / - / 0.73, 8x8x256 0.43 / 0.50 / 0.81 / 1.23 / 2.00, 8x8x512
+# 0.38 / 0.47 / 0.87 / 1.53 / 2.21 (the fused path: 0.97-1.09 at 5-20%).
+NATIVE_FORWARD_OFFSET_FACTOR = 1.7
+NATIVE_FORWARD_PER_DENSITY = 4.2
+NATIVE_FORWARD_PER_MEMORY = 1.3
 
 
 def conv_output_shape(
@@ -247,7 +250,7 @@ def native_conv_forward_cost(kernel_size, in_channels, filters, nnz, out_width=N
 
     >>> [round(native_conv_forward_cost((3, 3), 256, 256, round(0.1 * 9 * 256 * 256), w), 2)
     ...  for w in (16, 8)]
-    [0.86, 1.31]
+    [0.81, 1.23]
     """
     density, memory, offset_share = _native_shares(kernel_size, in_channels, filters, nnz,
                                                    offset)

@@ -52,24 +52,27 @@ def explicit_pads(spatial, kernel_size, strides, padding, dilation):
     return pads
 
 
-def _uv(x, filters, patch, forward_only=False):
-    """`x @ [cos | sin]`: per pixel `U` (channels `[0, filters)`) and `V` (the rest).
+def _uv_table(x, filters, patch):
+    """The `(c_in, 2 * filters)` table `[cos | sin]` of `x @ [cos | sin]`, in `x`'s dtype.
 
-    The table is generated in-graph (folded to a constant). A call that records no
-    gradient multiplies by it stored `(c_in, 2 * filters)`: oneDNN's plain product is
-    5-7% faster than its `transpose_b` one (16x16 maps, batch 32, 128 and 256 channels);
-    under a tape it stays `(2 * filters, c_in)`, whose input gradient is then the plain
-    product.
+    Generated in-graph (folded to a constant).
     """
     in_channels = int(x.shape[-1])
     n = max(patch, int(filters))
     cos, sin = _dct_cos_sin(int(filters), in_channels, n, _table_dtype(x.dtype))
-    table = tf.cast(tf.concat([cos, sin], axis=0), x.dtype)  # (2 * filters, c_in)
-    flat_x = tf.reshape(x, (-1, in_channels))
-    if forward_only:
-        flat = tf.matmul(flat_x, tf.transpose(table))
-    else:
-        flat = tf.matmul(flat_x, table, transpose_b=True)
+    return tf.cast(tf.transpose(tf.concat([cos, sin], axis=0)), x.dtype)
+
+
+def _uv(x, filters, patch):
+    """`x @ [cos | sin]`: per pixel `U` (channels `[0, filters)`) and `V` (the rest).
+
+    Multiplied by the table stored `(2 * filters, c_in)` (`transpose_b`), whose input
+    gradient is then the plain product. (A call that records no gradient passes the table
+    to the op instead, which multiplies image rows by it as it needs them.)
+    """
+    in_channels = int(x.shape[-1])
+    table = tf.transpose(_uv_table(x, filters, patch))  # (2 * filters, c_in), folded
+    flat = tf.matmul(tf.reshape(x, (-1, in_channels)), table, transpose_b=True)
     return tf.reshape(flat, tf.concat([tf.shape(x)[:-1], [2 * int(filters)]], axis=0))
 
 
@@ -122,8 +125,16 @@ def native_conv2d(x, alpha, values, positions, kernel_size, filters, strides=(1,
     scale = alpha if with_offset else tf.zeros((), x.dtype)
     bias = bias if with_bias else tf.zeros((0,), x.dtype)
     recording = records_gradient(x, scale, values, bias)
-    uv = (_uv(x, filters, math.prod(kernel_size) * in_channels, forward_only=not recording)
-          if with_offset else tf.zeros((0, 0, 0, 0), x.dtype))
+    patch = math.prod(kernel_size) * in_channels
+    # A call that records no gradient (inference) passes the (c_in, 2 filters) table and the
+    # op multiplies each work unit's image rows by it, so that uv never goes through memory.
+    uv_is_table = with_offset and not recording
+    if not with_offset:
+        uv = tf.zeros((0, 0, 0, 0), x.dtype)
+    elif uv_is_table:
+        uv = _uv_table(x, filters, patch)
+    else:
+        uv = _uv(x, filters, patch)
     positions = tf.convert_to_tensor(positions, tf.int32)
     # alpha's gradient needs the offset: kept when a tape records this call, else
     # (inference) not written out, and recomputed should a gradient be asked for after all.
@@ -133,18 +144,24 @@ def native_conv2d(x, alpha, values, positions, kernel_size, filters, strides=(1,
     def conv(x, uv, scale, values, bias):
         y, offset = ops.dct_sparse_conv2d(x, uv, scale, values, positions, bias,
                                           with_offset=with_offset, offset_output=keep_offset,
-                                          **attrs)
+                                          uv_is_table=uv_is_table, **attrs)
 
         def grad(dy):
             nonlocal offset
             if with_offset and not keep_offset:
-                offset = ops.dct_sparse_conv2d(x, uv, scale, tf.zeros_like(values), positions,
-                                               tf.zeros((0,), x.dtype), with_offset=True,
-                                               **attrs)[1]
+                full_uv = _uv(x, filters, patch) if uv_is_table else uv
+                offset = ops.dct_sparse_conv2d(x, full_uv, scale, tf.zeros_like(values),
+                                               positions, tf.zeros((0,), x.dtype),
+                                               with_offset=True, **attrs)[1]
             dx, duv = ops.dct_sparse_conv2d_input_grad(
                 dy, scale, values, positions, tf.shape(x, out_type=tf.int64),
                 in_channels=in_channels, with_offset=with_offset, **attrs,
             )
+            if uv_is_table:
+                # uv = x @ table inside the op: its share of dx, and the table's gradient.
+                flat_duv = tf.reshape(duv, (-1, 2 * int(filters)))
+                dx += tf.reshape(tf.matmul(flat_duv, uv, transpose_b=True), tf.shape(x))
+                duv = tf.matmul(tf.reshape(x, (-1, in_channels)), flat_duv, transpose_a=True)
             dvalues = ops.dct_sparse_conv2d_value_grad(x, dy, positions, **attrs)
             dscale = tf.reduce_sum(dy * offset) if with_offset else tf.zeros_like(scale)
             dbias = tf.raw_ops.BiasAddGrad(out_backprop=dy) if with_bias else tf.zeros_like(bias)

@@ -1,6 +1,7 @@
 """The compiled ops of `keras_dctsparse/native/src/conv_ops.cc` against im2col/col2im and scipy.
 
-`DctSparseConv2D` takes `uv = x @ [cos | sin]` (computed here in numpy) and returns
+`DctSparseConv2D` takes `uv = x @ [cos | sin]` (computed here in numpy; or, with
+`uv_is_table`, the table `[cos | sin]` itself) and returns
 `alpha * conv(x, Kd) + conv(x, S) + bias`; `DctSparseConv2DInputGrad` returns the transposed
 sparse conv and `duv`, whose product with `[cos | sin]^T` completes `dx`;
 `DctSparseConv2DValueGrad` returns `dvalues`. Every geometry path (strides and their
@@ -97,6 +98,46 @@ def test_forward_and_gradients_match_im2col(case, with_offset, with_bias, dtype)
     want_dv = np.einsum("bhwp,bhwf->pf", patches, dy)[p["rows"], p["cols"]]
     bound = np.einsum("bhwp,bhwf->pf", np.abs(patches), np.abs(dy))[p["rows"], p["cols"]]
     assert np.all(np.abs(dvalues.numpy() - want_dv) <= 10 * tol * bound + 1e-30)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[1:5])) + f"-{c[8]}")
+def test_forward_from_the_table_matches_im2col(case, with_bias, dtype):
+    """`uv_is_table`: the op multiplies each work unit's image rows by `[cos | sin]` itself
+    (every geometry, with halo rows and units that split an image's rows)."""
+    rng = np.random.default_rng()
+    p = _problem(case, dtype, rng)
+    ops = library.load()
+    alpha = 0.7
+    x, geometry = p["x"], p["geometry"]
+    kernel = p["sparse"] + alpha * p["offset"]
+    bias = rng.standard_normal(kernel.shape[1]) if with_bias else np.zeros(0)
+    y, offset = ops.dct_sparse_conv2d(
+        x.astype(dtype), p["cos_sin"].astype(dtype), dtype(alpha), p["values"].astype(dtype),
+        np.stack([p["rows"], p["cols"]]), bias.astype(dtype), with_offset=True,
+        offset_output=False, uv_is_table=True, **p["attrs"])
+    patches = im2col(x, *geometry)
+    want = patches @ kernel + (bias if with_bias else 0)
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    scale = (np.abs(patches) @ np.abs(kernel)).max() + np.abs(bias).max(initial=0)
+    assert np.abs(y.numpy() - want).max() <= tol * scale
+    assert offset.shape == (0, 0, 0, 0)
+
+
+def test_the_table_form_checks_its_arguments():
+    ops = library.load()
+    x = np.ones((1, 4, 4, 2), np.float32)
+    attrs = dict(kernel_size=[3, 3], strides=[1, 1], dilations=[1, 1], pads=[1, 1, 1, 1],
+                 filters=3)
+    args = (np.float32(1), np.ones(1, np.float32), np.array([[0], [0]], np.int32),
+            np.zeros(0, np.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"table with uv_is_table; got \[2,5\]"):
+        ops.dct_sparse_conv2d(x, np.ones((2, 5), np.float32), *args, with_offset=True,
+                              offset_output=False, uv_is_table=True, **attrs)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="uv_is_table needs with_offset"):
+        ops.dct_sparse_conv2d(x, np.ones((2, 6), np.float32), *args, with_offset=True,
+                              offset_output=True, uv_is_table=True, **attrs)
 
 
 def test_positions_out_of_range_are_errors():

@@ -101,25 +101,38 @@ def test_one_dimensional_convolutions_run_along_the_tiled_width():
 
 
 @pytest.mark.skipif(not library.available(), reason="native kernels unavailable")
-def test_alpha_gradient_of_an_inference_trace_recomputes_the_offset():
+def test_gradients_of_an_inference_trace_match_im2col():
+    """A call traced with no tape passes the `[cos | sin]` table to the op (which computes
+    `uv` itself) and keeps no offset; differentiated after all, alpha's gradient recomputes
+    the offset and `x`'s gets the share that flows through `uv = x @ table`."""
     rng = np.random.default_rng()
     x = tf.constant(rng.standard_normal((2, 6, 6, 3)), tf.float32)
     alpha = tf.constant(0.5)
     values = tf.constant(rng.standard_normal(5), tf.float32)
     positions = np.array([[0, 4, 9, 13, 26], [0, 1, 1, 2, 3]], np.int32)
+    dy = rng.standard_normal((2, 6, 6, 4))
 
     @tf.function
     def forward(x, alpha, values):
         return native_conv.native_conv2d(x, alpha, values, positions, (3, 3), 4,
                                           padding="same")
 
-    forward(x, alpha, values)  # traced without a tape: no offset output kept
-    assert [op.get_attr("offset_output") for op in
+    forward(x, alpha, values)  # traced without a tape
+    assert [(op.get_attr("offset_output"), op.get_attr("uv_is_table")) for op in
             forward.get_concrete_function(x, alpha, values).graph.get_operations()
-            if op.type == "DctSparseConv2D"] == [False]
+            if op.type == "DctSparseConv2D"] == [(False, True)]
     with tf.GradientTape() as tape:
-        tape.watch(alpha)
-        loss = tf.reduce_sum(forward(x, alpha, values))
-    patches = im2col(x.numpy().astype(np.float64), (3, 3), (1, 1), "same", (1, 1))
-    want = np.sum(patches @ dct_block(4, 27).T)
-    np.testing.assert_allclose(tape.gradient(loss, alpha).numpy(), want, rtol=1e-4)
+        tape.watch([x, alpha, values])
+        loss = tf.reduce_sum(forward(x, alpha, values) * dy)
+    dx, dalpha, dvalues = tape.gradient(loss, [x, alpha, values])
+    geometry = ((3, 3), (1, 1), "same", (1, 1))
+    patches = im2col(x.numpy().astype(np.float64), *geometry)
+    offset = dct_block(4, 27).T
+    sparse = np.zeros((27, 4))
+    sparse[positions[0], positions[1]] = values.numpy()
+    np.testing.assert_allclose(dalpha.numpy(), np.sum((patches @ offset) * dy), rtol=1e-4)
+    dx_want = col2im(dy @ (sparse + 0.5 * offset).T, x.shape, *geometry)
+    np.testing.assert_allclose(dx.numpy(), dx_want, rtol=1e-4, atol=1e-4)
+    flat_p, flat_dy = patches.reshape(-1, 27), dy.reshape(-1, 4)
+    np.testing.assert_allclose(dvalues.numpy(), (flat_p.T @ flat_dy)[positions[0], positions[1]],
+                               rtol=1e-4, atol=1e-4)

@@ -11,7 +11,9 @@
 // S is given by values at (rows[k], cols[k]) of the (kh*kw*c_in, filters) matrix view of
 // the Keras kernel, rows = (i * kw + j) * c_in + ch, sorted by column then row. The
 // offset conv(x, Kd) is factored (method.md, section 2): uv = x @ [cos | sin] (a 1x1
-// conv computed by TensorFlow, c_in -> 2 filters), then per output channel c
+// conv computed by TensorFlow, c_in -> 2 filters; or, for a forward alone, by the op
+// itself from the (c_in, 2 filters) table, image rows by image rows, so that uv stays in
+// cache instead of a round trip through memory: `uv_is_table`), then per output channel c
 //   offset[c](p) = sum over taps t of  u_taps[t][c] * U[c](p + t) + v_taps[t][c] * V[c](p + t)
 // with u_taps = s_c cos(pi c t c_in / N), v_taps = -s_c sin(pi c t c_in / N) and
 // N = max(kh * kw * c_in, filters); those depthwise taps run here, vectorized over channels.
@@ -25,6 +27,7 @@
 #include <mutex>
 #include <vector>
 
+#include "Eigen/Core"
 #include "absl/strings/str_cat.h"
 #include "common.h"
 #include "sparse_kernels.h"
@@ -119,6 +122,7 @@ REGISTER_OP("DctSparseConv2D")
     .DCTSPARSE_CONV_ATTRS
     .Attr("with_offset: bool")
     .Attr("offset_output: bool = true")
+    .Attr("uv_is_table: bool = false")
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(ConvShape(c, 0, true));
       bool with_offset, offset_output;
@@ -128,7 +132,9 @@ REGISTER_OP("DctSparseConv2D")
       return tensorflow::OkStatus();
     })
     .Doc("y = alpha * offset + conv(x, S) + bias; offset from uv = x @ [cos | sin] by the DCT "
-         "taps; bias (filters,), or empty for none.");
+         "taps; bias (filters,), or empty for none. With uv_is_table, `uv` is the (c_in, "
+         "2 filters) table [cos | sin] and the op computes x @ table itself (forward only: "
+         "with_offset and no offset_output).");
 
 REGISTER_OP("DctSparseConv2DInputGrad")
     .Input("dy: T")
@@ -386,11 +392,12 @@ inline void TapBlock(const T* const* sources, int64_t taps, int64_t f, int64_t c
 // pixel-major: groups of kTapPixels pixels, channels in blocks of kTapVectors lane vectors
 // (then single vectors, then a scalar tail), so that the loads of a block read whole
 // cache lines of each pixel's uv. A tap outside the image reads `zeros` (2 * filters
-// zeros). Writes the offset to `o_row` and adds alpha times it to `y_row` (both
-// (count, filters), pixel-major). `sources` is scratch (kh * kw * kTapPixels pointers).
+// zeros). `uv_rows` holds the uv of the image's rows from `row0` on, (rows, w, 2 * filters).
+// Writes the offset to `o_row` and adds alpha times it to `y_row` (both (count, filters),
+// pixel-major). `sources` is scratch (kh * kw * kTapPixels pointers).
 template <typename T>
-void OffsetTaps(const ConvPlan<T>& p, const T* uv, const T* wu, const T* wv, const T* zeros,
-                int64_t b, int64_t oh, int64_t ow0, int64_t count, T alpha, T* o_row,
+void OffsetTaps(const ConvPlan<T>& p, const T* uv_rows, int64_t row0, const T* wu, const T* wv,
+                const T* zeros, int64_t oh, int64_t ow0, int64_t count, T alpha, T* o_row,
                 T* y_row, std::vector<const T*>* scratch) {
   constexpr int L = Lanes<T>::kCount;
   constexpr int P = kTapPixels;
@@ -408,7 +415,7 @@ void OffsetTaps(const ConvPlan<T>& p, const T* uv, const T* wu, const T* wv, con
           const int64_t iw = (ow0 + q0 + q) * a.sw + j * a.dw - a.pad_left;
           const bool inside = q < group && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w;
           sources[(i * a.kw + j) * P + q] =
-              inside ? uv + ((b * p.h + ih) * p.w + iw) * 2 * f : zeros;
+              inside ? uv_rows + ((ih - row0) * p.w + iw) * 2 * f : zeros;
         }
     }
     T* o = o_row + q0 * f;
@@ -516,11 +523,15 @@ class ConvOp : public OpKernel {
     OP_REQUIRES_OK(context, attrs_.Read(context));
     OP_REQUIRES_OK(context, context->GetAttr("with_offset", &with_offset_));
     OP_REQUIRES_OK(context, context->GetAttr("offset_output", &offset_output_));
+    OP_REQUIRES_OK(context, context->GetAttr("uv_is_table", &uv_is_table_));
+    OP_REQUIRES(context, !uv_is_table_ || (with_offset_ && !offset_output_),
+                Invalid("uv_is_table needs with_offset and no offset_output (a forward alone)"));
   }
 
   void Compute(OpKernelContext* context) override {
     typedef typename Lanes<T>::Vec Vec;
     constexpr int L = Lanes<T>::kCount;
+    typedef Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> Matrix;
     const Tensor& x = context->input(0);
     const Tensor& uv = context->input(1);
     const Tensor& alpha = context->input(2);
@@ -541,7 +552,12 @@ class ConvOp : public OpKernel {
     ConvPlan<T> p;
     const int64_t out_h = attrs_.OutHeight(x.dim_size(1)), out_w = attrs_.OutWidth(x.dim_size(2));
     OP_REQUIRES(context, out_h >= 1 && out_w >= 1, Invalid("the output would be empty"));
-    if (with_offset_) {
+    if (uv_is_table_) {
+      OP_REQUIRES(context, uv.dims() == 2 && uv.dim_size(0) == x.dim_size(3) &&
+                               uv.dim_size(1) == 2 * f,
+                  Invalid("uv must be the (c_in, 2 * filters) = (", x.dim_size(3), ", ", 2 * f,
+                          ") table with uv_is_table; got ", uv.shape().DebugString()));
+    } else if (with_offset_) {
       OP_REQUIRES(context, uv.dims() == 4 && uv.dim_size(0) == batch &&
                                uv.dim_size(1) == x.dim_size(1) && uv.dim_size(2) == x.dim_size(2) &&
                                uv.dim_size(3) == 2 * f,
@@ -573,7 +589,11 @@ class ConvOp : public OpKernel {
     zeros.Zero(2 * f);
     const RowBlocks blocks(batch, out_h, NumThreads(context));
     const int64_t tiles_per_row = (out_w + L - 1) / L;
-    const int64_t unit_work = blocks.rows_per_block * tiles_per_row * (p.nnz + f * 4);
+    // With uv_is_table each unit multiplies its input rows by the table (kh - 1 rows of halo).
+    const int64_t unit_work =
+        blocks.rows_per_block * tiles_per_row * (p.nnz + f * 4) +
+        (uv_is_table_ ? (blocks.rows_per_block * attrs_.sh + attrs_.kh) * p.w * p.c_in * 2 * f
+                      : 0);
     RunUnits(context, blocks.Units(batch), unit_work, [&](int64_t unit) {
       const int64_t b = unit / blocks.per_image;
       const int64_t oh0 = (unit % blocks.per_image) * blocks.rows_per_block;
@@ -584,6 +604,23 @@ class ConvOp : public OpKernel {
       BuildPanel(p, X, b, first, last, panel.data());
       Buffer<T> tile(f * L), offset_tile(O == nullptr ? L * f : 0);
       std::vector<const T*> tap_sources;
+      // The uv rows the taps of these output rows read: image b's, or computed here.
+      const T* uv_rows = with_offset_ && !uv_is_table_ ? UV + b * p.h * p.w * 2 * f : nullptr;
+      int64_t row0 = 0;
+      Buffer<T> local_uv;
+      if (uv_is_table_) {
+        row0 = std::max<int64_t>(0, first - attrs_.pad_top);
+        const int64_t row1 = std::min<int64_t>(p.h, last - attrs_.pad_top);
+        if (row1 > row0) {
+          const int64_t pixels = (row1 - row0) * p.w;
+          local_uv.Resize(pixels * 2 * f);
+          Eigen::Map<const Matrix> x_rows(X + (b * p.h + row0) * p.w * p.c_in, pixels, p.c_in);
+          Eigen::Map<const Matrix> table(UV, p.c_in, 2 * f);
+          Eigen::Map<Matrix> out(local_uv.data(), pixels, 2 * f);
+          out.noalias() = x_rows * table;
+        }
+        uv_rows = local_uv.data();
+      }
       for (int64_t oh = oh0; oh < oh1; ++oh) {
         for (int64_t ow0 = 0; ow0 < out_w; ow0 += L) {
           const int64_t count = std::min<int64_t>(L, out_w - ow0);
@@ -609,8 +646,8 @@ class ConvOp : public OpKernel {
           // Offset part, vectorized over output channels: the DCT taps on uv.
           // Without the offset output (inference) the offset goes to a tile of scratch.
           T* o_row = O != nullptr ? O + ((b * out_h + oh) * out_w + ow0) * f : offset_tile.data();
-          OffsetTaps(p, UV, u_taps->data(), v_taps->data(), zeros.data(), b, oh, ow0, count, a,
-                     o_row, y_row, &tap_sources);
+          OffsetTaps(p, uv_rows, row0, u_taps->data(), v_taps->data(), zeros.data(), oh, ow0,
+                     count, a, o_row, y_row, &tap_sources);
         }
       }
     });
@@ -618,7 +655,7 @@ class ConvOp : public OpKernel {
 
  private:
   ConvAttrs attrs_;
-  bool with_offset_, offset_output_;
+  bool with_offset_, offset_output_, uv_is_table_;
   TapCache<T> taps_;
 };
 
