@@ -54,7 +54,6 @@ __all__ = [
     "product_form",
     "NATIVE_TILE_ROWS",
     "NATIVE_FORWARD_MAX_DENSITY",
-    "NATIVE_FORWARD_MAX_NNZ",
     "estimated_step_costs",
     "native_fft_cost",
     "native_work",
@@ -115,16 +114,18 @@ _US_PER_NATIVE_FFT_POINT = {"row": 0.6e-3, "tile": 1.25e-3}
 # may run), per entry: one streaming pass (4096 x 4096 at 30%, batch 256: forward 1.10x
 # Dense against 1.35x with SparseToDense, `benchmarks/dense_layer.py --kinds materialized`).
 _US_PER_NATIVE_DENSE_ENTRY = 0.25e-3
-# In calls that record no gradient, the native forward reads 12 bytes per nonzero (value,
-# row, column) against the materialized kernel's dense product over 4 bytes per entry
-# plus building it: measured (`benchmarks/dense_layer.py --kinds native materialized`,
-# forward x Dense at 30%) 0.89x against 1.21x (256 x 256, batch 256), 0.78x against
-# 1.11x (1024 x 1024, batch 256). Every tile of 16 rows reads the nonzeros again: once
-# they outgrow the cache the native forward loses its edge (4096 x 4096 at 30%, 5M
-# nonzeros, batch 256: 1.08-1.15x against 1.10-1.12x, and the 4096-wide MLP's forward
-# 1.31x against 1.09x), hence the bound on nnz (12 bytes each: 6 MiB).
+# In calls that record no gradient, the native forward reads 8 bytes per nonzero (value,
+# row) against the materialized kernel's dense product over 4 bytes per entry plus
+# building it: measured (`benchmarks/dense_layer.py --kinds native materialized`, forward
+# x Dense at 30%) 0.89x against 1.21x (256 x 256, batch 256), 0.78x against 1.11x
+# (1024 x 1024, batch 256). Tiles of rows are taken in groups that read each nonzero
+# once (up to 4 tiles, as many as fit a core's L2 cache), so that the native forward
+# keeps its edge once S outgrows the caches too: 4096 x 4096 at 30% (5M nonzeros),
+# batch 256, 0.90x against 1.08x materialized; batch 32, 0.98x against 1.61x
+# (`python benchmarks/dense_layer.py --widths 1024 4096 --densities 0.3 0.1 --batches
+# 32 256 --kinds auto native materialized --repeats 5 --mlp-densities`; with one tile
+# at a time, 1.19x at batch 256).
 NATIVE_FORWARD_MAX_DENSITY = 1 / 3
-NATIVE_FORWARD_MAX_NNZ = 1 << 19
 #: Rows of a native tile (float32 lanes of a 64-byte vector).
 NATIVE_TILE_ROWS = 16
 _US_FFT_FIXED = 60.0  # launching the fast DCT's XLA clusters (forward + gradient)
@@ -381,8 +382,7 @@ def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False,
             CSR and gather kernels compute, faster).
         forward_only: Whether the call records no gradient (Keras's predict and
             evaluate steps): with `native`, the native kernel is then chosen up to
-            `NATIVE_FORWARD_MAX_DENSITY` and `NATIVE_FORWARD_MAX_NNZ` nonzeros, where
-            its forward is the cheaper one even when the training step of the
+            `NATIVE_FORWARD_MAX_DENSITY`, where its forward is the cheaper one even when the training step of the
             materialized kernel is.
 
     Returns:
@@ -406,10 +406,6 @@ def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False,
     elif "native" in costs:
         costs.pop("csr")
         costs.pop("gather")
-        if (
-            forward_only
-            and nnz <= NATIVE_FORWARD_MAX_NNZ
-            and nnz <= NATIVE_FORWARD_MAX_DENSITY * int(input_dim) * int(units)
-        ):
+        if forward_only and nnz <= NATIVE_FORWARD_MAX_DENSITY * int(input_dim) * int(units):
             return "native"
     return min(costs, key=costs.get)

@@ -78,16 +78,19 @@ PRODUCT_SHAPES = [(7, 5, 1), (7, 5, 35), (64, 48, 300), (300, 100, 887), (33, 10
 def test_products_and_gradients_match_numpy(n, m, nnz, with_offset, dtype):
     rng = np.random.default_rng()
     lanes = 16 if dtype == np.float32 else 8
-    for batch in (1, 2, lanes - 1, lanes, lanes + 1, 3 * lanes + 5):
+    # Batches of 1 to 7 tiles: the products take tiles in groups of up to 4 (4 + 3 at 7).
+    for batch in (1, 2, lanes - 1, lanes, lanes + 1, 3 * lanes + 5, 6 * lanes + 3):
         rows, cols, values, dense, x, dy = random_sparse_problem(n, m, nnz, batch, rng)
         alpha = 0.7
         block = dct_block(m, n) if with_offset else np.zeros((m, n))
         kernel = dense + alpha * block.T
+        # Rounding errors scale with the terms' sizes, not with their (possibly cancelled) sum.
+        abs_kernel = np.abs(dense) + alpha * np.abs(block.T)
         y, offset = ops().dct_sparse_matmul(
             x.astype(dtype), dtype(alpha), values.astype(dtype), np.stack([rows, cols]), units=m,
             with_offset=with_offset,
         )
-        assert _within(y.numpy(), x @ kernel, np.abs(x) @ np.abs(kernel), dtype)
+        assert _within(y.numpy(), x @ kernel, np.abs(x) @ abs_kernel, dtype)
         if with_offset:
             assert _within(offset.numpy(), x @ block.T, np.abs(x) @ np.abs(block.T), dtype)
         else:
@@ -96,26 +99,30 @@ def test_products_and_gradients_match_numpy(n, m, nnz, with_offset, dtype):
             dy.astype(dtype), dtype(alpha), values.astype(dtype), np.stack([rows, cols]), input_dim=n,
             with_offset=with_offset,
         )
-        assert _within(dx.numpy(), dy @ kernel.T, np.abs(dy) @ np.abs(kernel.T), dtype)
+        assert _within(dx.numpy(), dy @ kernel.T, np.abs(dy) @ abs_kernel.T, dtype)
         dvalues = ops().dct_sparse_matmul_value_grad(x.astype(dtype), dy.astype(dtype),
                                                      np.stack([rows, cols]))
         want = (x.T @ dy)[rows, cols]
         assert _within(dvalues.numpy(), want, (np.abs(x).T @ np.abs(dy))[rows, cols], dtype)
 
 
-def test_large_layer_over_many_tiles_and_threads():
+# 5 tiles of 16 rows: in groups of 4 + 1 (2048 inputs) or, where a group's tiles would
+# outgrow the product's cache budget, 2 + 2 + 1 (6000 inputs, 384 KiB per tile).
+@pytest.mark.parametrize("n, m, nnz", [(2048, 1536, 150_000), (6000, 40, 3000)])
+def test_large_layer_over_many_tiles_and_threads(n, m, nnz):
     rng = np.random.default_rng()
-    rows, cols, values, dense, x, dy = random_sparse_problem(2048, 1536, 150_000, 70, rng)
+    rows, cols, values, dense, x, dy = random_sparse_problem(n, m, nnz, 70, rng)
     alpha = -0.3
-    kernel = dense + alpha * dct_block(1536, 2048).T
+    kernel = dense + alpha * dct_block(m, n).T
+    abs_kernel = np.abs(dense) + abs(alpha) * np.abs(dct_block(m, n).T)
     y, _ = ops().dct_sparse_matmul(x.astype(np.float32), np.float32(alpha),
-                                   values.astype(np.float32), np.stack([rows, cols]), units=1536,
+                                   values.astype(np.float32), np.stack([rows, cols]), units=m,
                                    with_offset=True)
-    assert _within(y.numpy(), x @ kernel, np.abs(x) @ np.abs(kernel), np.float32)
+    assert _within(y.numpy(), x @ kernel, np.abs(x) @ abs_kernel, np.float32)
     dx = ops().dct_sparse_matmul_input_grad(dy.astype(np.float32), np.float32(alpha),
                                             values.astype(np.float32), np.stack([rows, cols]),
-                                            input_dim=2048, with_offset=True)
-    assert _within(dx.numpy(), dy @ kernel.T, np.abs(dy) @ np.abs(kernel.T), np.float32)
+                                            input_dim=n, with_offset=True)
+    assert _within(dx.numpy(), dy @ kernel.T, np.abs(dy) @ abs_kernel.T, np.float32)
 
 
 def test_empty_batch_and_no_nonzeros():

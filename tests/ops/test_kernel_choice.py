@@ -147,10 +147,12 @@ def test_forward_only_calls_take_the_native_kernel_up_to_a_third():
     assert kc.choose_kernel(n, m, third, 256, native=True) == "materialized"
     assert kc.choose_kernel(n, m, third, 256, native=True, forward_only=True) == "native"
     assert kc.choose_kernel(n, m, third + 1, 256, native=True, forward_only=True) == "materialized"
-    # Not once the nonzeros outgrow the cache (every tile of rows reads them again).
+    # Also once the nonzeros outgrow the caches (groups of tiles read them once), where
+    # the training step takes the materialized kernel.
     big = 4096
+    assert kc.choose_kernel(big, big, int(0.3 * big * big), 256, native=True) == "materialized"
     assert kc.choose_kernel(big, big, int(0.3 * big * big), 256, native=True,
-                            forward_only=True) == "materialized"
+                            forward_only=True) == "native"
     # Only where native ops may run, and never under XLA.
     assert kc.choose_kernel(n, m, third, 256, forward_only=True) == kc.choose_kernel(n, m, third, 256)
     assert kc.choose_kernel(n, m, third, 256, xla=True, forward_only=True) != "native"

@@ -271,6 +271,21 @@ class OffsetOp : public OpKernel {
   int64_t width_;
 };
 
+// Bytes of the tiles one group of a product reads or updates at random rows: a core's L2
+// cache here. A group reads S once for all its tiles; measured against one tile at a
+// time (forward x Dense at 30%, best of 21 interleaved: 2048 x 2048 batch 256 0.84x
+// against 1.03x, 1024 x 1024 batch 256 0.79x against 0.76x, 4096 x 4096 batch 256 0.95x
+// against 1.08x).
+constexpr int64_t kGroupBytes = int64_t{1024} << 10;
+
+// How many lane-major tiles of `padded` rows' worth of inputs TileProduct takes at once.
+template <typename T>
+int64_t GroupSize(int64_t tiles, int64_t padded) {
+  const int64_t tile_bytes = padded * Lanes<T>::kCount * static_cast<int64_t>(sizeof(T));
+  const int64_t fit = std::max<int64_t>(1, kGroupBytes / std::max<int64_t>(tile_bytes, 1));
+  return std::min<int64_t>({tiles, fit, 4});
+}
+
 template <typename T>
 class MatmulOp : public OpKernel {
  public:
@@ -329,12 +344,16 @@ class MatmulOp : public OpKernel {
     }
 
     const int64_t tiles = (batch + L - 1) / L;
-    const int64_t chunks = tiles >= threads ? 1 : (threads + tiles - 1) / tiles;
-    const auto bounds = SplitColumns(ptr, chunks);
     std::shared_ptr<const DctPlan<T>> plan;
     if (with_offset_ && length > 1) plan = PlanFor<T>(length);
     const int64_t padded = with_offset_ ? length : n;
-    // With several column chunks per tile, the tiles (and their offsets) are made once.
+    // Tiles are taken in groups that read each nonzero once (TileProduct), as many as keep
+    // the group's input tiles within kGroupBytes (half a core's L2 here), at most 4.
+    const int64_t group_size = GroupSize<T>(tiles, padded);
+    const int64_t groups = (tiles + group_size - 1) / group_size;
+    const int64_t chunks = groups >= threads ? 1 : (threads + groups - 1) / groups;
+    const auto bounds = SplitColumns(ptr, chunks);
+    // With several column chunks per group, the tiles (and their offsets) are made once.
     Buffer<T> shared_x, shared_offset;
     if (chunks > 1) {
       shared_x.Resize(tiles * padded * L);
@@ -360,29 +379,47 @@ class MatmulOp : public OpKernel {
                 with_offset_ ? shared_offset.data() + tile * length * L : nullptr, work.data());
       });
     }
-    const int64_t unit_work = nnz / chunks + m + (chunks > 1 ? 0 : DctWork(length) + padded);
-    RunUnits(context, tiles * chunks, unit_work, [&](int64_t unit) {
-      const int64_t tile = unit / chunks, chunk = unit % chunks;
-      const int64_t b0 = tile * L, count = std::min<int64_t>(L, batch - b0);
-      Buffer<T> xt_local, offset_local, work, yt(m * L);
-      const T* xt;
-      const T* offset = nullptr;
-      if (chunks > 1) {
-        xt = shared_x.data() + tile * padded * L;
-        if (with_offset_) offset = shared_offset.data() + tile * length * L;
-      } else {
-        xt_local.Resize(padded * L);
-        if (with_offset_) offset_local.Resize(length * L);
+    const int64_t unit_work =
+        nnz / chunks + group_size * (m + (chunks > 1 ? 0 : DctWork(length) + padded));
+    RunUnits(context, groups * chunks, unit_work, [&](int64_t unit) {
+      const int64_t group = unit / chunks, chunk = unit % chunks;
+      const int64_t first = group * group_size;
+      const int count = static_cast<int>(std::min(group_size, tiles - first));
+      Buffer<T> x_local, offset_local, work, y_local(count * m * L);
+      const T* xt[4];
+      const T* offset[4];
+      T* yt[4];
+      if (chunks == 1) {
+        x_local.Resize(count * padded * L);
+        if (with_offset_) offset_local.Resize(count * length * L);
         work.Resize(work_size);
-        prepare(tile, xt_local.data(), offset_local.data(), work.data());
-        xt = xt_local.data();
-        if (with_offset_) offset = offset_local.data();
+      }
+      for (int g = 0; g < count; ++g) {
+        if (chunks > 1) {
+          xt[g] = shared_x.data() + (first + g) * padded * L;
+          offset[g] = with_offset_ ? shared_offset.data() + (first + g) * length * L : nullptr;
+        } else {
+          T* local_offset = with_offset_ ? offset_local.data() + g * length * L : nullptr;
+          prepare(first + g, x_local.data() + g * padded * L, local_offset, work.data());
+          xt[g] = x_local.data() + g * padded * L;
+          offset[g] = local_offset;
+        }
+        yt[g] = y_local.data() + g * m * L;
       }
       bool unit_bad = false;
-      TileProduct(xt, V, R, n, ptr.data(), bounds[chunk], bounds[chunk + 1], offset, a, yt.data(),
-                  &unit_bad);
+      const int64_t c0 = bounds[chunk], c1 = bounds[chunk + 1];
+      const T* const* offsets = with_offset_ ? offset : nullptr;
+      switch (count) {
+        case 1: TileProduct<T, 1>(xt, V, R, n, ptr.data(), c0, c1, offsets, a, yt, &unit_bad); break;
+        case 2: TileProduct<T, 2>(xt, V, R, n, ptr.data(), c0, c1, offsets, a, yt, &unit_bad); break;
+        case 3: TileProduct<T, 3>(xt, V, R, n, ptr.data(), c0, c1, offsets, a, yt, &unit_bad); break;
+        default: TileProduct<T, 4>(xt, V, R, n, ptr.data(), c0, c1, offsets, a, yt, &unit_bad);
+      }
       if (unit_bad) bad[unit % bad.size()] = 1;
-      TileOut(yt.data(), m, b0, count, bounds[chunk], bounds[chunk + 1], Y);
+      for (int g = 0; g < count; ++g) {
+        const int64_t b0 = (first + g) * L;
+        TileOut(yt[g], m, b0, std::min<int64_t>(L, batch - b0), c0, c1, Y);
+      }
     });
     if (std::any_of(bad.begin(), bad.end(), [](char b) { return b; })) FailBadRows(context, n);
   }
@@ -446,40 +483,63 @@ class InputGradOp : public OpKernel {
     }
 
     const int64_t tiles = (batch + L - 1) / L;
-    const int64_t chunks = tiles >= threads ? 1 : (threads + tiles - 1) / tiles;
-    const auto bounds = SplitColumns(ptr, chunks);
     std::shared_ptr<const DctPlan<T>> plan;
     if (with_offset_ && length > 1) plan = PlanFor<T>(length);
     const int64_t padded = with_offset_ ? length : m;
+    const int64_t stride = std::max(n, length) * L;
+    // Groups of tiles read each nonzero once (TileTransposedProduct): as many tiles as
+    // keep their accumulators within kGroupBytes.
+    const int64_t group_size = GroupSize<T>(tiles, std::max(n, length));
+    const int64_t groups = (tiles + group_size - 1) / group_size;
+    const int64_t chunks = groups >= threads ? 1 : (threads + groups - 1) / groups;
+    const auto bounds = SplitColumns(ptr, chunks);
     const int64_t work_size = plan ? plan->WorkSize() * L : 0;
-    // Accumulators of the chunks of a tile; chunk 0 also holds alpha * D^T dy.
-    Buffer<T> partial(tiles * chunks * std::max(n, length) * L);
-    RunUnits(context, tiles * chunks, 2 * nnz / chunks + n + DctWork(length), [&](int64_t unit) {
-      const int64_t tile = unit / chunks, chunk = unit % chunks;
-      const int64_t b0 = tile * L, count = std::min<int64_t>(L, batch - b0);
-      Buffer<T> dyt(padded * L);
-      TileIn(DY, m, b0, count, padded, dyt.data());
-      T* acc = partial.data() + unit * std::max(n, length) * L;
-      if (chunk == 0 && with_offset_) {
-        Buffer<T> work(work_size);
-        if (plan) {
-          plan->Dct3(reinterpret_cast<const Vec*>(dyt.data()), reinterpret_cast<Vec*>(acc),
-                     reinterpret_cast<Vec*>(work.data()));
+    // Accumulators of tile t's chunk c at (t * chunks + c) * stride; chunk 0 also holds
+    // alpha * D^T dy.
+    Buffer<T> partial(tiles * chunks * stride);
+    const int64_t unit_work = 2 * nnz / chunks + group_size * (n + DctWork(length));
+    RunUnits(context, groups * chunks, unit_work, [&](int64_t unit) {
+      const int64_t group = unit / chunks, chunk = unit % chunks;
+      const int64_t first = group * group_size;
+      const int count = static_cast<int>(std::min(group_size, tiles - first));
+      Buffer<T> dy_tiles(count * padded * L), work(chunk == 0 ? work_size : 0);
+      const T* dyt[4];
+      T* acc[4];
+      for (int g = 0; g < count; ++g) {
+        const int64_t b0 = (first + g) * L;
+        T* tile = dy_tiles.data() + g * padded * L;
+        TileIn(DY, m, b0, std::min<int64_t>(L, batch - b0), padded, tile);
+        dyt[g] = tile;
+        acc[g] = partial.data() + ((first + g) * chunks + chunk) * stride;
+        if (chunk == 0 && with_offset_) {
+          if (plan) {
+            plan->Dct3(reinterpret_cast<const Vec*>(tile), reinterpret_cast<Vec*>(acc[g]),
+                       reinterpret_cast<Vec*>(work.data()));
+          } else {
+            std::copy(tile, tile + L, acc[g]);
+          }
+          for (int64_t i = 0; i < n * L; ++i) acc[g][i] *= a;
         } else {
-          std::copy(dyt.data(), dyt.data() + L, acc);
+          std::fill(acc[g], acc[g] + n * L, T(0));
         }
-        for (int64_t i = 0; i < n * L; ++i) acc[i] *= a;
-      } else {
-        std::fill(acc, acc + n * L, T(0));
       }
       bool unit_bad = false;
-      TileTransposedProduct(dyt.data(), V, R, n, ptr.data(), bounds[chunk], bounds[chunk + 1],
-                            acc, &unit_bad);
+      const int64_t c0 = bounds[chunk], c1 = bounds[chunk + 1];
+      switch (count) {
+        case 1: TileTransposedProduct<T, 1>(dyt, V, R, n, ptr.data(), c0, c1, acc, &unit_bad); break;
+        case 2: TileTransposedProduct<T, 2>(dyt, V, R, n, ptr.data(), c0, c1, acc, &unit_bad); break;
+        case 3: TileTransposedProduct<T, 3>(dyt, V, R, n, ptr.data(), c0, c1, acc, &unit_bad); break;
+        default: TileTransposedProduct<T, 4>(dyt, V, R, n, ptr.data(), c0, c1, acc, &unit_bad);
+      }
       if (unit_bad) bad[unit % bad.size()] = 1;
-      if (chunks == 1) TileOut(acc, n, b0, count, 0, n, DX);
+      if (chunks == 1) {
+        for (int g = 0; g < count; ++g) {
+          const int64_t b0 = (first + g) * L;
+          TileOut(acc[g], n, b0, std::min<int64_t>(L, batch - b0), 0, n, DX);
+        }
+      }
     });
     if (chunks > 1) {
-      const int64_t stride = std::max(n, length) * L;
       RunUnits(context, tiles, n * chunks, [&](int64_t tile) {
         const int64_t b0 = tile * L, count = std::min<int64_t>(L, batch - b0);
         T* total = partial.data() + tile * chunks * stride;

@@ -27,62 +27,73 @@ inline int64_t CheckedRow(int32_t r, int64_t n, bool* bad) {
   return r;
 }
 
-// yt[j] = scale * offset[j] + sum_{k in column j} values[k] * xt[rows[k]] for
-// columns [c0, c1); xt, offset, yt are lane-major tiles (offset may be null).
-template <typename T>
-void TileProduct(const T* xt, const T* values, const int32_t* rows, int64_t n,
-                 const int64_t* ptr, int64_t c0, int64_t c1, const T* offset, T scale,
-                 T* yt, bool* bad) {
+// yt[g][j] = scale * offset[g][j] + sum_{k in column j} values[k] * xt[g][rows[k]] for
+// the G lane-major tiles g < G and columns [c0, c1) (offset may be null). Each nonzero is
+// read once for all G tiles: S streams from memory once per group of G tiles instead of
+// once per tile, which is what bounds the product once S outgrows the cache.
+template <typename T, int G>
+void TileProduct(const T* const* xt, const T* values, const int32_t* rows, int64_t n,
+                 const int64_t* ptr, int64_t c0, int64_t c1, const T* const* offset, T scale,
+                 T* const* yt, bool* bad) {
   typedef typename Lanes<T>::Vec Vec;
   constexpr int L = Lanes<T>::kCount;
+  constexpr int U = G == 1 ? 4 : 8 / G;  // nonzeros in flight: U * G accumulators
   for (int64_t j = c0; j < c1; ++j) {
-    Vec a0{}, a1{}, a2{}, a3{};
+    Vec acc[U][G];
+    for (int u = 0; u < U; ++u)
+      for (int g = 0; g < G; ++g) acc[u][g] = Vec{};
     int64_t k = ptr[j];
     const int64_t end = ptr[j + 1];
-    for (; k + 4 <= end; k += 4) {
-      const int64_t r0 = CheckedRow(rows[k], n, bad), r1 = CheckedRow(rows[k + 1], n, bad);
-      const int64_t r2 = CheckedRow(rows[k + 2], n, bad), r3 = CheckedRow(rows[k + 3], n, bad);
-      a0 += LoadVec<Vec>(xt + r0 * L) * values[k];
-      a1 += LoadVec<Vec>(xt + r1 * L) * values[k + 1];
-      a2 += LoadVec<Vec>(xt + r2 * L) * values[k + 2];
-      a3 += LoadVec<Vec>(xt + r3 * L) * values[k + 3];
+    for (; k + U <= end; k += U) {
+      for (int u = 0; u < U; ++u) {
+        const int64_t r = CheckedRow(rows[k + u], n, bad) * L;
+        const T v = values[k + u];
+        for (int g = 0; g < G; ++g) acc[u][g] += LoadVec<Vec>(xt[g] + r) * v;
+      }
     }
-    for (; k < end; ++k) a0 += LoadVec<Vec>(xt + CheckedRow(rows[k], n, bad) * L) * values[k];
-    Vec sum = (a0 + a1) + (a2 + a3);
-    if (offset != nullptr) sum += LoadVec<Vec>(offset + j * L) * scale;
-    StoreVec(yt + j * L, sum);
+    for (; k < end; ++k) {
+      const int64_t r = CheckedRow(rows[k], n, bad) * L;
+      for (int g = 0; g < G; ++g) acc[0][g] += LoadVec<Vec>(xt[g] + r) * values[k];
+    }
+    for (int g = 0; g < G; ++g) {
+      for (int step = 1; step < U; step *= 2)
+        for (int u = 0; u + step < U; u += 2 * step) acc[u][g] += acc[u + step][g];
+      Vec sum = acc[0][g];
+      if (offset != nullptr) sum += LoadVec<Vec>(offset[g] + j * L) * scale;
+      StoreVec(yt[g] + j * L, sum);
+    }
   }
 }
 
-// acc[rows[k]] += values[k] * dyt[j] for columns [c0, c1) (lane-major tiles):
-// the product with S^T. The rows of one column are distinct, so four updates can be
-// in flight at once.
-template <typename T>
-void TileTransposedProduct(const T* dyt, const T* values, const int32_t* rows, int64_t n,
-                           const int64_t* ptr, int64_t c0, int64_t c1, T* acc, bool* bad) {
+// acc[g][rows[k]] += values[k] * dyt[g][j] for the G lane-major tiles g < G and columns
+// [c0, c1): the product with S^T, each nonzero read once for all G tiles. The rows of one
+// column are distinct, so several updates can be in flight at once.
+template <typename T, int G>
+void TileTransposedProduct(const T* const* dyt, const T* values, const int32_t* rows, int64_t n,
+                           const int64_t* ptr, int64_t c0, int64_t c1, T* const* acc,
+                           bool* bad) {
   typedef typename Lanes<T>::Vec Vec;
   constexpr int L = Lanes<T>::kCount;
+  constexpr int U = G >= 4 ? 1 : 4 / G;  // nonzeros in flight: U * G updates
   for (int64_t j = c0; j < c1; ++j) {
-    const Vec d = LoadVec<Vec>(dyt + j * L);
+    Vec d[G];
+    for (int g = 0; g < G; ++g) d[g] = LoadVec<Vec>(dyt[g] + j * L);
     int64_t k = ptr[j];
     const int64_t end = ptr[j + 1];
-    for (; k + 4 <= end; k += 4) {
-      T* p0 = acc + CheckedRow(rows[k], n, bad) * L;
-      T* p1 = acc + CheckedRow(rows[k + 1], n, bad) * L;
-      T* p2 = acc + CheckedRow(rows[k + 2], n, bad) * L;
-      T* p3 = acc + CheckedRow(rows[k + 3], n, bad) * L;
-      const Vec t0 = LoadVec<Vec>(p0) + d * values[k];
-      const Vec t1 = LoadVec<Vec>(p1) + d * values[k + 1];
-      const Vec t2 = LoadVec<Vec>(p2) + d * values[k + 2];
-      const Vec t3 = LoadVec<Vec>(p3) + d * values[k + 3];
-      StoreVec(p0, t0);
-      StoreVec(p1, t1);
-      StoreVec(p2, t2);
-      StoreVec(p3, t3);
+    for (; k + U <= end; k += U) {
+      int64_t r[U];
+      Vec t[U][G];
+      for (int u = 0; u < U; ++u) r[u] = CheckedRow(rows[k + u], n, bad) * L;
+      for (int u = 0; u < U; ++u)
+        for (int g = 0; g < G; ++g)
+          t[u][g] = LoadVec<Vec>(acc[g] + r[u]) + d[g] * values[k + u];
+      for (int u = 0; u < U; ++u)
+        for (int g = 0; g < G; ++g) StoreVec(acc[g] + r[u], t[u][g]);
     }
     for (; k < end; ++k) {
-      T* row = acc + CheckedRow(rows[k], n, bad) * L;
-      StoreVec(row, LoadVec<Vec>(row) + d * values[k]);
+      const int64_t r = CheckedRow(rows[k], n, bad) * L;
+      for (int g = 0; g < G; ++g)
+        StoreVec(acc[g] + r, LoadVec<Vec>(acc[g] + r) + d[g] * values[k]);
     }
   }
 }
