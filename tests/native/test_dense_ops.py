@@ -78,8 +78,10 @@ PRODUCT_SHAPES = [(7, 5, 1), (7, 5, 35), (64, 48, 300), (300, 100, 887), (33, 10
 def test_products_and_gradients_match_numpy(n, m, nnz, with_offset, dtype):
     rng = np.random.default_rng()
     lanes = 16 if dtype == np.float32 else 8
-    # Batches of 1 to 7 tiles: the products take tiles in groups of up to 4 (4 + 3 at 7).
-    for batch in (1, 2, lanes - 1, lanes, lanes + 1, 3 * lanes + 5, 6 * lanes + 3):
+    # Batches of 1 to 9 tiles: the products take tiles in groups of up to 4, no more than
+    # leave one group per thread where S stays in cache (7 tiles: 3 + 3 + 1, 9: 4 + 4 + 1).
+    for batch in (1, 2, lanes - 1, lanes, lanes + 1, 3 * lanes + 5, 6 * lanes + 3,
+                  8 * lanes + 1):
         rows, cols, values, dense, x, dy = random_sparse_problem(n, m, nnz, batch, rng)
         alpha = 0.7
         block = dct_block(m, n) if with_offset else np.zeros((m, n))
@@ -106,9 +108,11 @@ def test_products_and_gradients_match_numpy(n, m, nnz, with_offset, dtype):
         assert _within(dvalues.numpy(), want, (np.abs(x).T @ np.abs(dy))[rows, cols], dtype)
 
 
-# 5 tiles of 16 rows: in groups of 4 + 1 (2048 inputs) or, where a group's tiles would
-# outgrow the product's cache budget, 2 + 2 + 1 (6000 inputs, 384 KiB per tile).
-@pytest.mark.parametrize("n, m, nnz", [(2048, 1536, 150_000), (6000, 40, 3000)])
+# 5 tiles of 16 rows: in groups of 2 + 2 + 1 where S stays in cache (one group per thread
+# at least) or where a group's tiles would outgrow the cache budget (6000 inputs, 384 KiB
+# per tile); 4 + 1 where S (8.8 MB) streams from memory.
+@pytest.mark.parametrize("n, m, nnz", [(2048, 1536, 150_000), (6000, 40, 3000),
+                                       (2048, 2048, 1_100_000)])
 def test_large_layer_over_many_tiles_and_threads(n, m, nnz):
     rng = np.random.default_rng()
     rows, cols, values, dense, x, dy = random_sparse_problem(n, m, nnz, 70, rng)
