@@ -3,22 +3,30 @@
 The fused conv path runs one dense convolution with a temporary kernel `alpha * Kd + S`
 (`Kd` the DCT offset's kernel, `S` the nonzeros). Built from TensorFlow ops that takes a
 scatter into zeros (written as `S^T` and transposed on large kernels), a scale and an
-add: three to five passes over the kernel. The native op writes `alpha * Kd` and adds the
-values block of rows by block of rows (about 32 KiB each), so that the scattered writes
-stay in cache: one pass. Its gradient op reads the kernel gradient once for both the
-values (at the positions) and `alpha` (`sum(dK * Kd)`).
+add: three to five passes over the kernel. The native op works in strips of 16 columns:
+a strip's values are placed in a zeroed scratch that holds the strip column by column
+(so a column's nonzeros land contiguously), then each kernel row's 64 bytes of the strip
+are written once as `alpha * Kd` plus the scratch transposed (16 x 16 blocks in
+registers): one pass over the kernel. Its gradient op reads the kernel gradient once,
+strip by strip, for both `alpha` (`sum(dK * Kd)`) and the values (from the transposed
+strip, column by column).
 
 Measured (`alpha * Kd + S` and its gradient, median ms of interleaved runs on 2 cores,
-`python benchmarks/native_parts.py`):
+`python benchmarks/native_parts.py`; the op before the strips, which scattered block of
+rows by block of rows, took 10.1-10.2, 5.5-5.6 and 3.7-4.1 ms on 4608 x 512 and
+1.3-2.1, 1.3-1.9 and 0.8 ms on 2304 x 256 in runs alternated with the strips' 5.4-5.9,
+4.3-4.4, 3.4-3.7 and 1.0-1.1, 0.8, 0.6 ms):
 
 | kernel matrix | density 1 | 0.3 | 0.1 |
 |---|---|---|---|
-| 4608 x 512, TensorFlow ops | 8.3 | 11.5 | 9.2 |
-| 4608 x 512, native | 17.2 | 7.5 | 5.0 |
-| 2304 x 256, TensorFlow ops | 2.5 | 3.4 | 1.7 |
-| 2304 x 256, native | 4.4 | 2.1 | 1.2 |
-| 576 x 64, TensorFlow ops | 0.64 | 0.56 | 0.41 |
-| 576 x 64, native | 0.55 | 0.55 | 0.47 |
+| 4608 x 512, TensorFlow ops | 4.42 | 6.70 | 6.82 |
+| 4608 x 512, native | 6.14 | 4.29 | 3.97 |
+| 2304 x 256, TensorFlow ops | 0.78 | 1.49 | 0.91 |
+| 2304 x 256, native | 0.96 | 0.77 | 0.67 |
+| 1152 x 128, TensorFlow ops | 0.48 | 0.80 | 0.60 |
+| 1152 x 128, native | 0.43 | 0.50 | 0.49 |
+| 576 x 64, TensorFlow ops | 0.38 | 0.33 | 0.27 |
+| 576 x 64, native | 0.35 | 0.33 | 0.33 |
 
 At full density the TensorFlow ops need no scatter (the values are `S^T`), and small
 kernels cost the launch of the thread pool: `native_scatter_pays` keeps them on

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.skipif(
     "n, m, nnz",
     [
         (7, 3, 21),  # every entry
-        (40, 7, 50),  # rows per block > n: one block
-        (576, 256, 14_745),  # ~10%: several blocks per thread
+        (40, 7, 50),  # one strip narrower than 16 columns
+        (100, 40, 1_000),  # 16 x 16 blocks, 4 rows beyond them, a strip of 8 columns
+        (576, 256, 14_745),  # ~10%: several strips per thread
         (4608, 512, 700_000),  # 30% of a 3x3x512x512 kernel
         (300, 1, 30),  # one column
         (9, 5, 0),  # no nonzero
@@ -49,12 +50,20 @@ def test_kernel_and_gradients_match_numpy(n, m, nnz, dtype):
     )
 
 
-def test_positions_out_of_order_or_range_are_op_errors():
-    # Rows descending within column 0, in different blocks of rows (16 rows each at 512
-    # columns): the op could not place them all, and says so.
-    with pytest.raises(tf.errors.InvalidArgumentError, match="ascending within each column"):
-        native_kernel.native_scatter_kernel(tf.zeros((64, 512)), 1.0, tf.ones(3),
-                                            tf.constant([[40, 3, 0], [0, 0, 1]]))
+def test_rows_in_any_order_within_a_column_are_placed():
+    # The op places a column's values in a scratch column by column, so their order
+    # within the column does not matter (the layers keep them ascending all the same).
+    rows, cols = np.array([40, 3, 0, 63]), np.array([0, 0, 1, 17])
+    values = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    base = np.random.default_rng().standard_normal((64, 40)).astype(np.float32)
+    kernel = native_kernel.native_scatter_kernel(tf.constant(base), 0.5, tf.constant(values),
+                                                 tf.constant(np.stack([rows, cols]), tf.int32))
+    expected = 0.5 * base
+    expected[rows, cols] += values
+    np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-6)
+
+
+def test_positions_out_of_range_are_op_errors():
     base = tf.zeros((6, 2))
     values = tf.ones(3)
     # A row beyond the kernel.

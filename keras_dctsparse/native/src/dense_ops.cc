@@ -715,58 +715,33 @@ class GatherTransposedOp : public OpKernel {
   }
 };
 
-// Rows per block of the blocked scatter and gather below: about 32 KiB of the kernel, so
-// that a block's scattered accesses stay in cache.
-inline int64_t RowsPerBlock(int64_t width, int64_t element_size) {
-  return std::max<int64_t>(1, (int64_t{32768} / element_size) / std::max<int64_t>(width, 1));
+// Columns of the kernel per strip of the scatter and gather below: one 64-byte line of a
+// float32 kernel row.
+constexpr int64_t kStripColumns = 16;
+
+// Runs body(j0, j1, strip, &bad) for strips of kStripColumns columns [j0, j1) of an (n, m)
+// kernel across threads; `strip` is (j1 - j0) x n scratch, column-major over the strip
+// (strip[c * n + r] is row r of column j0 + c), so that a column's nonzeros are placed or
+// read contiguously while the kernel is read or written row by row, a line per row.
+// Fails `context` with the rows' range if any row was outside [0, n).
+template <typename T, typename Body>
+void ForStrips(OpKernelContext* context, int64_t n, int64_t m, int64_t nnz, Body body) {
+  const int64_t strips = (m + kStripColumns - 1) / kStripColumns;
+  std::vector<char> bad(strips, 0);
+  RunUnits(context, strips, kStripColumns * n * 2 + nnz / std::max<int64_t>(strips, 1),
+           [&](int64_t s) {
+             const int64_t j0 = s * kStripColumns, j1 = std::min(m, j0 + kStripColumns);
+             Buffer<T> strip((j1 - j0) * n);
+             bool strip_bad = false;
+             body(j0, j1, strip.data(), &strip_bad);
+             bad[s] = strip_bad;
+           });
+  if (std::any_of(bad.begin(), bad.end(), [](char b) { return b; })) FailBadRows(context, n);
 }
 
-// Visits the positions of a column-sorted S (rows ascending within each column) block by
-// block of rows: for the blocks [r0, r1) of `part` (of `parts` contiguous ranges of
-// blocks), calls before(r0, r1), then visit(k, j, r) for every k whose row r is in the
-// block (column j by column, one cursor per column, started by binary search). Returns the number of positions visited: fewer than nnz over all parts
-// means rows out of [0, rows) or not ascending within a column.
-template <typename Before, typename Visit>
-int64_t VisitByRowBlocks(const Positions& pos, const std::vector<int64_t>& ptr, int64_t rows,
-                         int64_t block_rows, int64_t part, int64_t parts, Before before,
-                         Visit visit) {
-  const int64_t width = static_cast<int64_t>(ptr.size()) - 1;
-  const int64_t blocks = (rows + block_rows - 1) / block_rows;
-  const int64_t b0 = blocks * part / parts, b1 = blocks * (part + 1) / parts;
-  if (b0 >= b1) return 0;
-  const int32_t* R = pos.rows;
-  std::vector<int64_t> cursor(width);
-  const int32_t start_row = static_cast<int32_t>(b0 * block_rows);
-  for (int64_t j = 0; j < width; ++j)
-    cursor[j] = std::lower_bound(R + ptr[j], R + ptr[j + 1], start_row) - R;
-  int64_t visited = 0;
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t r0 = b * block_rows, r1 = std::min(rows, r0 + block_rows);
-    before(r0, r1);
-    for (int64_t j = 0; j < width; ++j) {
-      int64_t k = cursor[j];
-      const int64_t end = ptr[j + 1];
-      // Rows of the block only: a row below r0 (not ascending) ends the column here.
-      for (; k < end && R[k] < r1 && R[k] >= r0; ++k) visit(k, j, R[k]);
-      visited += k - cursor[j];
-      cursor[j] = k;
-    }
-  }
-  return visited;
-}
-
-// Fails `context` unless every position was visited (rows in range, ascending per column).
-inline void ReportUnvisited(OpKernelContext* context, const std::vector<int64_t>& visited,
-                            int64_t nnz, int64_t n) {
-  int64_t total = 0;
-  for (int64_t v : visited) total += v;
-  if (total != nnz)
-    context->CtxFailure(Invalid("positions[0] (rows) must be in [0, ", n,
-                                ") and ascending within each column (positions sorted by "
-                                "column, then row)"));
-}
-
-// alpha * base + S, written block of rows by block of rows.
+// alpha * base + S, strip of columns by strip of columns: the strip's values are placed
+// in a zeroed column-major scratch (contiguous per column), then every kernel row of the
+// strip is written once from base and the scratch.
 template <typename T>
 class ScatterKernelOp : public OpKernel {
  public:
@@ -792,25 +767,40 @@ class ScatterKernelOp : public OpKernel {
     T* K = out->flat<T>().data();
     std::vector<int64_t> ptr;
     ColumnPointers(pos.cols, pos.nnz, m, &ptr);
-    const int64_t parts = NumThreads(context) * 4;
-    const int64_t work = (n * m + pos.nnz) / parts;
-    const int64_t block_rows = RowsPerBlock(m, sizeof(T));
-    std::vector<int64_t> visited(parts, 0);
-    RunUnits(context, parts, work, [&](int64_t part) {
-      visited[part] = VisitByRowBlocks(
-          pos, ptr, n, block_rows, part, parts,
-          [&](int64_t r0, int64_t r1) {
-            const T* b = B + r0 * m;
-            T* k = K + r0 * m;
-            for (int64_t i = 0, size = (r1 - r0) * m; i < size; ++i) k[i] = a * b[i];
-          },
-          [&](int64_t k, int64_t j, int64_t r) { K[r * m + j] += V[k]; });
+    ForStrips<T>(context, n, m, pos.nnz, [&](int64_t j0, int64_t j1, T* strip, bool* bad) {
+      const int64_t width = j1 - j0;
+      std::fill(strip, strip + width * n, T(0));
+      for (int64_t c = 0; c < width; ++c) {
+        T* column = strip + c * n;
+        for (int64_t k = ptr[j0 + c]; k < ptr[j0 + c + 1]; ++k)
+          column[CheckedRow(pos.rows[k], n, bad)] += V[k];
+      }
+      int64_t r = 0;
+      if constexpr (sizeof(T) == 4) {
+        if (width == kStripColumns) {  // 16 x 16 blocks transposed in registers
+          typedef Lanes<float>::Vec Vec;
+          alignas(64) float block[16 * 16];
+          for (; r + 16 <= n; r += 16) {
+            TransposeBlock16(strip + r, n, block, 16);
+            for (int q = 0; q < 16; ++q) {
+              const int64_t at = (r + q) * m + j0;
+              StoreVec(K + at, LoadVec<Vec>(B + at) * a + LoadVec<Vec>(block + q * 16));
+            }
+          }
+        }
+      }
+      for (; r < n; ++r) {
+        const T* b = B + r * m + j0;
+        T* out_row = K + r * m + j0;
+        for (int64_t c = 0; c < width; ++c) out_row[c] = a * b[c] + strip[c * n + r];
+      }
     });
-    ReportUnvisited(context, visited, pos.nnz, n);
   }
 };
 
-// dvalues (dkernel at the positions) and dalpha = sum(dkernel * base), one pass.
+// dvalues (dkernel at the positions) and dalpha = sum(dkernel * base), one pass: strip by
+// strip of columns, each kernel row's line of the strip read once into a column-major
+// scratch (and dotted with base), the values then read from the scratch column by column.
 template <typename T>
 class ScatterKernelGradOp : public OpKernel {
  public:
@@ -837,32 +827,43 @@ class ScatterKernelGradOp : public OpKernel {
     T* DV = dvalues->flat<T>().data();
     std::vector<int64_t> ptr;
     ColumnPointers(pos.cols, pos.nnz, m, &ptr);
-    const int64_t parts = NumThreads(context) * 4;
-    const int64_t work = (n * m + pos.nnz) / parts;
-    std::vector<double> partial(parts, 0.0);
-    auto dot = [](const T* x, const T* y, int64_t size) {
-      T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-      int64_t i = 0;
-      for (; i + 4 <= size; i += 4) {
-        s0 += x[i] * y[i];
-        s1 += x[i + 1] * y[i + 1];
-        s2 += x[i + 2] * y[i + 2];
-        s3 += x[i + 3] * y[i + 3];
+    const int64_t strips = (m + kStripColumns - 1) / kStripColumns;
+    std::vector<double> partial(strips, 0.0);
+    ForStrips<T>(context, n, m, pos.nnz, [&](int64_t j0, int64_t j1, T* strip, bool* bad) {
+      const int64_t width = j1 - j0;
+      T sums[kStripColumns] = {};
+      int64_t r = 0;
+      if constexpr (sizeof(T) == 4) {
+        if (width == kStripColumns) {  // 16 x 16 blocks transposed in registers
+          typedef Lanes<float>::Vec Vec;
+          Vec acc{};
+          for (; r + 16 <= n; r += 16) {
+            for (int q = 0; q < 16; ++q) {
+              const int64_t at = (r + q) * m + j0;
+              acc += LoadVec<Vec>(D + at) * LoadVec<Vec>(B + at);
+            }
+            TransposeBlock16(D + r * m + j0, m, strip + r, n);
+          }
+          for (int c = 0; c < 16; ++c) sums[c] = acc[c];
+        }
       }
-      for (; i < size; ++i) s0 += x[i] * y[i];
-      return static_cast<double>((s0 + s1) + (s2 + s3));
-    };
-    const int64_t block_rows = RowsPerBlock(m, sizeof(T));
-    std::vector<int64_t> visited(parts, 0);
-    RunUnits(context, parts, work, [&](int64_t part) {
+      for (; r < n; ++r) {
+        const T* d = D + r * m + j0;
+        const T* b = B + r * m + j0;
+        for (int64_t c = 0; c < width; ++c) {
+          sums[c] += d[c] * b[c];
+          strip[c * n + r] = d[c];
+        }
+      }
       double sum = 0.0;
-      visited[part] = VisitByRowBlocks(
-          pos, ptr, n, block_rows, part, parts,
-          [&](int64_t r0, int64_t r1) { sum += dot(D + r0 * m, B + r0 * m, (r1 - r0) * m); },
-          [&](int64_t k, int64_t j, int64_t r) { DV[k] = D[r * m + j]; });
-      partial[part] = sum;
+      for (int64_t c = 0; c < width; ++c) {
+        sum += static_cast<double>(sums[c]);
+        const T* column = strip + c * n;
+        for (int64_t k = ptr[j0 + c]; k < ptr[j0 + c + 1]; ++k)
+          DV[k] = column[CheckedRow(pos.rows[k], n, bad)];
+      }
+      partial[j0 / kStripColumns] = sum;
     });
-    ReportUnvisited(context, visited, pos.nnz, n);
     if (!context->status().ok()) return;
     double total = 0.0;
     for (double p : partial) total += p;
