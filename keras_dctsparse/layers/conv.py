@@ -117,17 +117,22 @@ SPARSE_MIN_MACS = 4_000_000
 # their share, S at NATIVE_PER_DENSITY times the density, and per output pixel the memory
 # passes over about c_in + 5 * filters values (the uv product written and read, y, the
 # offset kept for alpha's gradient, the input panel) at NATIVE_PER_MEMORY times their share
-# of the dense multiply-adds. Fitted to `benchmarks/conv_layer.py --kinds native` train
-# steps, 3x3 "same", batch 32: 16x16x128 at 0.1% / 1% / 10% / 30%: 0.51 / 0.60 / 1.3 / 2.7;
-# 8x8x512 at 0.1% / 1%: 0.34 / 0.50; 32x32x64 at 1%: 0.84. The ops work on tiles of 16
-# output pixels along the width: on maps narrower than 8, S's term grows by 8 / width
-# (batch 128, 6.15%, the density of VGG19's last layers at 10% EPL, two runs of
-# `benchmarks/conv_layer.py --shapes 8,256,256 4,512,512 2,512,512 --batch 128
-# --density 0.0615 --kinds native fused`: 8x8x256 0.87-1.19, 4x4x512 1.47-1.89, 2x2x512
-# 2.38-2.69, against 0.97-1.09 fused; at 0.6-1%: 4x4x512 0.48, 2x2x512 0.46).
-NATIVE_OFFSET_FACTOR = 1.9
-NATIVE_PER_DENSITY = 7.0
-NATIVE_PER_MEMORY = 20.0
+# of the dense multiply-adds. S's multiply-adds are counted per tile of 16 output pixels
+# along the width, as in the forward's rule below: a map 8 pixels wide fills half of each
+# tile. Least-squares fit (rms 0.06; the constants before, fitted to fewer shapes without
+# the tiles' fill, rms 0.27) to train steps of `python benchmarks/conv_layer.py --shapes
+# 32,64,64 16,128,128 32,128,128 16,256,256 8,256,256 8,512,512 --batch 32 --density 0.15
+# 0.1 0.05 0.03 --kinds native fused --repeats 5`, at 15% / 10% / 5% / 3%: 32x32x64
+# 1.38 / 1.18 / 1.08 / 0.94, 16x16x128 1.17 / 0.95 / 0.76 / 0.72, 32x32x128 1.16 / 0.93 /
+# 0.76 / 0.70, 16x16x256 1.05 / 0.84 / 0.60 / 0.55, 8x8x256 1.92 / 1.47 / 0.95 / 0.78,
+# 8x8x512 1.94 / 1.32 / 0.86 / 0.68 (fused 0.97-1.05). It also predicts the narrow maps
+# of VGG19's last layers at 10% EPL (6.15%, batch 128, two runs of
+# `benchmarks/conv_layer.py --shapes 8,256,256 4,512,512 2,512,512 --batch 128 --density
+# 0.0615 --kinds native fused`: 8x8x256 0.87-1.19, 4x4x512 1.47-1.89, 2x2x512 2.38-2.69,
+# predicted 1.02, 1.57, 2.77; at 0.6-1%: 4x4x512 0.48, 2x2x512 0.46).
+NATIVE_OFFSET_FACTOR = 1.4
+NATIVE_PER_DENSITY = 4.9
+NATIVE_PER_MEMORY = 35.0
 # The native path's forward alone (a call that records no gradient: Keras's predict and
 # evaluate steps), in units of the dense conv's forward, with the same three terms, S's
 # multiply-adds counted per tile of 16 output pixels along the width (an 8-wide map fills
@@ -224,15 +229,15 @@ def native_conv_cost(kernel_size, in_channels, filters, nnz, offset="dct", out_w
     Example:
 
     >>> round(native_conv_cost((3, 3), 128, 128, 147), 2)
-    0.56
+    0.52
     >>> nnz = round(0.0615 * 9 * 512 * 512)
     >>> [round(native_conv_cost((3, 3), 512, 512, nnz, out_width=w), 2) for w in (8, 4, 2)]
-    [0.89, 1.32, 2.18]
+    [0.96, 1.57, 2.77]
     """
     density, memory, offset_share = _native_shares(kernel_size, in_channels, filters, nnz,
                                                    offset)
-    narrow = max(1.0, lanes / (2 * out_width)) if out_width else 1.0
-    return (NATIVE_PER_DENSITY * density * narrow + NATIVE_PER_MEMORY * memory
+    filled = out_width / (-(-out_width // lanes) * lanes) if out_width else 1.0
+    return (NATIVE_PER_DENSITY * density / filled + NATIVE_PER_MEMORY * memory
             + NATIVE_OFFSET_FACTOR * offset_share)
 
 

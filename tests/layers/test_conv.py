@@ -693,12 +693,10 @@ def test_forward_only_native_rule():
     """A call that records no gradient prices the native path by its forward alone: at 10%
     it beats the fused forward on maps at least 16 wide (measured 0.69-0.85x against
     0.97-1.0x of Conv2D, 64 to 256 channels), not on an 8-wide map, whose tiles of 16 output
-    pixels are half empty (1.23-1.53x), and not at 20-30% (1.08-1.16x at 20%); the training
-    step keeps the fused path at 10%."""
+    pixels are half empty (1.23-1.53x), and not at 20-30% (1.08-1.16x at 20%)."""
     plan = _native_plan
     for channels in (128, 256):
         assert plan(channels, 0.1, 16, forward_only=True) == "native"
-        assert plan(channels, 0.1, 16) == "dense"
         assert plan(channels, 0.3, 16, forward_only=True) == "dense"
         assert plan(channels, 0.2, 16, forward_only=True) == "dense"
     assert plan(256, 0.1, 8, forward_only=True) == "dense"
@@ -707,6 +705,24 @@ def test_forward_only_native_rule():
     assert plan(64, 0.1, 32) == "dense"
     # float64 tiles hold 8 pixels: an 8-wide map fills them.
     assert plan(256, 0.1, 8, forward_only=True, lanes=8) == "native"
+
+
+def test_training_native_rule():
+    """A training step takes the native path where its train step beats the fused one's
+    (about 1.0x of Conv2D): at 10%, 16x16x256 0.84x natively, and not 16x16x128 (0.95x),
+    32x32x64 (1.18x) or the half-empty tiles of 8x8x256 (1.47x); at 5%, 16 wide and up from
+    128 channels (0.60-0.76x), 8x8x512 (0.86x), not 32x32x64 (1.08x); nowhere at 15%
+    (1.05x and up)."""
+    plan = _native_plan
+    assert plan(256, 0.1, 16) == "native"
+    assert plan(128, 0.1, 16) == "dense"
+    assert plan(64, 0.1, 32) == "dense"
+    assert plan(256, 0.1, 8) == "dense"
+    for channels, width in ((128, 16), (128, 32), (256, 16), (512, 8)):
+        assert plan(channels, 0.05, width) == "native"
+    assert plan(64, 0.05, 32) == "dense"
+    for channels, width in ((64, 32), (128, 16), (256, 16), (256, 8), (512, 8)):
+        assert plan(channels, 0.15, width) == "dense"
 
 
 def test_native_rule_counts_the_tiles_of_narrow_maps():
