@@ -53,13 +53,14 @@ def test_kernel_and_gradients_match_numpy(n, m, nnz, dtype):
 def test_rows_in_any_order_within_a_column_are_placed():
     # The op places a column's values in a scratch column by column, so their order
     # within the column does not matter (the layers keep them ascending all the same).
-    rows, cols = np.array([40, 3, 0, 63]), np.array([0, 0, 1, 17])
-    values = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    # (A repeated position adds up.)
+    rows, cols = np.array([40, 3, 3, 0, 63]), np.array([0, 0, 0, 1, 17])
+    values = np.array([1.0, 2.0, 5.0, 3.0, 4.0], np.float32)
     base = np.random.default_rng().standard_normal((64, 40)).astype(np.float32)
     kernel = native_kernel.native_scatter_kernel(tf.constant(base), 0.5, tf.constant(values),
                                                  tf.constant(np.stack([rows, cols]), tf.int32))
     expected = 0.5 * base
-    expected[rows, cols] += values
+    np.add.at(expected, (rows, cols), values)
     np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-6)
 
 

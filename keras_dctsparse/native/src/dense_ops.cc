@@ -147,7 +147,8 @@ REGISTER_OP("DctSparseScatterKernel")
       return tensorflow::OkStatus();
     })
     .Doc("alpha * base + S in one pass over the (n, m) kernel: S[positions[0, k], "
-         "positions[1, k]] = values[k], positions sorted by column, then row.");
+         "positions[1, k]] = values[k], positions sorted by column (rows in any order "
+         "within a column; repeated positions add up).");
 
 REGISTER_OP("DctSparseScatterKernelGrad")
     .Input("dkernel: T")
