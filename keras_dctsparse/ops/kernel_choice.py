@@ -118,9 +118,9 @@ _US_PER_NATIVE_DENSE_ENTRY = 0.25e-3
 # row) against the materialized kernel's dense product over 4 bytes per entry plus
 # building it: measured (`benchmarks/dense_layer.py --kinds native materialized`, forward
 # x Dense at 30%) 0.89x against 1.21x (256 x 256, batch 256), 0.78x against 1.11x
-# (1024 x 1024, batch 256). Tiles of rows are taken in groups that read each nonzero
-# once (up to 4 tiles, as many as fit a core's L2 cache), so that the native forward
-# keeps its edge once S outgrows the caches too: 4096 x 4096 at 30% (5M nonzeros),
+# (1024 x 1024, batch 256). Where S outgrows the caches, tiles of rows are taken in groups
+# that read each nonzero once (up to 4 tiles, as many as fit a core's L2 cache), so that
+# the native forward keeps its edge there too: 4096 x 4096 at 30% (5M nonzeros),
 # batch 256, 0.90x against 1.08x materialized; batch 32, 0.98x against 1.61x
 # (`python benchmarks/dense_layer.py --widths 1024 4096 --densities 0.3 0.1 --batches
 # 32 256 --kinds auto native materialized --repeats 5 --mlp-densities`; with one tile
@@ -382,8 +382,8 @@ def choose_kernel(input_dim, units, nnz, batch=None, dtype="float32", xla=False,
             CSR and gather kernels compute, faster).
         forward_only: Whether the call records no gradient (Keras's predict and
             evaluate steps): with `native`, the native kernel is then chosen up to
-            `NATIVE_FORWARD_MAX_DENSITY`, where its forward is the cheaper one even when the training step of the
-            materialized kernel is.
+            `NATIVE_FORWARD_MAX_DENSITY`, where its forward is the cheaper one even
+            when the training step of the materialized kernel is.
 
     Returns:
         One of `KERNELS`.

@@ -117,8 +117,9 @@ def test_large_layer_over_many_tiles_and_threads(n, m, nnz):
     rng = np.random.default_rng()
     rows, cols, values, dense, x, dy = random_sparse_problem(n, m, nnz, 70, rng)
     alpha = -0.3
-    kernel = dense + alpha * dct_block(m, n).T
-    abs_kernel = np.abs(dense) + abs(alpha) * np.abs(dct_block(m, n).T)
+    block = dct_block(m, n)
+    kernel = dense + alpha * block.T
+    abs_kernel = np.abs(dense) + abs(alpha) * np.abs(block.T)
     y, _ = ops().dct_sparse_matmul(x.astype(np.float32), np.float32(alpha),
                                    values.astype(np.float32), np.stack([rows, cols]), units=m,
                                    with_offset=True)

@@ -359,8 +359,7 @@ class MatmulOp : public OpKernel {
     std::shared_ptr<const DctPlan<T>> plan;
     if (with_offset_ && length > 1) plan = PlanFor<T>(length);
     const int64_t padded = with_offset_ ? length : n;
-    // Tiles are taken in groups that read each nonzero once (TileProduct), as many as keep
-    // the group's input tiles within kGroupBytes (half a core's L2 here), at most 4.
+    // Tiles are taken in groups that read each nonzero once (TileProduct; sizes: GroupSize).
     const int64_t group_size = GroupSize<T>(tiles, padded, nnz, threads);
     const int64_t groups = (tiles + group_size - 1) / group_size;
     const int64_t chunks = groups >= threads ? 1 : (threads + groups - 1) / groups;
@@ -421,12 +420,10 @@ class MatmulOp : public OpKernel {
       bool unit_bad = false;
       const int64_t c0 = bounds[chunk], c1 = bounds[chunk + 1];
       const T* const* offsets = with_offset_ ? offset : nullptr;
-      switch (count) {
-        case 1: TileProduct<T, 1>(xt, V, R, n, ptr.data(), c0, c1, offsets, a, yt, &unit_bad); break;
-        case 2: TileProduct<T, 2>(xt, V, R, n, ptr.data(), c0, c1, offsets, a, yt, &unit_bad); break;
-        case 3: TileProduct<T, 3>(xt, V, R, n, ptr.data(), c0, c1, offsets, a, yt, &unit_bad); break;
-        default: TileProduct<T, 4>(xt, V, R, n, ptr.data(), c0, c1, offsets, a, yt, &unit_bad);
-      }
+      WithGroupSize(count, [&](auto group_tiles) {
+        TileProduct<T, decltype(group_tiles)::value>(xt, V, R, n, ptr.data(), c0, c1, offsets, a,
+                                                     yt, &unit_bad);
+      });
       if (unit_bad) bad[unit % bad.size()] = 1;
       for (int g = 0; g < count; ++g) {
         const int64_t b0 = (first + g) * L;
@@ -499,8 +496,8 @@ class InputGradOp : public OpKernel {
     if (with_offset_ && length > 1) plan = PlanFor<T>(length);
     const int64_t padded = with_offset_ ? length : m;
     const int64_t stride = std::max(n, length) * L;
-    // Groups of tiles read each nonzero once (TileTransposedProduct): as many tiles as
-    // keep their accumulators within kGroupBytes.
+    // Groups of tiles read each nonzero once (TileTransposedProduct; sizes: GroupSize, by
+    // the accumulators' rows).
     const int64_t group_size = GroupSize<T>(tiles, std::max(n, length), nnz, threads);
     const int64_t groups = (tiles + group_size - 1) / group_size;
     const int64_t chunks = groups >= threads ? 1 : (threads + groups - 1) / groups;
@@ -537,12 +534,10 @@ class InputGradOp : public OpKernel {
       }
       bool unit_bad = false;
       const int64_t c0 = bounds[chunk], c1 = bounds[chunk + 1];
-      switch (count) {
-        case 1: TileTransposedProduct<T, 1>(dyt, V, R, n, ptr.data(), c0, c1, acc, &unit_bad); break;
-        case 2: TileTransposedProduct<T, 2>(dyt, V, R, n, ptr.data(), c0, c1, acc, &unit_bad); break;
-        case 3: TileTransposedProduct<T, 3>(dyt, V, R, n, ptr.data(), c0, c1, acc, &unit_bad); break;
-        default: TileTransposedProduct<T, 4>(dyt, V, R, n, ptr.data(), c0, c1, acc, &unit_bad);
-      }
+      WithGroupSize(count, [&](auto group_tiles) {
+        TileTransposedProduct<T, decltype(group_tiles)::value>(dyt, V, R, n, ptr.data(), c0, c1,
+                                                               acc, &unit_bad);
+      });
       if (unit_bad) bad[unit % bad.size()] = 1;
       if (chunks == 1) {
         for (int g = 0; g < count; ++g) {
@@ -720,6 +715,9 @@ class GatherTransposedOp : public OpKernel {
 // float32 kernel row.
 constexpr int64_t kStripColumns = 16;
 
+// Strips of kStripColumns columns of a kernel `m` columns wide (the last may be narrower).
+inline int64_t StripCount(int64_t m) { return (m + kStripColumns - 1) / kStripColumns; }
+
 // Runs body(j0, j1, strip, &bad) for strips of kStripColumns columns [j0, j1) of an (n, m)
 // kernel across threads; `strip` is (j1 - j0) x n scratch, column-major over the strip
 // (strip[c * n + r] is row r of column j0 + c), so that a column's nonzeros are placed or
@@ -727,7 +725,7 @@ constexpr int64_t kStripColumns = 16;
 // Fails `context` with the rows' range if any row was outside [0, n).
 template <typename T, typename Body>
 void ForStrips(OpKernelContext* context, int64_t n, int64_t m, int64_t nnz, Body body) {
-  const int64_t strips = (m + kStripColumns - 1) / kStripColumns;
+  const int64_t strips = StripCount(m);
   std::vector<char> bad(strips, 0);
   RunUnits(context, strips, kStripColumns * n * 2 + nnz / std::max<int64_t>(strips, 1),
            [&](int64_t s) {
@@ -828,8 +826,7 @@ class ScatterKernelGradOp : public OpKernel {
     T* DV = dvalues->flat<T>().data();
     std::vector<int64_t> ptr;
     ColumnPointers(pos.cols, pos.nnz, m, &ptr);
-    const int64_t strips = (m + kStripColumns - 1) / kStripColumns;
-    std::vector<double> partial(strips, 0.0);
+    std::vector<double> partial(StripCount(m), 0.0);
     ForStrips<T>(context, n, m, pos.nnz, [&](int64_t j0, int64_t j1, T* strip, bool* bad) {
       const int64_t width = j1 - j0;
       T sums[kStripColumns] = {};

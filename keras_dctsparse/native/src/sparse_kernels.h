@@ -9,6 +9,7 @@
 #define KERAS_DCTSPARSE_NATIVE_SPARSE_KERNELS_H_
 
 #include <cstdint>
+#include <type_traits>
 
 #include "lanes.h"
 
@@ -62,6 +63,18 @@ void TileProduct(const T* const* xt, const T* values, const int32_t* rows, int64
       if (offset != nullptr) sum += LoadVec<Vec>(offset[g] + j * L) * scale;
       StoreVec(yt[g] + j * L, sum);
     }
+  }
+}
+
+// Calls f(std::integral_constant<int, G>()) for G = count, the number of tiles of a group
+// (1 to 4): the group sizes TileProduct and TileTransposedProduct are instantiated for.
+template <typename F>
+void WithGroupSize(int count, F f) {
+  switch (count) {
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    default: f(std::integral_constant<int, 4>());
   }
 }
 
