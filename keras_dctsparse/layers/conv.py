@@ -83,6 +83,7 @@ __all__ = [
 if TENSORFLOW:
     import tensorflow as tf
 
+    from keras_dctsparse.native import library
     from keras_dctsparse.ops import conv_offset as conv_ops
     from keras_dctsparse.ops import native_conv as native_conv_ops
     from keras_dctsparse.ops import native_kernel
@@ -224,7 +225,8 @@ def native_conv_cost(kernel_size, in_channels, filters, nnz, offset="dct", out_w
         offset: `"dct"` or None.
         out_width: Output pixels along the width (1-D: the output length), or None
             (unknown: full tiles).
-        lanes: Output pixels per tile of the native ops (16 float32, 8 float64).
+        lanes: Output pixels per tile of the native ops (16 float32, 8 float64 with
+            AVX-512; 8 and 4 with AVX2: `keras_dctsparse.native.library.lane_count`).
 
     Example:
 
@@ -249,7 +251,8 @@ def native_conv_forward_cost(kernel_size, in_channels, filters, nnz, out_width=N
         kernel_size, in_channels, filters, nnz, offset: As for `native_conv_cost`.
         out_width: Output pixels along the width (the ops' tiles run along it), or None
             (unknown: full tiles).
-        lanes: Output pixels per tile (16 for float32, 8 for float64).
+        lanes: Output pixels per tile (16 for float32, 8 for float64 with AVX-512; 8 and
+            4 with AVX2).
 
     Example:
 
@@ -320,7 +323,8 @@ def choose_conv_plan(
         forward_only: Whether the call records no gradient (no tape active when it is
             traced: Keras's predict and evaluate steps).
         out_width: Output pixels along the width (1-D: the output length), or None.
-        lanes: Output pixels per tile of the native ops (16 float32, 8 float64).
+        lanes: Output pixels per tile of the native ops (16 float32, 8 float64 with
+            AVX-512; 8 and 4 with AVX2: `keras_dctsparse.native.library.lane_count`).
 
     Returns:
         `(s_path, offset_method)`.
@@ -629,7 +633,7 @@ class _DCTSparseConvBase(DCTSparseLayer):
             native=native,
             forward_only=not native_matmul.any_tape_active(),
             out_width=out_width,
-            lanes=64 // x.dtype.size,
+            lanes=library.lane_count(x.dtype.as_numpy_dtype) if native else 64 // x.dtype.size,
         )
 
     def _sparse_conv(self, x, padding):

@@ -7,17 +7,26 @@ When it cannot be built, the reason is logged once as a warning and the stock
 TensorFlow kernels run instead (`unavailable_reason()` returns it).
 """
 
+import ctypes
 import logging
 import threading
 
 from keras_dctsparse.native import build as build_module
 
-__all__ = ["load", "available", "unavailable_reason", "NativeKernelsUnavailable"]
+__all__ = [
+    "load",
+    "available",
+    "unavailable_reason",
+    "vector_bytes",
+    "lane_count",
+    "NativeKernelsUnavailable",
+]
 
 _LOGGER = logging.getLogger("keras_dctsparse")
 _lock = threading.Lock()
 _module = None
 _error = None
+_vector_bytes = None
 
 
 class NativeKernelsUnavailable(RuntimeError):
@@ -71,3 +80,39 @@ def available():
 def unavailable_reason():
     """Why the native kernels are unavailable, or None (after a failed `load`)."""
     return _error
+
+
+def vector_bytes():
+    """Bytes of the native kernels' lane vectors, as compiled for this CPU.
+
+    64 with AVX-512, 32 with AVX/AVX2, 16 otherwise (SSE, NEON): one vector register.
+    The kernels cut a batch into tiles of `vector_bytes() // itemsize` rows (conv ops:
+    output pixels), one per lane.
+
+    Raises:
+        NativeKernelsUnavailable: If the library cannot be loaded.
+
+    Example:
+
+    >>> vector_bytes() in (16, 32, 64)
+    True
+    """
+    global _vector_bytes
+    load()
+    with _lock:
+        if _vector_bytes is None:
+            _vector_bytes = int(ctypes.CDLL(build_module.library_path()).DctSparseVectorBytes())
+        return _vector_bytes
+
+
+def lane_count(dtype):
+    """Rows per tile of the native kernels for `dtype` (float32 or float64).
+
+    Example:
+
+    >>> lane_count("float32") == 2 * lane_count("float64")
+    True
+    """
+    import numpy as np
+
+    return vector_bytes() // np.dtype(dtype).itemsize

@@ -126,7 +126,9 @@ _US_PER_NATIVE_DENSE_ENTRY = 0.25e-3
 # 32 256 --kinds auto native materialized --repeats 5 --mlp-densities`; with one tile
 # at a time, 1.19x at batch 256).
 NATIVE_FORWARD_MAX_DENSITY = 1 / 3
-#: Rows of a native tile (float32 lanes of a 64-byte vector).
+#: Rows of a native tile on the AVX-512 host the constants above were fitted on (float32
+#: lanes of a 64-byte vector; AVX2 builds use tiles of 8 rows, and the rule is not refitted
+#: for them: README, "Speed on AVX2 CPUs", measures its choices there).
 NATIVE_TILE_ROWS = 16
 _US_FFT_FIXED = 60.0  # launching the fast DCT's XLA clusters (forward + gradient)
 _US_NATIVE_FFT_FIXED = 20.0  # launching the native DCT ops (forward + gradient)

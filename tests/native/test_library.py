@@ -1,6 +1,7 @@
 """Loading the native library, and what happens when it cannot be built."""
 
 import logging
+import os
 
 import pytest
 
@@ -31,6 +32,23 @@ def test_loads_the_ops():
                  "dct_sparse_matmul_input_grad", "dct_sparse_matmul_value_grad"):
         assert callable(getattr(module, name))
     assert library.unavailable_reason() is None
+
+
+def test_vector_bytes_follow_the_cpu():
+    """The lane vectors are the CPU's widest registers (what -march=native compiled for)."""
+    if not library.available():
+        pytest.skip(f"native kernels unavailable: {library.unavailable_reason()}")
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo here")
+    with open("/proc/cpuinfo") as info:
+        flags = next((set(line.split(":", 1)[1].split()) for line in info
+                      if line.startswith("flags")), set())
+    if not flags:
+        pytest.skip("no x86 feature flags in /proc/cpuinfo")
+    want = 64 if "avx512f" in flags else 32 if "avx" in flags else 16
+    assert library.vector_bytes() == want
+    assert library.lane_count("float32") == want // 4
+    assert library.lane_count("float64") == want // 8
 
 
 def test_unbuildable_library_warns_once_and_stock_kernels_run(unbuildable, caplog):

@@ -116,11 +116,12 @@ void TileOut(const T* tile, int64_t width, int64_t b0, int64_t rows, int64_t c0,
     for (int64_t i = c0; i < c1; ++i) y[(b0 + t) * width + i] = tile[i * L + t];
 }
 
-// A full 16 x 16 float block transposed in registers: four stages, each swapping one bit
-// of the row index with the same bit of the column index (64 two-input shuffles).
-inline void TransposeBlock16(const float* src, int64_t src_stride, float* dst,
-                             int64_t dst_stride) {
-  typedef Lanes<float>::Vec Vec;
+// A full 16 x 16 block of 16-lane vectors (float32 with AVX-512) transposed in registers:
+// four stages, each swapping one bit of the row index with the same bit of the column
+// index (64 two-input shuffles).
+template <typename T>
+inline void TransposeBlock16(const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
+  typedef typename Lanes<T>::Vec Vec;
   Vec r[16];
   for (int i = 0; i < 16; ++i) r[i] = LoadVec<Vec>(src + i * src_stride);
 #define DCTSPARSE_SWAP(S, A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15, \
@@ -145,10 +146,10 @@ inline void TransposeBlock16(const float* src, int64_t src_stride, float* dst,
   for (int i = 0; i < 16; ++i) StoreVec(dst + i * dst_stride, r[i]);
 }
 
-// The same for a full 8 x 8 double block (three stages).
-inline void TransposeBlock8(const double* src, int64_t src_stride, double* dst,
-                            int64_t dst_stride) {
-  typedef Lanes<double>::Vec Vec;
+// The same for 8-lane vectors (float64 with AVX-512, float32 with AVX2; three stages).
+template <typename T>
+inline void TransposeBlock8(const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
+  typedef typename Lanes<T>::Vec Vec;
   Vec r[8];
   for (int i = 0; i < 8; ++i) r[i] = LoadVec<Vec>(src + i * src_stride);
 #define DCTSPARSE_SWAP(S, A0, A1, A2, A3, A4, A5, A6, A7, B0, B1, B2, B3, B4, B5, B6, B7)   \
@@ -165,11 +166,39 @@ inline void TransposeBlock8(const double* src, int64_t src_stride, double* dst,
   for (int i = 0; i < 8; ++i) StoreVec(dst + i * dst_stride, r[i]);
 }
 
-inline void TransposeBlock(const float* src, int64_t ss, float* dst, int64_t ds) {
-  TransposeBlock16(src, ss, dst, ds);
+// The same for 4-lane vectors (float64 with AVX2, float32 with SSE or NEON; two stages).
+template <typename T>
+inline void TransposeBlock4(const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
+  typedef typename Lanes<T>::Vec Vec;
+  Vec r[4];
+  for (int i = 0; i < 4; ++i) r[i] = LoadVec<Vec>(src + i * src_stride);
+  for (int i = 0; i < 4; i += 2) {
+    const Vec a = r[i], b = r[i + 1];
+    r[i] = __builtin_shufflevector(a, b, 0, 4, 2, 6);
+    r[i + 1] = __builtin_shufflevector(a, b, 1, 5, 3, 7);
+  }
+  for (int i = 0; i < 2; ++i) {
+    const Vec a = r[i], b = r[i + 2];
+    r[i] = __builtin_shufflevector(a, b, 0, 1, 4, 5);
+    r[i + 2] = __builtin_shufflevector(a, b, 2, 3, 6, 7);
+  }
+  for (int i = 0; i < 4; ++i) StoreVec(dst + i * dst_stride, r[i]);
 }
-inline void TransposeBlock(const double* src, int64_t ss, double* dst, int64_t ds) {
-  TransposeBlock8(src, ss, dst, ds);
+
+// A full lanes x lanes block transposed (in registers for 4, 8 or 16 lanes).
+template <typename T>
+inline void TransposeBlock(const T* src, int64_t ss, T* dst, int64_t ds) {
+  constexpr int L = Lanes<T>::kCount;
+  if constexpr (L == 16) {
+    TransposeBlock16(src, ss, dst, ds);
+  } else if constexpr (L == 8) {
+    TransposeBlock8(src, ss, dst, ds);
+  } else if constexpr (L == 4) {
+    TransposeBlock4(src, ss, dst, ds);
+  } else {
+    for (int r = 0; r < L; ++r)
+      for (int c = 0; c < L; ++c) dst[c * ds + r] = src[r * ss + c];
+  }
 }
 
 // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols: full blocks of

@@ -344,9 +344,10 @@ struct RowBlocks {
 };
 
 // Pixels of a tap group and the lane vectors of channels per accumulator block in
-// OffsetTaps: 4 pixels x 4 vectors (64 float32 channels) = 16 accumulators in registers.
+// OffsetTaps: 4 pixels x 4 vectors (64 float32 channels with AVX-512) = 16 accumulators
+// in registers, half of them; 4 x 2 = 8 where the target has 16 vector registers.
 constexpr int kTapPixels = 4;
-constexpr int kTapVectors = 4;
+constexpr int kTapVectors = kVecRegisters >= 32 ? 4 : 2;
 
 // Channels [c, c + K * L) of the offset of the kTapPixels output pixels whose uv rows the
 // tap group `sources` points to (one pointer per pixel and tap; a pixel or tap outside the
@@ -479,12 +480,13 @@ inline void TapGradBlock(const T* const* sources, int64_t taps, int64_t f, int64
 
 // duv (`count` pixels of (2 * filters), pixel-major) of a group of input pixels from the
 // dy rows of the output pixels that tap them (`sources`, as for OffsetTaps; `zeros` where
-// none does): channel blocks of 2 lane vectors, then single vectors, then a scalar tail.
+// none does): channel blocks of 2 lane vectors (1 where the target has 16 vector
+// registers), then single vectors, then a scalar tail.
 template <typename T>
 void OffsetTapsTransposed(const T* const* sources, int64_t taps, int64_t f, const T* wu,
                           const T* wv, int count, T alpha, T* duv) {
   constexpr int L = Lanes<T>::kCount;
-  constexpr int K = 2;
+  constexpr int K = kVecRegisters >= 32 ? 2 : 1;  // 2 * 4 * K accumulators
   const int64_t blocked = f / (K * L) * (K * L), vectors = f / L * L;
   int64_t c = 0;
   for (; c < blocked; c += K * L)
@@ -831,21 +833,21 @@ class ConvValueGradOp : public OpKernel {
           if (count < L) tile.Zero(f * L);
           Transpose(dy_row, count, f, f, tile.data(), L);
           // By rows of S: the input vector of a row is read once; its nonzeros' products
-          // with their output channels' dy are summed over the lanes 16 at a time.
+          // with their output channels' dy are summed over the lanes, a lane count at a time.
           const T* base = panel.data() + p.Base(oh, ow0, first);
           for (const int32_t r : by_row.nonempty) {
             const Vec xv = LoadVec<Vec>(base + by_row.delta[r]);
             int64_t k = by_row.ptr[r];
             const int64_t end = by_row.ptr[r + 1];
-            if constexpr (sizeof(T) == 4) {
-              for (; k + 4 < end; k += 16) {  // groups of up to 16, padded with zeros
-                Vec products[16];
-                const int64_t n = std::min<int64_t>(16, end - k);
-                for (int q = 0; q < 16; ++q)
+            if constexpr (kSumsEachLane<T>) {
+              for (; k + L / 4 < end; k += L) {  // groups of up to L, padded with zeros
+                Vec products[L];
+                const int64_t n = std::min<int64_t>(L, end - k);
+                for (int q = 0; q < L; ++q)
                   products[q] = q < n ? xv * LoadVec<Vec>(tile.data() + by_row.cols[k + q] * L)
                                       : Vec{};
-                T sums[16];
-                StoreVec(sums, SumEachOfSixteen(products));
+                T sums[L];
+                StoreVec(sums, SumEachLane<T>(products));
                 for (int q = 0; q < n; ++q) acc[k + q] += sums[q];
               }
             }

@@ -1,10 +1,9 @@
 // Copyright 2026 The keras_dctsparse Authors. Apache License 2.0.
 //
-// Lane vectors: 64 bytes of float32 (16 lanes) or float64 (8 lanes) as GCC/Clang
-// vector extensions. Arithmetic on them is element-wise and a scalar operand is
-// broadcast, so the same template code runs on one row (T) or on a tile of rows
-// (Lanes<T>::Vec), one row per lane. The compiler lowers them to AVX-512, AVX2
-// pairs or SSE quadruples, whatever the target has.
+// Lane vectors: one vector register of float32 or float64 (16 / 8 lanes with AVX-512,
+// 8 / 4 with AVX2, 4 / 2 with SSE or NEON) as GCC/Clang vector extensions. Arithmetic on
+// them is element-wise and a scalar operand is broadcast, so the same template code runs
+// on one row (T) or on a tile of rows (Lanes<T>::Vec), one row per lane.
 #ifndef KERAS_DCTSPARSE_NATIVE_LANES_H_
 #define KERAS_DCTSPARSE_NATIVE_LANES_H_
 
@@ -18,16 +17,37 @@ namespace dctsparse {
 template <typename T>
 struct Lanes;
 
+// A lane vector is one of the target's widest vector registers: 64 bytes with AVX-512,
+// 32 with AVX/AVX2, 16 otherwise (SSE, NEON). GCC keeps vectors of a size the target has
+// no register for in memory, not in registers: 64-byte vectors on AVX2 made every
+// accumulator update a load and a store (the dense products ran 3-10x slower there).
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+
+// How many lane vectors the target's registers hold at once (32 zmm with AVX-512, 16 ymm
+// with AVX2, 16 xmm with SSE, 32 q with NEON): the budget of the kernels' register
+// blocking (accumulators and operands in flight).
+#if defined(__AVX512F__) || defined(__aarch64__)
+constexpr int kVecRegisters = 32;
+#else
+constexpr int kVecRegisters = 16;
+#endif
+
 template <>
 struct Lanes<float> {
-  typedef float Vec __attribute__((vector_size(64)));
-  static constexpr int kCount = 16;
+  typedef float Vec __attribute__((vector_size(kVectorBytes)));
+  static constexpr int kCount = kVectorBytes / 4;
 };
 
 template <>
 struct Lanes<double> {
-  typedef double Vec __attribute__((vector_size(64)));
-  static constexpr int kCount = 8;
+  typedef double Vec __attribute__((vector_size(kVectorBytes)));
+  static constexpr int kCount = kVectorBytes / 8;
 };
 
 // Unaligned load / store of one lane vector.

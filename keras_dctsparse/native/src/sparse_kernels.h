@@ -186,10 +186,10 @@ void RowSampled(const T* x, T d, const int32_t* rows, int64_t n, int64_t k0, int
   for (; k < k1; ++k) out[k] = x[CheckedRow(rows[k], n, bad)] * d;
 }
 
-// The lane sums of 16 float vectors as one vector: out[q] = sum of a[q]'s lanes
+// The lane sums of 16 vectors of 16 lanes as one vector: out[q] = sum of a[q]'s lanes
 // (four levels of pairwise shuffles and adds).
-inline Lanes<float>::Vec SumEachOfSixteen(const Lanes<float>::Vec* a) {
-  typedef Lanes<float>::Vec Vec;
+template <typename Vec>
+inline Vec SumEachOfSixteen(const Vec* a) {
   Vec t[8], u[4], w[2];
   for (int i = 0; i < 8; ++i)
     t[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18,
@@ -212,9 +212,38 @@ inline Lanes<float>::Vec SumEachOfSixteen(const Lanes<float>::Vec* a) {
                                  29, 31);
 }
 
+// The same for 8 vectors of 8 lanes (three levels).
+template <typename Vec>
+inline Vec SumEachOfEight(const Vec* a) {
+  Vec t[4], u[2];
+  for (int i = 0; i < 4; ++i)
+    t[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+  for (int i = 0; i < 2; ++i)
+    u[i] = __builtin_shufflevector(t[2 * i], t[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+           __builtin_shufflevector(t[2 * i], t[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+  return __builtin_shufflevector(u[0], u[1], 0, 2, 4, 6, 8, 10, 12, 14) +
+         __builtin_shufflevector(u[0], u[1], 1, 3, 5, 7, 9, 11, 13, 15);
+}
+
+// Whether SumEachLane has a shuffle form for T's lane vectors: float32 with 16 lanes
+// (AVX-512) or 8 (AVX2).
+template <typename T>
+constexpr bool kSumsEachLane = sizeof(T) == 4 && (Lanes<T>::kCount == 16 || Lanes<T>::kCount == 8);
+
+// The lane sums of Lanes<T>::kCount lane vectors as one vector (where kSumsEachLane<T>).
+template <typename T>
+inline typename Lanes<T>::Vec SumEachLane(const typename Lanes<T>::Vec* a) {
+  if constexpr (Lanes<T>::kCount == 16) {
+    return SumEachOfSixteen(a);
+  } else {
+    return SumEachOfEight(a);
+  }
+}
+
 // out[k] = sum_b xt[rows[k]][b] * dyt[j][b] for columns [c0, c1), rows of
 // `width` (a multiple of the lane count) elements: the sampled product x^T dy.
-// float32 runs 16 nonzeros at a time (16 independent sums, reduced together).
+// float32 runs one nonzero per lane at a time (independent sums, reduced together).
 template <typename T>
 void SampledDot(const T* xt, const T* dyt, int64_t width, const int32_t* rows, int64_t n,
                 const int64_t* ptr, int64_t c0, int64_t c1, T* out, bool* bad) {
@@ -224,18 +253,18 @@ void SampledDot(const T* xt, const T* dyt, int64_t width, const int32_t* rows, i
     const T* d = dyt + j * width;
     int64_t k = ptr[j];
     const int64_t end = ptr[j + 1];
-    if constexpr (sizeof(T) == 4) {
-      for (; k + 16 <= end; k += 16) {
-        const T* xr[16];
-        for (int q = 0; q < 16; ++q) xr[q] = xt + CheckedRow(rows[k + q], n, bad) * width;
-        Vec acc[16];
+    if constexpr (kSumsEachLane<T>) {
+      for (; k + L <= end; k += L) {
+        const T* xr[L];
+        for (int q = 0; q < L; ++q) xr[q] = xt + CheckedRow(rows[k + q], n, bad) * width;
+        Vec acc[L];
         const Vec d0 = LoadVec<Vec>(d);
-        for (int q = 0; q < 16; ++q) acc[q] = LoadVec<Vec>(xr[q]) * d0;
+        for (int q = 0; q < L; ++q) acc[q] = LoadVec<Vec>(xr[q]) * d0;
         for (int64_t b = L; b < width; b += L) {
           const Vec db = LoadVec<Vec>(d + b);
-          for (int q = 0; q < 16; ++q) acc[q] += LoadVec<Vec>(xr[q] + b) * db;
+          for (int q = 0; q < L; ++q) acc[q] += LoadVec<Vec>(xr[q] + b) * db;
         }
-        StoreVec(out + k, SumEachOfSixteen(acc));
+        StoreVec(out + k, SumEachLane<T>(acc));
       }
     }
     for (; k < end; ++k) {
