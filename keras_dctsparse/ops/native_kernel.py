@@ -6,13 +6,13 @@ scatter into zeros (written as `S^T` and transposed on large kernels), a scale a
 add: three to five passes over the kernel. The native op works in strips of 16 columns:
 a strip's values are placed in a zeroed scratch that holds the strip column by column
 (so a column's nonzeros land contiguously), then each kernel row's 64 bytes of the strip
-are written once as `alpha * Kd` plus the scratch transposed (16 x 16 blocks in
-registers): one pass over the kernel. Its gradient op reads the kernel gradient once,
+are written once as `alpha * Kd` plus the scratch transposed (lanes x lanes blocks in
+registers: 16 x 16 float32 with AVX-512, 8 x 8 with AVX2): one pass over the kernel. Its gradient op reads the kernel gradient once,
 strip by strip, for both `alpha` (`sum(dK * Kd)`) and the values (from the transposed
 strip, column by column).
 
-Measured (`alpha * Kd + S` and its gradient, median ms of interleaved runs on 2 cores,
-`python benchmarks/native_parts.py`; the op before the strips, which scattered block of
+Measured on the AVX-512 host (`alpha * Kd + S` and its gradient, median ms of interleaved
+runs on 2 cores, `python benchmarks/native_parts.py`; the op before the strips, which scattered block of
 rows by block of rows, took 10.1-10.2, 5.5-5.6 and 3.7-4.1 ms on 4608 x 512 and
 1.3-2.1, 1.3-1.9 and 0.8 ms on 2304 x 256 in runs alternated with the strips' 5.4-5.9,
 4.3-4.4, 3.4-3.7 and 1.0-1.1, 0.8, 0.6 ms):
