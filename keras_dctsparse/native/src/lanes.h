@@ -50,17 +50,20 @@ struct Lanes<double> {
   static constexpr int kCount = kVectorBytes / 8;
 };
 
-// Unaligned load / store of one lane vector.
+// Unaligned load / store of one lane vector, through a copy of its type that may alias
+// anything and needs only byte alignment (one vmovups). A std::memcpy from a local
+// vector made GCC spill it and store it through general registers in halves on AVX2
+// (the input gradient's updates).
 template <typename V>
 inline V LoadVec(const void* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
+  typedef V Unaligned __attribute__((aligned(1), may_alias));
+  return *static_cast<const Unaligned*>(p);
 }
 
 template <typename V>
 inline void StoreVec(void* p, const V& v) {
-  std::memcpy(p, &v, sizeof(V));
+  typedef V Unaligned __attribute__((aligned(1), may_alias));
+  *static_cast<Unaligned*>(p) = v;
 }
 
 // Horizontal sum of a lane vector (or the scalar itself).
