@@ -20,7 +20,8 @@
 //
 // The sparse part works on "panels": the input rows an image needs, transposed to
 // (row, channel, stride phase, column) with the padding materialized as zeros, so that
-// the 16 (float32) output pixels of a tile read 16 consecutive floats for every nonzero.
+// the output pixels of a tile (16 float32 with AVX-512, 8 with AVX2: one per lane) read
+// that many consecutive floats for every nonzero.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

@@ -12,7 +12,8 @@
 // D is the (m x n) top-left block of the orthonormal DCT-II matrix C_N,
 // N = max(n, m), applied by the fast transform of dct.h; S is given by values at
 // (rows[k], cols[k]) of the (n, m) Keras kernel, sorted by column then row.
-// Batches are processed in lane-major tiles of 16 (float32) or 8 (float64) rows.
+// Batches are processed in lane-major tiles of one vector register's lanes: 16 (float32)
+// or 8 (float64) rows with AVX-512, 8 or 4 with AVX2 (lanes.h).
 #include <unistd.h>
 
 #include <algorithm>
