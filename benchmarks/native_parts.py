@@ -9,8 +9,12 @@
    large dense-enough kernels, plus the scaled offset), on the matrix views of 3x3
    kernels (4608 x 512 is 3x3x512x512).
 
+3. The native dense product's three ops one at a time (`DctSparseMatmul`, its input
+   gradient `DctSparseMatmulInputGrad`, its value gradient `DctSparseMatmulValueGrad`)
+   against `x @ W` with a dense `W` of the same shape (best ms of interleaved runs).
+
 Run:
-    python benchmarks/native_parts.py [--repeats 15]
+    python benchmarks/native_parts.py [--repeats 15] [--parts offset kernel products]
 """
 
 import argparse
@@ -25,6 +29,7 @@ import tensorflow as tf  # noqa: E402
 
 from common import interleaved_ms  # noqa: E402
 from common import markdown_table  # noqa: E402
+from keras_dctsparse.native import library  # noqa: E402
 from keras_dctsparse.ops.native_kernel import native_scatter_kernel  # noqa: E402
 from keras_dctsparse.ops.native_matmul import native_dct_offset  # noqa: E402
 from keras_dctsparse.ops.sparse_conv import scatter_kernel  # noqa: E402
@@ -32,6 +37,8 @@ from keras_dctsparse.ops.transforms import dct_offset  # noqa: E402
 
 LENGTHS, BATCHES = (256, 1024, 4096), (1, 32, 256)
 KERNELS, DENSITIES = ((4608, 512), (2304, 256), (1152, 128), (576, 64)), (1.0, 0.3, 0.1)
+PRODUCTS = ((4096, 256, 0.1), (4096, 256, 0.01), (1024, 256, 0.3), (1024, 32, 0.3),
+            (256, 32, 0.3))  # (width, batch, density) of square layers
 
 
 def offset_rows(repeats):
@@ -83,17 +90,56 @@ def kernel_rows(repeats):
     return rows
 
 
+def product_rows(repeats):
+    ops = library.load()
+    rng = np.random.default_rng(0)
+    rows = []
+    for width, batch, density in PRODUCTS:
+        nnz = int(density * width * width)
+        keys = np.sort(rng.choice(width * width, nnz, replace=False))  # column-major order
+        cols, positions_rows = np.divmod(keys, width)
+        positions = tf.constant(np.stack([positions_rows, cols]).astype(np.int32))
+        values = tf.constant(rng.standard_normal(nnz), tf.float32)
+        x = tf.constant(rng.standard_normal((batch, width)), tf.float32)
+        dy = tf.constant(rng.standard_normal((batch, width)), tf.float32)
+        dense = tf.constant(rng.standard_normal((width, width)), tf.float32)
+        alpha = tf.constant(0.7)
+        ms = interleaved_ms({
+            "forward": tf.function(lambda: ops.dct_sparse_matmul(
+                x, alpha, values, positions, units=width, with_offset=True,
+                offset_output=False)[0][0, 0]),
+            "input gradient": tf.function(lambda: ops.dct_sparse_matmul_input_grad(
+                dy, alpha, values, positions, input_dim=width, with_offset=True)[0, 0]),
+            "value gradient": tf.function(
+                lambda: ops.dct_sparse_matmul_value_grad(x, dy, positions)[0]),
+            "x @ W": tf.function(lambda: tf.matmul(x, dense)[0, 0]),
+        }, repeats)
+        rows.append([f"{width} x {width}", batch, f"{density:g}"]
+                    + [f"{ms[name][0]:.2f}" for name in
+                       ("forward", "input gradient", "value gradient", "x @ W")])
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--parts", nargs="+", choices=("offset", "kernel", "products"),
+                        default=("offset", "kernel", "products"))
     args = parser.parse_args()
-    print("`D x` (forward), median ms of interleaved runs:\n")
-    print(markdown_table(["N", "batch", "tf.signal", "native", "native / tf.signal"],
-                         offset_rows(args.repeats)))
-    print("\n`alpha * Kd + S` and its gradient (values, alpha), median ms of interleaved "
-          "runs:\n")
-    print(markdown_table(["kernel matrix", "density", "TensorFlow ops", "native",
-                          "native / TensorFlow"], kernel_rows(args.repeats)))
+    if "offset" in args.parts:
+        print("`D x` (forward), median ms of interleaved runs:\n")
+        print(markdown_table(["N", "batch", "tf.signal", "native", "native / tf.signal"],
+                             offset_rows(args.repeats)))
+    if "kernel" in args.parts:
+        print("\n`alpha * Kd + S` and its gradient (values, alpha), median ms of interleaved "
+              "runs:\n")
+        print(markdown_table(["kernel matrix", "density", "TensorFlow ops", "native",
+                              "native / TensorFlow"], kernel_rows(args.repeats)))
+    if "products" in args.parts:
+        print("\nThe native dense product's ops one at a time (alpha * D x + x @ S and its "
+              "gradients) and x @ W, best ms of interleaved runs:\n")
+        print(markdown_table(["layer", "batch", "density", "forward", "input gradient",
+                              "value gradient", "x @ W"], product_rows(args.repeats)))
 
 
 if __name__ == "__main__":
