@@ -135,14 +135,19 @@ _US_NATIVE_FFT_FIXED = 20.0  # launching the native DCT ops (forward + gradient)
 # Below this n * m, x @ K^T with oneDNN's transpose_b costs no more than
 # transposing the activations around K^T x^T (measured: 256 x 256).
 TRANSPOSED_PRODUCT_MIN_ELEMENTS = 1 << 18
-# From this batch up, a large K^T is applied as BatchMatMulV2(x, K^T, adj_y=True),
-# which oneDNN runs as fast as x @ K with K stored; K^T x^T (and MatMul's transpose_b)
-# is 15-30% slower there. Below it (batch 1 to 32) K^T x^T is as fast or faster.
-# `python benchmarks/dense_layer.py --widths 1024 4096 --batches 128 256 --densities 1
-# 0.3 0.1 --kinds auto`, old and new code alternating twice, forward of the
-# materialized kernel: 4096 x 4096 at density 1, batch 256, 27.5 / 26.7 ms before and
-# 20.1 / 19.8 ms after (Dense 19.0-19.7 ms); batch 128, 15.1 / 13.5 -> 11.2 / 11.4 ms
-# (Dense 11.0-11.4); 1024 x 1024, batch 256, 2.46 / 2.04 -> 1.68 / 1.73 ms.
+# On CPUs with AVX-512, from this batch up, a large K^T is applied as
+# BatchMatMulV2(x, K^T, adj_y=True), which oneDNN runs there as fast as x @ K with K
+# stored; K^T x^T (and MatMul's transpose_b) is 15-30% slower there. Below it (batch 1
+# to 32) K^T x^T is as fast or faster. `python benchmarks/dense_layer.py --widths 1024
+# 4096 --batches 128 256 --densities 1 0.3 0.1 --kinds auto`, old and new code
+# alternating twice, forward of the materialized kernel: 4096 x 4096 at density 1, batch
+# 256, 27.5 / 26.7 ms before and 20.1 / 19.8 ms after (Dense 19.0-19.7 ms); batch 128,
+# 15.1 / 13.5 -> 11.2 / 11.4 ms (Dense 11.0-11.4); 1024 x 1024, batch 256, 2.46 / 2.04
+# -> 1.68 / 1.73 ms. Without AVX-512 (an AVX2 AMD EPYC, `python
+# benchmarks/matmul_forms.py`) BatchMatMulV2 with adj_y and MatMul's transpose_b are 2-5x
+# slower than K^T x^T at every batch from 8 up for kernels of 2048 x 2048 and more
+# (4096 x 4096, batch 256: 205 against 63 ms, and x @ K 107 ms), so K^T x^T is the form
+# there at every batch.
 BATCHED_PRODUCT_MIN_BATCH = 64
 
 
@@ -239,16 +244,16 @@ def materialized_allowed(input_dim, units):
 PRODUCT_FORMS = ("transpose_b", "transposed", "batched", "by_batch")
 
 
-def product_form(input_dim, units, batch=None):
+def product_form(input_dim, units, batch=None, avx512=False):
     """How the materialized kernel applies its dense `K^T` (shape `(units, input_dim)`).
 
     - `"transpose_b"`: `tf.matmul(x, K^T, transpose_b=True)`, for kernels below
       `TRANSPOSED_PRODUCT_MIN_ELEMENTS` entries;
-    - `"transposed"`: `(K^T x^T)^T`, for larger kernels at batches below
-      `BATCHED_PRODUCT_MIN_BATCH`;
+    - `"transposed"`: `(K^T x^T)^T`, for larger kernels: at every batch without
+      AVX-512, at batches below `BATCHED_PRODUCT_MIN_BATCH` with it;
     - `"batched"`: `BatchMatMulV2(x, K^T, adj_y=True)`, for larger kernels from that
-      batch up;
-    - `"by_batch"`: the batch is unknown when the call is traced (as under
+      batch up, with AVX-512;
+    - `"by_batch"`: with AVX-512, when the batch is unknown at trace time (as under
       `model.fit`): one `tf.cond` on the run-time batch picks `"transposed"` or
       `"batched"` (a few microseconds, against at least 0.2 ms for the product).
 
@@ -256,6 +261,8 @@ def product_form(input_dim, units, batch=None):
         input_dim: Number of inputs `n`.
         units: Number of outputs `m`.
         batch: Rows of the input, or None when unknown at trace time.
+        avx512: Whether the CPU has AVX-512 (`cpu_features.has_avx512()`), where
+            oneDNN's batched product with `adj_y` is the fastest form at large batches.
 
     Returns:
         One of `PRODUCT_FORMS`.
@@ -265,10 +272,14 @@ def product_form(input_dim, units, batch=None):
     >>> product_form(256, 256, 256), product_form(1024, 1024, 32)
     ('transpose_b', 'transposed')
     >>> product_form(1024, 1024, 64), product_form(1024, 1024)
+    ('transposed', 'transposed')
+    >>> product_form(1024, 1024, 64, avx512=True), product_form(1024, 1024, avx512=True)
     ('batched', 'by_batch')
     """
     if int(input_dim) * int(units) < TRANSPOSED_PRODUCT_MIN_ELEMENTS:
         return "transpose_b"
+    if not avx512:
+        return "transposed"
     if batch is None:
         return "by_batch"
     return "batched" if int(batch) >= BATCHED_PRODUCT_MIN_BATCH else "transposed"

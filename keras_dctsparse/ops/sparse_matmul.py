@@ -20,8 +20,8 @@ Kernels (measured in `benchmarks/dense_layer.py`):
   to be constant-folded and cheaper than the fast DCT of the batch
   (`kernel_choice.use_folded_block`; it is generated in-graph from cosines,
   never stored or saved), then dense matmuls (the forward in the form
-  `kernel_choice.product_form` picks by kernel size and batch, with one `tf.cond`
-  on the batch when it is unknown at trace time). The value
+  `kernel_choice.product_form` picks by kernel size, batch and whether the CPU has
+  AVX-512, with one `tf.cond` on the batch when it is unknown at trace time there). The value
   gradient is a gather of `dy^T x` at the positions (or the sampled product at
   low density). Fastest for small layers and high densities. It allocates
   `n * m` elements per step, so it is refused above
@@ -47,6 +47,7 @@ from tensorflow.python.ops import control_flow_util
 
 from keras_dctsparse.native import library as native_library
 from keras_dctsparse.native import policy as native_policy
+from keras_dctsparse.ops import cpu_features
 from keras_dctsparse.ops import kernel_choice
 from keras_dctsparse.ops import kernel_registry
 from keras_dctsparse.ops import native_matmul
@@ -273,7 +274,8 @@ def _materialized_matmul(x, values, rows, cols, units, alpha=None, positions=Non
     with_block = alpha is not None and kernel_choice.use_folded_block(
         input_dim, units, x.shape[0], x.dtype.name, native=native_allowed(x.dtype)
     )
-    form = kernel_choice.product_form(input_dim, units, x.shape[0])
+    form = kernel_choice.product_form(input_dim, units, x.shape[0],
+                                      avx512=cpu_features.has_avx512())
 
     @tf.custom_gradient
     def product(x, values, *scale):

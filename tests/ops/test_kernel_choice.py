@@ -126,15 +126,19 @@ def test_folded_block_against_the_native_dct():
     assert kc.native_fft_cost(512, 512, 256) < kc._fft_cost(512, 512, 256)
 
 
-def test_product_form_by_kernel_size_and_batch():
+def test_product_form_by_kernel_size_batch_and_cpu():
     small = kc.TRANSPOSED_PRODUCT_MIN_ELEMENTS - 1
     large = kc.TRANSPOSED_PRODUCT_MIN_ELEMENTS
     threshold = kc.BATCHED_PRODUCT_MIN_BATCH
-    for batch in (1, threshold, None):
-        assert kc.product_form(small, 1, batch) == "transpose_b"
-    assert kc.product_form(large, 1, threshold - 1) == "transposed"
-    assert kc.product_form(large, 1, threshold) == "batched"
-    assert kc.product_form(1, large, None) == "by_batch"
+    for avx512 in (False, True):
+        for batch in (1, threshold, None):
+            assert kc.product_form(small, 1, batch, avx512=avx512) == "transpose_b"
+        assert kc.product_form(large, 1, threshold - 1, avx512=avx512) == "transposed"
+    # The batched form and the tf.cond between forms only where oneDNN has AVX-512.
+    assert kc.product_form(large, 1, threshold, avx512=True) == "batched"
+    assert kc.product_form(1, large, None, avx512=True) == "by_batch"
+    for batch in (threshold, 4096, None):
+        assert kc.product_form(large, 1, batch) == "transposed"
     assert set(kc.PRODUCT_FORMS) == {"transpose_b", "transposed", "batched",
                                                 "by_batch"}
 

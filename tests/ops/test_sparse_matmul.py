@@ -3,6 +3,7 @@ import pytest
 import tensorflow as tf
 
 from keras_dctsparse.native import library as native_library
+from keras_dctsparse.ops import cpu_features
 from keras_dctsparse.ops import kernel_choice
 from keras_dctsparse.ops import kernel_registry as registry
 from keras_dctsparse.ops import sparse_matmul as sm
@@ -95,19 +96,24 @@ BRANCH_CASES = [
 
 
 @pytest.mark.parametrize(
-    "case, dynamic_batch, form",
+    "case, dynamic_batch, avx512, form",
     [
-        ((600, 500, 30000, 5), False, "transposed"),
-        ((600, 500, 30000, 70), False, "batched"),
+        ((600, 500, 30000, 5), False, True, "transposed"),
+        ((600, 500, 30000, 70), False, True, "batched"),
+        ((600, 500, 30000, 70), False, False, "transposed"),
         # Batch unknown when traced: the tf.cond picks each side at run time.
-        ((600, 500, 30000, 5), True, "by_batch"),
-        ((600, 500, 30000, 70), True, "by_batch"),
-        ((300, 250, 1000, 70), True, "transpose_b"),
+        ((600, 500, 30000, 5), True, True, "by_batch"),
+        ((600, 500, 30000, 70), True, True, "by_batch"),
+        ((600, 500, 30000, 70), True, False, "transposed"),
+        ((300, 250, 1000, 70), True, False, "transpose_b"),
     ],
 )
-def test_every_product_form_matches_numpy(case, dynamic_batch, form):
+def test_every_product_form_matches_numpy(case, dynamic_batch, avx512, form, monkeypatch):
+    # The form follows the CPU (`cpu_features.has_avx512`): every form runs on every host.
+    monkeypatch.setattr(cpu_features, "has_avx512", lambda flags=None: avx512)
     n, m, _, batch = case
-    assert kernel_choice.product_form(n, m, None if dynamic_batch else batch) == form
+    assert kernel_choice.product_form(n, m, None if dynamic_batch else batch,
+                                      avx512=avx512) == form
     actual, expected, magnitudes = offset_problem(
         *case, tf.float32, "materialized", dynamic_batch=dynamic_batch
     )
