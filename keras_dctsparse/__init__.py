@@ -30,6 +30,7 @@ _PUBLIC = {
     "fit_multi_worker": "keras_dctsparse.training",
     "models": "keras_dctsparse.models",
     "set_native_kernels": "keras_dctsparse.native",
+    "use_bfc_cpu_allocator": "keras_dctsparse.cpu_allocator",
     "native_kernels": "keras_dctsparse.native",
 }
 

@@ -21,7 +21,9 @@ are stored in ``OUT/run_config.json``; a rerun with other arguments stops
 with an error naming them.
 
 TensorFlow is imported only after the arguments are parsed, with its
-start-up logging silenced unless ``TF_CPP_MIN_LOG_LEVEL`` is set.
+start-up logging silenced unless ``TF_CPP_MIN_LOG_LEVEL`` is set, and with its
+BFC allocator for CPU tensors unless ``TF_CPU_ALLOCATOR_USE_BFC`` is set
+(``keras_dctsparse.cpu_allocator``; set it to ``false`` for TensorFlow's default).
 
 Exit status: 0 on success, 2 for bad arguments or an unavailable dataset,
 1 for other errors (for example a model that cannot be exported).
@@ -446,7 +448,12 @@ def _import_tensorflow():
     yourself (for example to 0) to see them.
     """
     import keras_dctsparse
+    from keras_dctsparse.cpu_allocator import ALLOCATOR_VARIABLE
 
+    # TensorFlow's BFC allocator for CPU tensors, unless the environment says otherwise
+    # (keras_dctsparse.cpu_allocator: large steps fault in fresh pages every step with
+    # the default malloc allocator). Read when TensorFlow creates its first tensor.
+    os.environ.setdefault(ALLOCATOR_VARIABLE, "true")
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
         keras_dctsparse._import_public_api()
         return
