@@ -8,7 +8,8 @@ every page of them again in every step. The BFC allocator keeps freed memory in
 a pool and reuses it. The native sparse ops allocate several such tensors per
 step (the conv offset's `U, V` maps, the kept offset, the input gradient), and
 on a 2-core AMD EPYC the BFC allocator cut the `DCTSparseConv2D` train step by a
-third to a half (`Conv2D`'s by 5-10%; README, "TensorFlow's CPU allocator").
+third to a half (`Conv2D`'s and `Dense`'s by 3-29%; README, "TensorFlow's CPU
+allocator").
 
 TensorFlow reads the variable once, when it creates its CPU allocator (at the
 first tensor), so it must be set before that: in the environment, or by

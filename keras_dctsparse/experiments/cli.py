@@ -450,10 +450,12 @@ def _import_tensorflow():
     import keras_dctsparse
     from keras_dctsparse.cpu_allocator import ALLOCATOR_VARIABLE
 
-    # TensorFlow's BFC allocator for CPU tensors, unless the environment says otherwise
-    # (keras_dctsparse.cpu_allocator: large steps fault in fresh pages every step with
-    # the default malloc allocator). Read when TensorFlow creates its first tensor.
-    os.environ.setdefault(ALLOCATOR_VARIABLE, "true")
+    if "tensorflow" not in sys.modules:
+        # TensorFlow's BFC allocator for CPU tensors, unless the environment says otherwise
+        # (keras_dctsparse.cpu_allocator: large steps fault in fresh pages every step with
+        # the default malloc allocator). Read when TensorFlow creates its first tensor; a
+        # program that imported TensorFlow before calling the CLI keeps its allocator.
+        os.environ.setdefault(ALLOCATOR_VARIABLE, "true")
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
         keras_dctsparse._import_public_api()
         return
