@@ -33,6 +33,8 @@ from keras_dctsparse.native import library  # noqa: E402
 from keras_dctsparse.ops.native_kernel import native_scatter_kernel  # noqa: E402
 from keras_dctsparse.ops.native_matmul import native_dct_offset  # noqa: E402
 from keras_dctsparse.ops.sparse_conv import scatter_kernel  # noqa: E402
+from keras_dctsparse.ops.support import num_nonzeros  # noqa: E402
+from keras_dctsparse.ops.support import sample_support  # noqa: E402
 from keras_dctsparse.ops.transforms import dct_offset  # noqa: E402
 
 LENGTHS, BATCHES = (256, 1024, 4096), (1, 32, 256)
@@ -95,10 +97,8 @@ def product_rows(repeats):
     rng = np.random.default_rng(0)
     rows = []
     for width, batch, density in PRODUCTS:
-        nnz = int(density * width * width)
-        keys = np.sort(rng.choice(width * width, nnz, replace=False))  # column-major order
-        cols, positions_rows = np.divmod(keys, width)
-        positions = tf.constant(np.stack([positions_rows, cols]).astype(np.int32))
+        nnz = num_nonzeros(width * width, density)
+        positions = tf.constant(np.stack(sample_support((width, width), nnz, seed=0)), tf.int32)
         values = tf.constant(rng.standard_normal(nnz), tf.float32)
         x = tf.constant(rng.standard_normal((batch, width)), tf.float32)
         dy = tf.constant(rng.standard_normal((batch, width)), tf.float32)
