@@ -1,12 +1,12 @@
 """Loading the native library, and what happens when it cannot be built."""
 
 import logging
-import os
 
 import pytest
 
 from keras_dctsparse.native import build
 from keras_dctsparse.native import library
+from keras_dctsparse.ops import cpu_features
 from keras_dctsparse.ops import sparse_matmul
 
 
@@ -38,14 +38,10 @@ def test_vector_bytes_follow_the_cpu():
     """The lane vectors are the CPU's widest registers (what -march=native compiled for)."""
     if not library.available():
         pytest.skip(f"native kernels unavailable: {library.unavailable_reason()}")
-    if not os.path.exists("/proc/cpuinfo"):
-        pytest.skip("no /proc/cpuinfo here")
-    with open("/proc/cpuinfo") as info:
-        flags = next((set(line.split(":", 1)[1].split()) for line in info
-                      if line.startswith("flags")), set())
+    flags = cpu_features.cpu_flags()
     if not flags:
-        pytest.skip("no x86 feature flags in /proc/cpuinfo")
-    want = 64 if "avx512f" in flags else 32 if "avx" in flags else 16
+        pytest.skip("no CPU feature flags in /proc/cpuinfo here")
+    want = 64 if cpu_features.has_avx512(flags) else 32 if "avx" in flags else 16
     assert library.vector_bytes() == want
     assert library.lane_count("float32") == want // 4
     assert library.lane_count("float64") == want // 8
