@@ -66,3 +66,14 @@ def random_sparse_problem(n, m, nnz, batch, rng=None):
     x = rng.standard_normal((batch, n))
     dy = rng.standard_normal((batch, m))
     return rows.astype(np.int32), cols.astype(np.int32), values, dense, x, dy
+
+
+def assert_sum_close(actual, terms, rtol):
+    """Checks ``actual`` against ``sum(terms)`` to ``rtol`` of the terms' absolute sum.
+
+    A reduction of many products (alpha's gradient) may cancel to far below its terms, and
+    float32 rounding is relative to the terms' magnitudes, not to the result; a wrong or
+    missing term still fails by orders of magnitude.
+    """
+    terms = np.asarray(terms, dtype=np.float64)
+    np.testing.assert_allclose(actual, terms.sum(), rtol=0, atol=rtol * np.abs(terms).sum())
