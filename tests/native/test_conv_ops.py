@@ -35,6 +35,16 @@ CASES = [
     (2, 17, 19, 7, 33, (3, 3), (3, 3), (1, 1), "valid", 0.1),
 ]
 
+# Wide rows of uv (w * 2 * filters values), so that the table form computes uv in several
+# bands of output rows (the op's kUvBandBytes, 256 KiB): bands of 6 rows (2 in float64),
+# of 1 row, strided and dilated.
+BAND_CASES = [
+    (1, 30, 32, 4, 128, (3, 3), (1, 1), (1, 1), "same", 0.02),
+    (3, 11, 64, 8, 256, (3, 3), (1, 1), (1, 1), "same", 0.01),
+    (1, 21, 40, 6, 200, (3, 3), (2, 2), (1, 1), "same", 0.05),
+    (2, 20, 48, 5, 160, (3, 3), (1, 1), (2, 2), "valid", 0.05),
+]
+
 
 def _problem(case, dtype, rng):
     batch, h, w, c_in, filters, kernel, strides, dilation, padding, density = case
@@ -102,10 +112,12 @@ def test_forward_and_gradients_match_im2col(case, with_offset, with_bias, dtype)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[1:5])) + f"-{c[8]}")
+@pytest.mark.parametrize("case", CASES + BAND_CASES,
+                         ids=lambda c: "x".join(map(str, c[1:5])) + f"-{c[8]}")
 def test_forward_from_the_table_matches_im2col(case, with_bias, dtype):
     """`uv_is_table`: the op multiplies each work unit's image rows by `[cos | sin]` itself
-    (every geometry, with halo rows and units that split an image's rows)."""
+    (every geometry, with halo rows, units that split an image's rows, and bands of rows
+    within a unit whose shared rows move to the front of the buffer)."""
     rng = np.random.default_rng()
     p = _problem(case, dtype, rng)
     ops = library.load()

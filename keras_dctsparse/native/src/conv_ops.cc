@@ -333,6 +333,10 @@ class TapCache {
   std::vector<T> u_, v_;
 };
 
+// The bytes of uv a forward with uv_is_table computes at a time (one band of output rows'
+// input rows): about half an L2 cache, so that the taps read uv from it.
+constexpr int64_t kUvBandBytes = 256 * 1024;
+
 // Output rows [oh0, oh1) of every image, as work units of (image, row block).
 struct RowBlocks {
   int64_t per_image, rows_per_block;
@@ -607,24 +611,45 @@ class ConvOp : public OpKernel {
       BuildPanel(p, X, b, first, last, panel.data());
       Buffer<T> tile(f * L), offset_tile(O == nullptr ? L * f : 0);
       std::vector<const T*> tap_sources;
-      // The uv rows the taps of these output rows read: image b's, or computed here.
+      // The uv rows the taps of these output rows read: image b's, or (uv_is_table)
+      // computed here, band by band of output rows, into a buffer that holds the input rows
+      // of one band (about kUvBandBytes, so that the taps read them from cache); the rows a
+      // band shares with the next move to the front of the buffer instead of being
+      // recomputed.
       const T* uv_rows = with_offset_ && !uv_is_table_ ? UV + b * p.h * p.w * 2 * f : nullptr;
-      int64_t row0 = 0;
+      int64_t row0 = 0, band = oh1 - oh0;
       Buffer<T> local_uv;
+      int64_t have0 = 0, have1 = 0;  // image rows [have0, have1) in local_uv
+      const int64_t row_size = p.w * 2 * f;
       if (uv_is_table_) {
-        row0 = std::max<int64_t>(0, first - attrs_.pad_top);
-        const int64_t row1 = std::min<int64_t>(p.h, last - attrs_.pad_top);
-        if (row1 > row0) {
-          const int64_t pixels = (row1 - row0) * p.w;
-          local_uv.Resize(pixels * 2 * f);
-          Eigen::Map<const Matrix> x_rows(X + (b * p.h + row0) * p.w * p.c_in, pixels, p.c_in);
+        const int64_t rows_fit = std::max<int64_t>(1, kUvBandBytes / (row_size * sizeof(T)));
+        band = std::max<int64_t>(1, std::min<int64_t>(band, (rows_fit - (attrs_.kh - 1) * attrs_.dh - 1) / attrs_.sh + 1));
+        local_uv.Resize((band * attrs_.sh + (attrs_.kh - 1) * attrs_.dh + 1) * row_size);
+      }
+      for (int64_t bh0 = oh0; bh0 < oh1; bh0 += band) {
+      const int64_t bh1 = std::min(oh1, bh0 + band);
+      if (uv_is_table_) {
+        const int64_t need0 = std::max<int64_t>(0, p.FirstRow(bh0) - attrs_.pad_top);
+        const int64_t need1 = std::min<int64_t>(p.h, p.LastRow(bh1) - attrs_.pad_top);
+        int64_t kept = 0;
+        if (need0 >= have0 && need0 < have1) {
+          kept = std::min(have1, need1) - need0;
+          std::memmove(local_uv.data(), local_uv.data() + (need0 - have0) * row_size,
+                       kept * row_size * sizeof(T));
+        }
+        if (need1 > need0 + kept) {
+          const int64_t pixels = (need1 - need0 - kept) * p.w;
+          Eigen::Map<const Matrix> x_rows(X + (b * p.h + need0 + kept) * p.w * p.c_in, pixels,
+                                          p.c_in);
           Eigen::Map<const Matrix> table(UV, p.c_in, 2 * f);
-          Eigen::Map<Matrix> out(local_uv.data(), pixels, 2 * f);
+          Eigen::Map<Matrix> out(local_uv.data() + kept * row_size, pixels, 2 * f);
           out.noalias() = x_rows * table;
         }
+        have0 = row0 = need0;
+        have1 = std::max(need1, need0);
         uv_rows = local_uv.data();
       }
-      for (int64_t oh = oh0; oh < oh1; ++oh) {
+      for (int64_t oh = bh0; oh < bh1; ++oh) {
         for (int64_t ow0 = 0; ow0 < out_w; ow0 += L) {
           const int64_t count = std::min<int64_t>(L, out_w - ow0);
           const T* base = panel.data() + p.Base(oh, ow0, first);
@@ -652,6 +677,7 @@ class ConvOp : public OpKernel {
           OffsetTaps(p, uv_rows, row0, u_taps->data(), v_taps->data(), zeros.data(), oh, ow0,
                      count, a, o_row, y_row, &tap_sources);
         }
+      }
       }
     });
   }
