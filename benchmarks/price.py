@@ -16,9 +16,15 @@ Then it prints every issue-10 target with the measured worst case and whether it
 With `--readme README.md` it rewrites the part of the README between
 `<!-- price:begin -->` and `<!-- price:end -->` with the tables of this run.
 
+Like the `dctsparse` command line, it runs with TensorFlow's BFC CPU allocator
+(`keras_dctsparse.use_bfc_cpu_allocator`, README "TensorFlow's CPU allocator") unless the
+environment sets `TF_CPU_ALLOCATOR_USE_BFC` (`false`: `malloc`), for the baselines and
+the DCTpS layers alike; the first line of the output names the allocator.
+
 Run:
     python benchmarks/price.py --readme README.md      # everything (about an hour on 2 cores)
     python benchmarks/price.py --quick                 # a few of each, minutes
+    TF_CPU_ALLOCATOR_USE_BFC=false python benchmarks/price.py   # with malloc
 """
 
 import argparse
@@ -28,6 +34,7 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # before TensorFlow's first tensor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
@@ -37,6 +44,7 @@ import conv_layer  # noqa: E402
 import dense_layer  # noqa: E402
 import models  # noqa: E402
 from common import markdown_table  # noqa: E402
+from keras_dctsparse.cpu_allocator import bfc_cpu_allocator_active  # noqa: E402
 
 BEGIN, END = "<!-- price:begin -->", "<!-- price:end -->"
 
@@ -110,10 +118,11 @@ def run(args):
                                          examples=args.examples or examples)
     minutes = (time.perf_counter() - start) / 60
 
+    allocator = "BFC" if bfc_cpu_allocator_active() else "malloc"
     emit(f"Measured with `python benchmarks/price.py {' '.join(args.argv)}` "
          f"(TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
-         f"{minutes:.0f} min). Ratios are DCTpS time over the dense baseline's time measured "
-         "interleaved in the same run; below 1 is cheaper.")
+         f"{allocator} CPU allocator, {minutes:.0f} min). Ratios are DCTpS time over the "
+         "dense baseline's time measured interleaved in the same run; below 1 is cheaper.")
     emit()
     emit("Targets (issue 10):")
     emit()
