@@ -25,6 +25,7 @@ __all__ = [
 _LOGGER = logging.getLogger("keras_dctsparse")
 _lock = threading.Lock()
 _module = None
+_path = None  # the file `_module` was loaded from
 _error = None
 _vector_bytes = None
 
@@ -42,7 +43,7 @@ def load():
     Raises:
         NativeKernelsUnavailable: naming why (no compiler, compile error, load error).
     """
-    global _module, _error
+    global _module, _path, _error
     with _lock:
         if _module is not None:
             return _module
@@ -57,7 +58,9 @@ def load():
                     "keras_dctsparse: compiling the native CPU kernels (once per machine, "
                     "about 30 s) into %s", path,
                 )
-            _module = tf.load_op_library(build_module.build())
+            built = build_module.build()
+            _module = tf.load_op_library(built)
+            _path = built
         except Exception as error:  # compiler missing, compile or load failure
             _error = (
                 f"{type(error).__name__}: {error}. The layers use the stock TensorFlow "
@@ -101,7 +104,9 @@ def vector_bytes():
     load()
     with _lock:
         if _vector_bytes is None:
-            _vector_bytes = int(ctypes.CDLL(build_module.library_path()).DctSparseVectorBytes())
+            # The file loaded, not `library_path()` again: that names the build of the
+            # sources as they are now, which may have changed since (a checkout).
+            _vector_bytes = int(ctypes.CDLL(_path).DctSparseVectorBytes())
         return _vector_bytes
 
 

@@ -47,6 +47,17 @@ def test_vector_bytes_follow_the_cpu():
     assert library.lane_count("float64") == want // 8
 
 
+def test_vector_bytes_read_the_loaded_file_after_the_sources_change(monkeypatch):
+    """Once loaded, the library answers from the file it was loaded from, even when the
+    sources now hash to another build (edited or checked out while a program runs)."""
+    if not library.available():
+        pytest.skip(f"native kernels unavailable: {library.unavailable_reason()}")
+    want = library.vector_bytes()
+    monkeypatch.setattr(library, "_vector_bytes", None)
+    monkeypatch.setattr(build, "library_path", lambda: "/nonexistent/_dctsparse_ops.so")
+    assert library.vector_bytes() == want
+
+
 def test_unbuildable_library_warns_once_and_stock_kernels_run(unbuildable, caplog):
     with caplog.at_level(logging.WARNING, logger="keras_dctsparse"):
         assert not library.available()
