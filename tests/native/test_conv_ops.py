@@ -36,8 +36,8 @@ CASES = [
 ]
 
 # Wide rows of uv (w * 2 * filters values), so that the table form computes uv in several
-# bands of output rows (the op's kUvBandBytes, 256 KiB): bands of 6 rows (2 in float64),
-# of 1 row, strided and dilated.
+# bands of output rows (the op's kUvBandBytes, 512 KiB): bands of 14 rows (6 in float64),
+# of 2 rows (1 in float64), strided and dilated.
 BAND_CASES = [
     (1, 30, 32, 4, 128, (3, 3), (1, 1), (1, 1), "same", 0.02),
     (3, 11, 64, 8, 256, (3, 3), (1, 1), (1, 1), "same", 0.01),

@@ -333,9 +333,12 @@ class TapCache {
   std::vector<T> u_, v_;
 };
 
-// The bytes of uv a forward with uv_is_table computes at a time (one band of output rows'
-// input rows): about half an L2 cache, so that the taps read uv from it.
-constexpr int64_t kUvBandBytes = 256 * 1024;
+// The bytes of uv a forward with uv_is_table computes at a time (the input rows of one
+// band of output rows), so that the taps read uv from cache and a unit's scratch does not
+// grow with the image (it held the whole image's uv: 25.7 MB for 224 x 224 x 64 filters).
+// 512 KiB (one core's L2 on the AVX2 host) measured as fast as 256 KiB on 8-32 maps and
+// faster on 112 x 112 (README, "Speed on AVX2 CPUs").
+constexpr int64_t kUvBandBytes = 512 * 1024;
 
 // Output rows [oh0, oh1) of every image, as work units of (image, row block).
 struct RowBlocks {
@@ -623,61 +626,62 @@ class ConvOp : public OpKernel {
       const int64_t row_size = p.w * 2 * f;
       if (uv_is_table_) {
         const int64_t rows_fit = std::max<int64_t>(1, kUvBandBytes / (row_size * sizeof(T)));
-        band = std::max<int64_t>(1, std::min<int64_t>(band, (rows_fit - (attrs_.kh - 1) * attrs_.dh - 1) / attrs_.sh + 1));
-        local_uv.Resize((band * attrs_.sh + (attrs_.kh - 1) * attrs_.dh + 1) * row_size);
+        const int64_t halo = (attrs_.kh - 1) * attrs_.dh + 1;  // input rows of one output row
+        band = std::max<int64_t>(1, std::min<int64_t>(band, (rows_fit - halo) / attrs_.sh + 1));
+        local_uv.Resize((band * attrs_.sh + halo) * row_size);
       }
       for (int64_t bh0 = oh0; bh0 < oh1; bh0 += band) {
-      const int64_t bh1 = std::min(oh1, bh0 + band);
-      if (uv_is_table_) {
-        const int64_t need0 = std::max<int64_t>(0, p.FirstRow(bh0) - attrs_.pad_top);
-        const int64_t need1 = std::min<int64_t>(p.h, p.LastRow(bh1) - attrs_.pad_top);
-        int64_t kept = 0;
-        if (need0 >= have0 && need0 < have1) {
-          kept = std::min(have1, need1) - need0;
-          std::memmove(local_uv.data(), local_uv.data() + (need0 - have0) * row_size,
-                       kept * row_size * sizeof(T));
-        }
-        if (need1 > need0 + kept) {
-          const int64_t pixels = (need1 - need0 - kept) * p.w;
-          Eigen::Map<const Matrix> x_rows(X + (b * p.h + need0 + kept) * p.w * p.c_in, pixels,
-                                          p.c_in);
-          Eigen::Map<const Matrix> table(UV, p.c_in, 2 * f);
-          Eigen::Map<Matrix> out(local_uv.data() + kept * row_size, pixels, 2 * f);
-          out.noalias() = x_rows * table;
-        }
-        have0 = row0 = need0;
-        have1 = std::max(need1, need0);
-        uv_rows = local_uv.data();
-      }
-      for (int64_t oh = bh0; oh < bh1; ++oh) {
-        for (int64_t ow0 = 0; ow0 < out_w; ow0 += L) {
-          const int64_t count = std::min<int64_t>(L, out_w - ow0);
-          const T* base = panel.data() + p.Base(oh, ow0, first);
-          // Sparse part, one lane per output pixel, by output channels (columns of S).
-          for (int64_t c = 0; c < f; ++c) {
-            Vec a0{}, a1{}, a2{}, a3{};
-            int64_t k = p.ptr[c];
-            const int64_t end = p.ptr[c + 1];
-            for (; k + 4 <= end; k += 4) {
-              a0 += LoadVec<Vec>(base + p.delta[k]) * V[k];
-              a1 += LoadVec<Vec>(base + p.delta[k + 1]) * V[k + 1];
-              a2 += LoadVec<Vec>(base + p.delta[k + 2]) * V[k + 2];
-              a3 += LoadVec<Vec>(base + p.delta[k + 3]) * V[k + 3];
-            }
-            for (; k < end; ++k) a0 += LoadVec<Vec>(base + p.delta[k]) * V[k];
-            StoreVec(tile.data() + c * L, (a0 + a1) + (a2 + a3));
+        const int64_t bh1 = std::min(oh1, bh0 + band);
+        if (uv_is_table_) {
+          const int64_t need0 = std::max<int64_t>(0, p.FirstRow(bh0) - attrs_.pad_top);
+          const int64_t need1 = std::min<int64_t>(p.h, p.LastRow(bh1) - attrs_.pad_top);
+          int64_t kept = 0;
+          if (need0 >= have0 && need0 < have1) {
+            kept = std::min(have1, need1) - need0;
+            std::memmove(local_uv.data(), local_uv.data() + (need0 - have0) * row_size,
+                         kept * row_size * sizeof(T));
           }
-          T* y_row = Y + ((b * out_h + oh) * out_w + ow0) * f;
-          Transpose(tile.data(), f, count, L, y_row, f);
-          if (BIAS != nullptr) AddBias(BIAS, f, count, y_row);
-          if (!with_offset_) continue;
-          // Offset part, vectorized over output channels: the DCT taps on uv.
-          // Without the offset output (inference) the offset goes to a tile of scratch.
-          T* o_row = O != nullptr ? O + ((b * out_h + oh) * out_w + ow0) * f : offset_tile.data();
-          OffsetTaps(p, uv_rows, row0, u_taps->data(), v_taps->data(), zeros.data(), oh, ow0,
-                     count, a, o_row, y_row, &tap_sources);
+          if (need1 > need0 + kept) {
+            const int64_t pixels = (need1 - need0 - kept) * p.w;
+            Eigen::Map<const Matrix> x_rows(X + (b * p.h + need0 + kept) * p.w * p.c_in, pixels,
+                                            p.c_in);
+            Eigen::Map<const Matrix> table(UV, p.c_in, 2 * f);
+            Eigen::Map<Matrix> out(local_uv.data() + kept * row_size, pixels, 2 * f);
+            out.noalias() = x_rows * table;
+          }
+          have0 = row0 = need0;
+          have1 = std::max(need1, need0);
+          uv_rows = local_uv.data();
         }
-      }
+        for (int64_t oh = bh0; oh < bh1; ++oh) {
+          for (int64_t ow0 = 0; ow0 < out_w; ow0 += L) {
+            const int64_t count = std::min<int64_t>(L, out_w - ow0);
+            const T* base = panel.data() + p.Base(oh, ow0, first);
+            // Sparse part, one lane per output pixel, by output channels (columns of S).
+            for (int64_t c = 0; c < f; ++c) {
+              Vec a0{}, a1{}, a2{}, a3{};
+              int64_t k = p.ptr[c];
+              const int64_t end = p.ptr[c + 1];
+              for (; k + 4 <= end; k += 4) {
+                a0 += LoadVec<Vec>(base + p.delta[k]) * V[k];
+                a1 += LoadVec<Vec>(base + p.delta[k + 1]) * V[k + 1];
+                a2 += LoadVec<Vec>(base + p.delta[k + 2]) * V[k + 2];
+                a3 += LoadVec<Vec>(base + p.delta[k + 3]) * V[k + 3];
+              }
+              for (; k < end; ++k) a0 += LoadVec<Vec>(base + p.delta[k]) * V[k];
+              StoreVec(tile.data() + c * L, (a0 + a1) + (a2 + a3));
+            }
+            T* y_row = Y + ((b * out_h + oh) * out_w + ow0) * f;
+            Transpose(tile.data(), f, count, L, y_row, f);
+            if (BIAS != nullptr) AddBias(BIAS, f, count, y_row);
+            if (!with_offset_) continue;
+            // Offset part, vectorized over output channels: the DCT taps on uv.
+            // Without the offset output (inference) the offset goes to a tile of scratch.
+            T* o_row = O != nullptr ? O + ((b * out_h + oh) * out_w + ow0) * f : offset_tile.data();
+            OffsetTaps(p, uv_rows, row0, u_taps->data(), v_taps->data(), zeros.data(), oh, ow0,
+                       count, a, o_row, y_row, &tap_sources);
+          }
+        }
       }
     });
   }
