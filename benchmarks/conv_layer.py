@@ -28,6 +28,7 @@ Run:
     python benchmarks/conv_layer.py --quick     # a few minutes on 2 cores
     python benchmarks/conv_layer.py             # all shapes, batches 32 and 128 (long)
     python benchmarks/conv_layer.py --vgg19     # zoo VGG19 train step, dense vs 1% / 0.1%
+    python benchmarks/conv_layer.py --shapes 112,64,64 --batch 8 --forward-only   # inference
 
 `conv_layer_rows(...)` and `vgg19_rows(...)` return the rows (dicts) for other scripts
 (benchmarks/price.py).
@@ -90,7 +91,7 @@ def _path(layer, x):
 
 
 def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats=7,
-                    log=print, kinds=None):
+                    log=print, kinds=None, forward_only=False):
     """Times every candidate; returns one dict per (shape, batch, density, candidate).
 
     Args:
@@ -100,6 +101,7 @@ def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats
         repeats: Interleaved rounds per group (median and best are reported).
         log: Called with a Markdown table after each group (None: silent).
         kinds: None (every candidate) or the candidates to time (`Conv2D` is always timed).
+        forward_only: Time the forward alone (the train keys are then None).
 
     Returns:
         A list of dicts with keys `shape`, `batch`, `density`, `layer`, `path`,
@@ -127,21 +129,24 @@ def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats
                         weight.enforce_mask()
                     forward, train_step = layer_step_functions(layer, x, dy)
                     functions[kind + "/forward"] = forward
-                    functions[kind + "/train"] = train_step
+                    if not forward_only:
+                        functions[kind + "/train"] = train_step
                     paths[kind] = _path(layer, x)
                 times = interleaved_ms(functions, repeats)
                 base_fwd = times["Conv2D/forward"][1]
-                base_train = times["Conv2D/train"][1]
+                base_train = None if forward_only else times["Conv2D/train"][1]
                 group = []
                 for kind in paths:
-                    fwd, train = times[kind + "/forward"], times[kind + "/train"]
+                    fwd = times[kind + "/forward"]
+                    train = (None, None) if forward_only else times[kind + "/train"]
                     group.append({
                         "shape": f"{size}x{size}x{c_in}->{c_out}", "batch": batch,
                         "density": density, "layer": kind, "path": paths[kind],
                         "forward_ms": fwd[1], "forward_best_ms": fwd[0],
                         "forward_ratio": fwd[1] / base_fwd,
+                        "forward_best_ratio": fwd[0] / times["Conv2D/forward"][0],
                         "train_ms": train[1], "train_best_ms": train[0],
-                        "train_ratio": train[1] / base_train,
+                        "train_ratio": None if forward_only else train[1] / base_train,
                     })
                 rows += group
                 if log is not None:
@@ -184,16 +189,16 @@ def vgg19_rows(batch=128, densities=(0.01, 0.001), repeats=5, log=print):
     return rows
 
 
-HEADER = ["shape", "batch", "density", "layer", "path", "forward ms (best)", "x Conv2D",
-          "train step ms (best)", "x Conv2D"]
+HEADER = ["shape", "batch", "density", "layer", "path", "forward ms (best)",
+          "x Conv2D (best)", "train step ms (best)", "x Conv2D"]
 
 
 def _cells(row):
+    train = ["-", "-"] if row["train_ms"] is None else [
+        f"{row['train_ms']:.2f} ({row['train_best_ms']:.2f})", f"{row['train_ratio']:.2f}"]
     return [row["shape"], row["batch"], f"{row['density']:g}", row["layer"], row["path"],
             f"{row['forward_ms']:.2f} ({row['forward_best_ms']:.2f})",
-            f"{row['forward_ratio']:.2f}",
-            f"{row['train_ms']:.2f} ({row['train_best_ms']:.2f})",
-            f"{row['train_ratio']:.2f}"]
+            f"{row['forward_ratio']:.2f} ({row['forward_best_ratio']:.2f})", *train]
 
 
 def main():
@@ -207,6 +212,8 @@ def main():
                         help="candidates besides Conv2D (auto fused sparse native masked)")
     parser.add_argument("--shapes", nargs="*", default=None, metavar="SIZE,C_IN,C_OUT",
                         help="maps to time instead of the default ones, e.g. 4,512,512")
+    parser.add_argument("--forward-only", action="store_true",
+                        help="time the forward alone (no train step)")
     parser.add_argument("--vgg19", action="store_true",
                         help="only the zoo VGG19 train step (batch 128 unless --batch)")
     args = parser.parse_args()
@@ -228,7 +235,8 @@ def main():
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
           f"interleaved, {repeats} rounds, median (best) ms", flush=True)
     rows = conv_layer_rows(shapes, densities, batches, repeats,
-                           log=lambda table: print(table + "\n", flush=True), kinds=args.kinds)
+                           log=lambda table: print(table + "\n", flush=True), kinds=args.kinds,
+                           forward_only=args.forward_only)
     print(markdown_table(HEADER, [_cells(row) for row in rows]))
 
 
