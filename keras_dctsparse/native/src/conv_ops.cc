@@ -620,15 +620,16 @@ class ConvOp : public OpKernel {
       // band shares with the next move to the front of the buffer instead of being
       // recomputed.
       const T* uv_rows = with_offset_ && !uv_is_table_ ? UV + b * p.h * p.w * 2 * f : nullptr;
-      int64_t row0 = 0, band = oh1 - oh0;
+      int64_t band = oh1 - oh0;
       Buffer<T> local_uv;
-      int64_t have0 = 0, have1 = 0;  // image rows [have0, have1) in local_uv
+      int64_t row0 = 0, row1 = 0;  // the image rows [row0, row1) of uv_rows (uv_is_table)
       const int64_t row_size = p.w * 2 * f;
       if (uv_is_table_) {
         const int64_t rows_fit = std::max<int64_t>(1, kUvBandBytes / (row_size * sizeof(T)));
-        const int64_t halo = (attrs_.kh - 1) * attrs_.dh + 1;  // input rows of one output row
-        band = std::max<int64_t>(1, std::min<int64_t>(band, (rows_fit - halo) / attrs_.sh + 1));
-        local_uv.Resize((band * attrs_.sh + halo) * row_size);
+        const int64_t span = p.LastRow(1) - p.FirstRow(0);  // input rows of one output row
+        band = std::max<int64_t>(1, std::min<int64_t>(band, (rows_fit - span) / attrs_.sh + 1));
+        local_uv.Resize((p.LastRow(band) - p.FirstRow(0)) * row_size);
+        uv_rows = local_uv.data();
       }
       for (int64_t bh0 = oh0; bh0 < oh1; bh0 += band) {
         const int64_t bh1 = std::min(oh1, bh0 + band);
@@ -636,9 +637,9 @@ class ConvOp : public OpKernel {
           const int64_t need0 = std::max<int64_t>(0, p.FirstRow(bh0) - attrs_.pad_top);
           const int64_t need1 = std::min<int64_t>(p.h, p.LastRow(bh1) - attrs_.pad_top);
           int64_t kept = 0;
-          if (need0 >= have0 && need0 < have1) {
-            kept = std::min(have1, need1) - need0;
-            std::memmove(local_uv.data(), local_uv.data() + (need0 - have0) * row_size,
+          if (need0 >= row0 && need0 < row1) {
+            kept = std::min(row1, need1) - need0;
+            std::memmove(local_uv.data(), local_uv.data() + (need0 - row0) * row_size,
                          kept * row_size * sizeof(T));
           }
           if (need1 > need0 + kept) {
@@ -649,9 +650,8 @@ class ConvOp : public OpKernel {
             Eigen::Map<Matrix> out(local_uv.data() + kept * row_size, pixels, 2 * f);
             out.noalias() = x_rows * table;
           }
-          have0 = row0 = need0;
-          have1 = std::max(need1, need0);
-          uv_rows = local_uv.data();
+          row0 = need0;
+          row1 = std::max(need1, need0);
         }
         for (int64_t oh = bh0; oh < bh1; ++oh) {
           for (int64_t ow0 = 0; ow0 < out_w; ow0 += L) {
