@@ -336,8 +336,8 @@ class TapCache {
 // The bytes of uv a forward with uv_is_table computes at a time (the input rows of one
 // band of output rows), so that the taps read uv from cache and a unit's scratch does not
 // grow with the image (it held the whole image's uv: 25.7 MB for 224 x 224 x 64 filters).
-// 512 KiB (one core's L2 on the AVX2 host) measured as fast as 256 KiB on 8-32 maps and
-// faster on 112 x 112 (README, "Speed on AVX2 CPUs").
+// 512 KiB: one core's L2 on the AVX2 host (README, "Speed on AVX2 CPUs"); a build with
+// 256 KiB, timed beside it, was no faster on 8-32 maps and slower on 112 x 112.
 constexpr int64_t kUvBandBytes = 512 * 1024;
 
 // Output rows [oh0, oh1) of every image, as work units of (image, row block).
