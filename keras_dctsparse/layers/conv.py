@@ -75,6 +75,8 @@ __all__ = [
     "native_conv_cost",
     "native_conv_forward_cost",
     "choose_conv_plan",
+    "DIRECT_CONV_MAX_CHANNEL_PAIRS",
+    "use_direct_conv",
     "DCTSparseConv2D",
     "DCTSparseConv1D",
     "DCTSparseDepthwiseConv2D",
@@ -266,6 +268,53 @@ def native_conv_forward_cost(kernel_size, in_channels, filters, nnz, out_width=N
     return (NATIVE_FORWARD_PER_DENSITY * density / filled
             + NATIVE_FORWARD_PER_MEMORY * memory
             + NATIVE_FORWARD_OFFSET_FACTOR * offset_share)
+
+
+# The fused path's convolution (one conv with `alpha * Kd + S`) runs as the native direct
+# convolution (`ops.native_conv.direct_conv2d`) where `c_in * filters` is at most this:
+# there TensorFlow's Conv2D is slow. The op against `tf.nn.conv2d`, timed alone on the AVX2
+# host (batch 128, best ms of 20 interleaved, an earlier build of the op; TF / direct,
+# forward, then forward + kernel gradient): LeNet-5's
+# 5x5 convs 28x28 1 -> 6 "same" 6.37 / 2.00 and 13.21 / 3.11, 14x14 6 -> 16 "valid" 1.48 /
+# 1.46 and 3.31 / 2.36; 3x3 "same" 32x32 3 -> 64 8.24 / 7.10 and 22.99 / 20.34, 28x28 8 ->
+# 16 4.29 / 3.86 and 11.71 / 10.45; above the bound mixed or slower: 32x32 16 -> 16 6.51 /
+# 6.78 and 18.19 / 17.32, 16x16 8 -> 32 1.82 / 2.07 and 4.31 / 4.45, 16x16 4 -> 128 3.70 /
+# 4.69 and 9.68 / 12.56, 16x16 64 -> 64 15.34 / 22.50.
+DIRECT_CONV_MAX_CHANNEL_PAIRS = 192
+
+
+def use_direct_conv(in_channels, filters, groups=1, depthwise=False, dilation=(1, 1), rank=2,
+                    native=False):
+    """Whether the fused path convolves by the native direct convolution.
+
+    Args:
+        in_channels: Input channels of the layer.
+        filters: Output channels.
+        groups: Groups of the convolution (the direct convolution has one).
+        depthwise: Whether the layer is depthwise.
+        dilation: Dilation rates (the direct convolution's input gradient, TensorFlow's
+            `Conv2DBackpropInput`, takes none on the CPU).
+        rank: Spatial rank (2 only).
+        native: Whether native ops may run for this call.
+
+    Returns:
+        bool.
+
+    Example:
+
+    >>> use_direct_conv(1, 6, native=True), use_direct_conv(64, 64, native=True)
+    (True, False)
+    >>> use_direct_conv(1, 6, native=False)
+    False
+    """
+    return (
+        native
+        and rank == 2
+        and groups == 1
+        and not depthwise
+        and all(int(d) == 1 for d in dilation)
+        and in_channels * filters <= DIRECT_CONV_MAX_CHANNEL_PAIRS
+    )
 
 
 def choose_conv_plan(
@@ -636,6 +685,16 @@ class _DCTSparseConvBase(DCTSparseLayer):
             lanes=library.lane_count(x.dtype.as_numpy_dtype) if native else 64 // x.dtype.size,
         )
 
+    def fused_conv_is_direct(self, x):
+        """Whether the fused path convolves the channels_last `x` by the native direct
+        convolution (`use_direct_conv`: few channels, where native ops may run)."""
+        in_channels = self._in_channels
+        return use_direct_conv(
+            in_channels, self._out_channels(in_channels), self.groups, self.depthwise,
+            self.dilation_rate, self.rank,
+            native=None not in x.shape[1:] and sparse_matmul.native_allowed(x.dtype),
+        )
+
     def _sparse_conv(self, x, padding):
         """`conv(x, S)` by `ops.sparse_conv` (channels_last `x`), in nnz multiply-adds."""
         weight = self.sparse_weight
@@ -749,7 +808,10 @@ class _DCTSparseConvBase(DCTSparseLayer):
             return self._native_conv(x, padding, dtype), self.bias is not None
         if s_path == "dense" and method in (None, "fused"):
             # One conv with alpha * Kd + S (or S alone without the offset).
-            return self._convolve(x, self._effective_kernel(dtype), padding), False
+            kernel = self._effective_kernel(dtype)
+            if self.fused_conv_is_direct(x):
+                return native_conv_ops.direct_conv2d(x, kernel, self.strides, padding), False
+            return self._convolve(x, kernel, padding), False
         if s_path == "sparse":
             sparse = self._sparse_conv(x, padding)
         else:

@@ -34,7 +34,7 @@ __all__ = [
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
 #: Translation units of the op library.
-SOURCES = ("dense_ops.cc", "conv_ops.cc")
+SOURCES = ("dense_ops.cc", "conv_ops.cc", "direct_conv.cc")
 #: Headers they include (every file of `src` is part of the cache key).
 HEADERS = tuple(sorted(name for name in os.listdir(_SRC) if name.endswith(".h")))
 _LIBRARY_NAME = "_dctsparse_ops.so"

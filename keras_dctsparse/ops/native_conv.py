@@ -24,7 +24,7 @@ from keras_dctsparse.ops.conv_offset import _dct_cos_sin
 from keras_dctsparse.ops.conv_offset import _table_dtype
 from keras_dctsparse.ops.native_matmul import records_gradient
 
-__all__ = ["explicit_pads", "native_conv", "native_conv2d"]
+__all__ = ["direct_conv2d", "explicit_pads", "native_conv", "native_conv2d"]
 
 
 def _same_pads(size, kernel, stride, dilation):
@@ -203,3 +203,61 @@ def native_conv(x, alpha, values, positions, kernel_size, filters, strides, padd
     y = native_conv2d(x[:, None, :, :], alpha, values, positions, pair(kernel_size), filters,
                       pair(strides), padding, pair(dilation), bias)
     return y[:, 0, :, :]
+
+
+def direct_conv2d(x, kernel, strides=(1, 1), padding="valid"):
+    """`conv(x, kernel)` by the native direct convolution (`DctSparseDirectConv2D`), 2-D.
+
+    A dense convolution for patches of few channels, where TensorFlow's `Conv2D` is slow
+    (`kernel_choice.use_direct_conv` says where); the fused path of `DCTSparseConv2D` runs
+    its effective kernel `alpha * Kd + S` through it there. The kernel gradient is
+    `DctSparseDirectConv2DFilterGrad`; the input gradient TensorFlow's
+    `Conv2DBackpropInput` (as fast as the direct form on those shapes, and pruned where
+    nothing reads it, as in a network's first layer).
+
+    Args:
+        x: `(batch, h, w, c_in)` float32/float64 with static `h, w, c_in`.
+        kernel: `(kh, kw, c_in, filters)`, dtype of `x`.
+        strides: 2-tuple of ints.
+        padding: `"same"` or `"valid"`.
+
+    Returns:
+        `(batch, h_out, w_out, filters)`, differentiable in `x` and `kernel`.
+
+    Raises:
+        ValueError: for an `x` without static spatial sizes and channels.
+
+    Example:
+
+    >>> y = direct_conv2d(tf.ones((1, 4, 4, 1)), tf.ones((3, 3, 1, 2)), padding="same")
+    >>> float(y[0, 1, 1, 0]), float(y[0, 0, 0, 0])
+    (9.0, 4.0)
+    """
+    ops = library.load()
+    if x.shape.rank != 4 or None in x.shape[1:]:
+        raise ValueError(
+            "`x` must be (batch, h, w, channels) with static h, w and channels; received "
+            f"shape {x.shape}."
+        )
+    strides = tuple(int(v) for v in strides)
+    kernel_size = tuple(int(d) for d in kernel.shape[:2])
+    filters = int(kernel.shape[3])
+    attrs = dict(
+        kernel_size=list(kernel_size), strides=list(strides), dilations=[1, 1],
+        pads=explicit_pads(tuple(int(d) for d in x.shape[1:3]), kernel_size, strides, padding,
+                           (1, 1)),
+        filters=filters,
+    )
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def grad(dy):
+            dx = tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
+                strides=[1, *strides, 1], padding=str(padding).upper(),
+            )
+            return dx, ops.dct_sparse_direct_conv2d_filter_grad(x, dy, **attrs)
+
+        return ops.dct_sparse_direct_conv2d(x, kernel, **attrs), grad
+
+    return conv(x, kernel)

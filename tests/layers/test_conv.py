@@ -884,3 +884,44 @@ def test_native_needs_one_group():
         DCTSparseConv2D(4, 3, groups=2, sparse_kernel="native").build((None, 6, 6, 4))
     with pytest.raises(ValueError, match="sparse_kernel='native' is not available for depthwise"):
         DCTSparseDepthwiseConv2D(3, sparse_kernel="native")
+
+
+def test_direct_conv_rule():
+    """The fused path convolves by the native direct convolution for patches of few
+    channels (LeNet-5's convs), one group, no dilation, 2-D, where native ops may run."""
+    from keras_dctsparse.layers.conv import DIRECT_CONV_MAX_CHANNEL_PAIRS
+    from keras_dctsparse.layers.conv import use_direct_conv
+
+    assert use_direct_conv(1, 6, native=True) and use_direct_conv(6, 16, native=True)
+    assert use_direct_conv(3, 64, native=True)
+    assert not use_direct_conv(3, 64, native=False)
+    assert not use_direct_conv(16, 16, native=True)  # above the bound: Conv2D as fast
+    assert not use_direct_conv(DIRECT_CONV_MAX_CHANNEL_PAIRS + 1, 1, native=True)
+    assert not use_direct_conv(1, 6, groups=2, native=True)
+    assert not use_direct_conv(1, 6, depthwise=True, native=True)
+    assert not use_direct_conv(1, 6, dilation=(2, 1), native=True)
+    assert not use_direct_conv(1, 6, rank=1, native=True)
+
+
+@pytest.mark.parametrize("kwargs, shape", [
+    (dict(filters=6, kernel_size=5, padding="same"), (3, 12, 12, 1)),
+    (dict(filters=16, kernel_size=5, strides=2), (2, 13, 13, 6)),
+])
+def test_fused_path_of_few_channels_runs_the_direct_conv(kwargs, shape):
+    """In a fit/predict step (replica context) the fused conv is `DctSparseDirectConv2D`;
+    a plain `tf.function` (as export traces) keeps TensorFlow's Conv2D. Both, and every
+    gradient of the direct form, match the numpy reference."""
+    layer = DCTSparseConv2D(**kwargs, density=0.8, sparse_kernel="dense", seed=4)
+    x = tf.constant(_x(shape))
+    assert_gradients_match_reference(layer, x)  # eager: the direct conv
+
+    def op_types(function):
+        graph = tf.function(function).get_concrete_function(x).graph
+        return {op.type for op in graph.get_operations()}
+
+    in_step = op_types(lambda x: tf.distribute.get_strategy().run(layer, args=(x,)))
+    assert "DctSparseDirectConv2D" in in_step and "Conv2D" not in in_step
+    exported = op_types(layer)
+    assert "Conv2D" in exported and not {t for t in exported if t.startswith("DctSparse")}
+    with native_policy.native_kernels("never"):
+        assert_close(layer(x), reference_output(layer, x.numpy()), rtol=1e-4)

@@ -137,3 +137,43 @@ def test_gradients_of_an_inference_trace_match_im2col():
     flat_p, flat_dy = patches.reshape(-1, 27), dy.reshape(-1, 4)
     np.testing.assert_allclose(dvalues.numpy(), (flat_p.T @ flat_dy)[positions[0], positions[1]],
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not library.available(), reason="native kernels unavailable")
+@pytest.mark.parametrize("shape, kernel, strides, padding, filters, dtype", [
+    ((3, 12, 12, 1), (5, 5), (1, 1), "same", 6, "float32"),
+    ((2, 14, 14, 6), (5, 5), (1, 1), "valid", 16, "float32"),
+    ((2, 9, 8, 3), (3, 3), (2, 2), "same", 20, "float64"),
+    ((1, 7, 10, 2), (3, 2), (1, 3), "valid", 9, "float64"),
+])
+def test_direct_conv2d_and_its_gradients_match_im2col(shape, kernel, strides, padding, filters,
+                                                      dtype):
+    rng = np.random.default_rng()
+    x = tf.constant(rng.standard_normal(shape), dtype)
+    weights = tf.constant(rng.standard_normal((*kernel, shape[-1], filters)), dtype)
+    with tf.GradientTape() as tape:
+        tape.watch([x, weights])
+        y = native_conv.direct_conv2d(x, weights, strides, padding)
+        dy = tf.constant(rng.standard_normal(y.shape), dtype)
+        loss = tf.reduce_sum(y * dy)
+    dx, dweights = tape.gradient(loss, [x, weights])
+    geometry = (kernel, strides, padding, (1, 1))
+    patches = im2col(x.numpy().astype(np.float64), *geometry)
+    flat = weights.numpy().astype(np.float64).reshape(-1, filters)
+    dyn = dy.numpy().astype(np.float64)
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(y.numpy(), patches @ flat, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx.numpy(), col2im(dyn @ flat.T, shape, *geometry), rtol=tol,
+                               atol=tol)
+    np.testing.assert_allclose(dweights.numpy().reshape(flat.shape),
+                               np.einsum("bhwp,bhwf->pf", patches, dyn), rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not library.available(), reason="native kernels unavailable")
+def test_direct_conv2d_needs_static_sizes():
+    @tf.function(input_signature=[tf.TensorSpec((None, None, 8, 1))])
+    def unknown_height(x):
+        return native_conv.direct_conv2d(x, tf.ones((3, 3, 1, 2)))
+
+    with pytest.raises(ValueError, match="static h, w and channels"):
+        unknown_height.get_concrete_function()
