@@ -1,7 +1,8 @@
 """DCTSparseConv2D against keras Conv2D: forward and train step, paths and densities.
 
-3x3 "same" convolutions, VGG-like shapes (64..512 channels, 8..32 maps), batches 32 and
-128, densities 1, 0.1, 0.01, 0.001. For every (shape, batch, density) the candidates are
+3x3 "same" convolutions (other sizes and "valid": `--kernel-size`, `--padding`), VGG-like
+shapes (64..512 channels, 8..32 maps), batches 32 and 128, densities 1, 0.1, 0.01, 0.001.
+For every (shape, batch, density) the candidates are
 timed interleaved (A, B, C, A, B, C, ...; `common.interleaved_ms`) and reported as the
 median (and best) milliseconds and the ratio to `keras.layers.Conv2D` of the same shape
 measured in the same group (`x Conv2D`, below 1 is faster).
@@ -29,6 +30,8 @@ Run:
     python benchmarks/conv_layer.py             # all shapes, batches 32 and 128 (long)
     python benchmarks/conv_layer.py --vgg19     # zoo VGG19 train step, dense vs 1% / 0.1%
     python benchmarks/conv_layer.py --shapes 112,64,64 --batch 8 --forward-only   # inference
+    python benchmarks/conv_layer.py --shapes 28,1,6 --kernel-size 5 --batch 128 \
+        --density 0.8 0.1   # LeNet-5's first conv ("+direct": the native direct conv)
 
 `conv_layer_rows(...)` and `vgg19_rows(...)` return the rows (dicts) for other scripts
 (benchmarks/price.py).
@@ -67,31 +70,40 @@ def _candidates(density):
     return kinds
 
 
-def _make_layer(kind, filters, density):
+def _make_layer(kind, filters, density, kernel_size=3, padding="same"):
     if kind == "Conv2D":
-        return keras.layers.Conv2D(filters, 3, padding="same")
+        return keras.layers.Conv2D(filters, kernel_size, padding=padding)
     options = {"fused": dict(sparse_kernel="dense"), "sparse": dict(sparse_kernel="sparse"),
                "native": dict(sparse_kernel="native"), "masked": dict(sparse_format="masked"),
                "auto": {}}[kind]
-    return DCTSparseConv2D(filters, 3, padding="same", density=density, seed=0, **options)
+    return DCTSparseConv2D(filters, kernel_size, padding=padding, density=density, seed=0,
+                           **options)
 
 
-def _path(layer, x):
-    """The layer's plan (`s_path/offset_method`); `fwd ..., train ...` where the two differ.
+def _path(layer, x, padding="same"):
+    """The layer's plan (`s_path/offset_method`, `+direct` where the fused conv is the native
+    direct convolution); `fwd ..., train ...` where the two differ.
 
     A call traced with no gradient tape (the forward rows) may plan otherwise
     than the train step, which records the gradient.
     """
     if not hasattr(layer, "_plan"):
         return "-"
-    forward = "/".join(map(str, layer._plan(x, "same")))
+
+    def plan():
+        s_path, method = layer._plan(x, padding)
+        direct = s_path == "dense" and method in (None, "fused") and (
+            layer.fused_conv_is_direct(x))
+        return f"{s_path}/{method}" + ("+direct" if direct else "")
+
+    forward = plan()  # eager, as a Keras step: native ops may run
     with tf.GradientTape():
-        train = "/".join(map(str, layer._plan(x, "same")))
+        train = plan()
     return forward if forward == train else f"fwd {forward}, train {train}"
 
 
 def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats=7,
-                    log=print, kinds=None, forward_only=False):
+                    log=print, kinds=None, forward_only=False, kernel_size=3, padding="same"):
     """Times every candidate; returns one dict per (shape, batch, density, candidate).
 
     Args:
@@ -102,6 +114,8 @@ def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats
         log: Called with a Markdown table after each group (None: silent).
         kinds: None (every candidate) or the candidates to time (`Conv2D` is always timed).
         forward_only: Time the forward alone (the train keys are then None).
+        kernel_size: Square kernel size of every layer.
+        padding: `"same"` or `"valid"`.
 
     Returns:
         A list of dicts with keys `shape`, `batch`, `density`, `layer`, `path`,
@@ -113,13 +127,14 @@ def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats
     for size, c_in, c_out in shapes:
         for batch in batches:
             x = tf.constant(rng.standard_normal((batch, size, size, c_in)), tf.float32)
-            dy = tf.constant(rng.standard_normal((batch, size, size, c_out)), tf.float32)
+            out = size if padding == "same" else size - kernel_size + 1
+            dy = tf.constant(rng.standard_normal((batch, out, out, c_out)), tf.float32)
             for density in densities:
                 functions, paths = {}, {}
                 for kind in _candidates(density):
                     if kinds is not None and kind != "Conv2D" and kind not in kinds:
                         continue
-                    layer = _make_layer(kind, c_out, density)
+                    layer = _make_layer(kind, c_out, density, kernel_size, padding)
                     layer.build(x.shape)
                     if kind != "Conv2D":
                         weight = layer.sparse_weight
@@ -131,7 +146,7 @@ def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats
                     functions[kind + "/forward"] = forward
                     if not forward_only:
                         functions[kind + "/train"] = train_step
-                    paths[kind] = _path(layer, x)
+                    paths[kind] = _path(layer, x, padding)
                 times = interleaved_ms(functions, repeats)
                 base_fwd = times["Conv2D/forward"][1]
                 base_train = None if forward_only else times["Conv2D/train"][1]
@@ -140,7 +155,10 @@ def conv_layer_rows(shapes=SHAPES, densities=DENSITIES, batches=BATCHES, repeats
                     fwd = times[kind + "/forward"]
                     train = (None, None) if forward_only else times[kind + "/train"]
                     group.append({
-                        "shape": f"{size}x{size}x{c_in}->{c_out}", "batch": batch,
+                        "shape": f"{size}x{size}x{c_in}->{c_out}" + (
+                            "" if (kernel_size, padding) == (3, "same")
+                            else f" {kernel_size}x{kernel_size} {padding}"),
+                        "batch": batch,
                         "density": density, "layer": kind, "path": paths[kind],
                         "forward_ms": fwd[1], "forward_best_ms": fwd[0],
                         "forward_ratio": fwd[1] / base_fwd,
@@ -212,6 +230,9 @@ def main():
                         help="candidates besides Conv2D (auto fused sparse native masked)")
     parser.add_argument("--shapes", nargs="*", default=None, metavar="SIZE,C_IN,C_OUT",
                         help="maps to time instead of the default ones, e.g. 4,512,512")
+    parser.add_argument("--kernel-size", type=int, default=3,
+                        help="square kernel size of every layer (default 3)")
+    parser.add_argument("--padding", choices=("same", "valid"), default="same")
     parser.add_argument("--forward-only", action="store_true",
                         help="time the forward alone (no train step)")
     parser.add_argument("--vgg19", action="store_true",
@@ -236,7 +257,8 @@ def main():
           f"interleaved, {repeats} rounds, median (best) ms", flush=True)
     rows = conv_layer_rows(shapes, densities, batches, repeats,
                            log=lambda table: print(table + "\n", flush=True), kinds=args.kinds,
-                           forward_only=args.forward_only)
+                           forward_only=args.forward_only, kernel_size=args.kernel_size,
+                           padding=args.padding)
     print(markdown_table(HEADER, [_cells(row) for row in rows]))
 
 
