@@ -28,6 +28,10 @@ CASES = [
     (1, 5, 3, 5, 7, (3, 3), (1, 1), (1, 1), "same"),  # 3 output columns: one partial block
     (2, 6, 6, 3, 9, (1, 1), (1, 1), (1, 1), "valid"),
     (1, 11, 9, 2, 24, (3, 3), (3, 3), (2, 2), "same"),
+    # Fewer filters than half a vector: whole-vector stores would run past the row's end.
+    (2, 7, 6, 3, 1, (3, 3), (1, 1), (1, 1), "same"),
+    (3, 4, 4, 1, 2, (3, 3), (1, 1), (1, 1), "same"),
+    (2, 9, 5, 2, 3, (3, 3), (1, 1), (1, 1), "valid"),
 ]
 
 

@@ -133,13 +133,14 @@ void PixelBlock(const ConvAttrs& a, const DirectGeometry<T>& g, const T* const* 
     }
   }
   // Stores. A block that holds every channel but ends in padding lanes stores whole
-  // vectors too, except for the row's last pixel: the padding lanes land on the next
-  // pixel's first channels, which that pixel's own store (next, in this thread) rewrites.
+  // vectors too where they end within the row: the padding lanes land on the next pixels'
+  // channels, which their own stores (later, in this thread) rewrite.
   const int64_t width = std::min<int64_t>(NV * L, g.filters - c0);
   const bool whole_row_block = c0 == 0 && NV * L >= g.padded_filters;
   for (int q = 0; q < count; ++q) {
     T* out = out_row + (ow0 + q) * g.filters + c0;
-    if (width == NV * L || (whole_row_block && ow0 + q + 1 < g.w_out)) {
+    if (width == NV * L ||
+        (whole_row_block && (ow0 + q) * g.filters + NV * L <= g.w_out * g.filters)) {
       for (int v = 0; v < NV; ++v) StoreVec(out + v * L, acc[q][v]);
     } else {
       T lanes[NV * L];
