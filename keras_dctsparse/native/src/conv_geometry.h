@@ -18,7 +18,9 @@ namespace dctsparse {
 struct ConvAttrs {
   int64_t kh, kw, sh, sw, dh, dw, pad_top, pad_bottom, pad_left, pad_right, filters;
 
-  tensorflow::Status Read(tensorflow::OpKernelConstruction* context) {
+  // From an op's construction or its shape function (both have GetAttr).
+  template <typename Context>
+  tensorflow::Status Read(Context* context) {
     std::vector<int32_t> kernel, strides, dilations, pads;
     TF_RETURN_IF_ERROR(context->GetAttr("kernel_size", &kernel));
     TF_RETURN_IF_ERROR(context->GetAttr("strides", &strides));
@@ -44,27 +46,14 @@ struct ConvAttrs {
 inline tensorflow::Status ConvShape(tensorflow::shape_inference::InferenceContext* c, int input, bool channels_out) {
   tensorflow::shape_inference::ShapeHandle x;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(input), 4, &x));
-  std::vector<int32_t> kernel, strides, dilations, pads;
-  int64_t filters;
-  TF_RETURN_IF_ERROR(c->GetAttr("kernel_size", &kernel));
-  TF_RETURN_IF_ERROR(c->GetAttr("strides", &strides));
-  TF_RETURN_IF_ERROR(c->GetAttr("dilations", &dilations));
-  TF_RETURN_IF_ERROR(c->GetAttr("pads", &pads));
-  TF_RETURN_IF_ERROR(c->GetAttr("filters", &filters));
-  if (kernel.size() != 2 || strides.size() != 2 || dilations.size() != 2 || pads.size() != 4)
-    return Invalid("kernel_size, strides and dilations need 2 entries and pads 4");
-  tensorflow::shape_inference::DimensionHandle out[2];
-  for (int d = 0; d < 2; ++d) {
-    tensorflow::shape_inference::DimensionHandle size = c->Dim(x, 1 + d);
-    if (c->ValueKnown(size)) {
-      const int64_t padded = c->Value(size) + pads[2 * d] + pads[2 * d + 1];
-      out[d] = c->MakeDim((padded - (kernel[d] - 1) * dilations[d] - 1) / strides[d] + 1);
-    } else {
-      out[d] = c->UnknownDim();
-    }
-  }
-  c->set_output(0, c->MakeShape({c->Dim(x, 0), out[0], out[1],
-                                 channels_out ? c->MakeDim(filters) : c->Dim(x, 3)}));
+  ConvAttrs a;
+  TF_RETURN_IF_ERROR(a.Read(c));
+  tensorflow::shape_inference::DimensionHandle height = c->Dim(x, 1), width = c->Dim(x, 2);
+  c->set_output(0, c->MakeShape({
+      c->Dim(x, 0),
+      c->ValueKnown(height) ? c->MakeDim(a.OutHeight(c->Value(height))) : c->UnknownDim(),
+      c->ValueKnown(width) ? c->MakeDim(a.OutWidth(c->Value(width))) : c->UnknownDim(),
+      channels_out ? c->MakeDim(a.filters) : c->Dim(x, 3)}));
   return tensorflow::OkStatus();
 }
 

@@ -15,7 +15,6 @@
 // (`ops.native_conv.direct_conv2d`).
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "common.h"
 #include "conv_geometry.h"
@@ -51,13 +50,10 @@ REGISTER_OP("DctSparseDirectConv2DFilterGrad")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle x;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
-      std::vector<int32_t> kernel;
-      int64_t filters;
-      TF_RETURN_IF_ERROR(c->GetAttr("kernel_size", &kernel));
-      TF_RETURN_IF_ERROR(c->GetAttr("filters", &filters));
-      if (kernel.size() != 2) return Invalid("kernel_size needs 2 entries");
-      c->set_output(0, c->MakeShape({c->MakeDim(kernel[0]), c->MakeDim(kernel[1]), c->Dim(x, 3),
-                                     c->MakeDim(filters)}));
+      ConvAttrs a;
+      TF_RETURN_IF_ERROR(a.Read(c));
+      c->set_output(0, c->MakeShape({c->MakeDim(a.kh), c->MakeDim(a.kw), c->Dim(x, 3),
+                                     c->MakeDim(a.filters)}));
       return tensorflow::OkStatus();
     })
     .Doc("dkernel = the gradient of sum(dy * conv(x, kernel)) with respect to kernel.");
